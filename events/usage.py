@@ -1,0 +1,51 @@
+"""Token usage: a fact reported by a provider, or estimated by the gateway and flagged as such."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+UsageSource = Literal["provider", "estimated"]
+
+
+@attrs.frozen
+class Usage:
+    """Tokens one request consumed.
+
+    `cached_tokens` counts prompt tokens served from the provider's prompt cache; for OpenAI-style
+    providers they are included in `prompt_tokens` (Anthropic's adapter normalises to that rule).
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    source: UsageSource = "provider"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, object]:
+        """The OpenAI `usage` object."""
+        body: dict[str, object] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            body["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return body
+
+    @classmethod
+    def from_openai(cls, usage: object) -> Usage | None:
+        """Read an OpenAI `usage` object; None when absent or not shaped like one."""
+        if not isinstance(usage, dict):
+            return None
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens", 0)
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+        return cls(prompt, completion, cached if isinstance(cached, int) else 0)

@@ -1,0 +1,132 @@
+"""Validate only the fields the gateway reads (DESIGN §3); everything else is forwarded untouched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from policies.errors import InvalidRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@attrs.frozen
+class ChatRequest:
+    """What the gateway needs to know about a chat request; `body` is the client's JSON as sent."""
+
+    body: Mapping[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    prompt_bytes: int
+    message_count: int
+
+
+def parse_json(raw: bytes | str) -> Any:
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise InvalidRequest(f"The request body is not valid JSON: {error}.", code="invalid_json") from None
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _expect(value: object, kind: type, param: str, wanted: str) -> None:
+    """Raise unless `value` is a `kind` (a bool is not accepted where a number is wanted)."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidRequest(f"'{param}' must be {wanted}, not {_type_name(value)}.", param=param, code="invalid_type")
+
+
+def _content_bytes(content: object, param: str) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    if isinstance(content, list):
+        size = 0
+        for index, part in enumerate(content):
+            _expect(part, dict, f"{param}[{index}]", "an object (a content part)")
+            text = part.get("text")
+            if isinstance(text, str):
+                size += len(text.encode())
+            else:
+                size += len(json.dumps(part, separators=(",", ":")).encode())
+        return size
+    raise InvalidRequest(
+        f"'{param}' must be a string or an array of content parts, not {_type_name(content)}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    _expect(value, int, key, "an integer")
+    if value < 1:
+        raise InvalidRequest(f"'{key}' must be at least 1, not {value}.", param=key, code="invalid_value")
+    return int(value)
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Check a decoded chat-completions body. Raises `InvalidRequest` naming the field at fault."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.", code="invalid_type")
+    if "model" not in body:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    model = body["model"]
+    _expect(model, str, "model", "a string")
+    if not model:
+        raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
+    if "messages" not in body:
+        raise InvalidRequest(
+            "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+        )
+    messages = body["messages"]
+    _expect(messages, list, "messages", "an array")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages", code="invalid_value")
+    prompt_bytes = 0
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        _expect(message, dict, param, "an object")
+        if "role" not in message:
+            raise InvalidRequest(
+                f"Missing required parameter: '{param}.role'.", param=f"{param}.role", code="missing_required_parameter"
+            )
+        role = message["role"]
+        _expect(role, str, f"{param}.role", "a string")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"'{param}.role' must be one of {', '.join(sorted(ROLES))}, not {role!r}.",
+                param=f"{param}.role",
+                code="invalid_value",
+            )
+        prompt_bytes += _content_bytes(message.get("content"), f"{param}.content")
+        for extra in ("tool_calls", "function_call"):
+            if extra in message:
+                prompt_bytes += len(json.dumps(message[extra], separators=(",", ":")).encode())
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    _expect(stream, bool, "stream", "a boolean")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        _expect(options, dict, "stream_options", "an object")
+        flag = options.get("include_usage", False)
+        _expect(flag, bool, "stream_options.include_usage", "a boolean")
+        include_usage = bool(flag)
+    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+    return ChatRequest(body, model, stream, include_usage, max_tokens, prompt_bytes, len(messages))

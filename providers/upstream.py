@@ -1,0 +1,110 @@
+"""What every provider adapter offers the gateway: one call, answered whole or as a chunk stream.
+
+The gateway speaks OpenAI's chat-completions format to clients, so adapters return OpenAI-shaped
+bodies and chunks whatever their wire format is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+
+from events.usage import Usage
+
+
+@attrs.frozen
+class Call:
+    """One attempt at one provider.
+
+    `body` is the client's original JSON object (never mutated: adapters copy what they change),
+    so fields the gateway does not read (tools, response_format, n, seed, ...) reach the provider.
+    """
+
+    body: Mapping[str, Any]
+    upstream_model: str
+    stream: bool
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Completion:
+    """A whole (non-stream) answer: the OpenAI `chat.completion` object and its usage."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+
+
+@attrs.frozen
+class Chunk:
+    """One OpenAI `chat.completion.chunk`.
+
+    `raw` is its JSON text when it can be forwarded unchanged; `usage` is set on the chunk that
+    carries it; `content_bytes` is the UTF-8 size of the text it delivers (for estimates when a
+    stream is cut before the provider reports usage).
+    """
+
+    data: dict[str, Any]
+    raw: str | None = None
+    usage: Usage | None = None
+    content_bytes: int = 0
+
+    @property
+    def has_content(self) -> bool:
+        """Whether this chunk delivers anything a client would show (text or a tool call)."""
+        if self.content_bytes:
+            return True
+        for choice in self.data.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call") or delta.get("refusal"):
+                return True
+        return False
+
+
+class ChunkStream(Protocol):
+    async def next_batch(self) -> list[Chunk]:
+        """The chunks that arrived since the last call (at least one); [] once the stream is
+        complete. Raises `ProviderError` when the stream fails."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection at once. Safe to call twice."""
+        ...
+
+
+class Upstream(Protocol):
+    name: str
+
+    async def complete(self, call: Call) -> Completion: ...
+
+    async def open_stream(self, call: Call) -> ChunkStream:
+        """Start a stream; returns once the provider has accepted it (status 200 and headers)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def chunk_from_openai(data: dict[str, Any], raw: str | None = None) -> Chunk:
+    """Build a `Chunk` from an OpenAI chunk object, reading usage and content size."""
+    size = 0
+    for choice in data.get("choices") or ():
+        delta = choice.get("delta")
+        if delta:
+            content = delta.get("content")
+            if content:
+                size += len(content.encode())
+    return Chunk(data, raw, Usage.from_openai(data.get("usage")), size)
+
+
+@attrs.frozen
+class Timeouts:
+    """Upstream deadlines in seconds. `read_s` bounds the wait for the response head and for each
+    later piece of the body (so it is also the idle limit between stream chunks); `total_s`, when
+    set, bounds the whole call."""
+
+    connect_s: float = 5.0
+    read_s: float = 300.0
+    write_s: float = 30.0
+    pool_s: float = 30.0
+    total_s: float | None = None

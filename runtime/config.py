@@ -1,0 +1,281 @@
+"""`config.toml`: read once at start, structured into frozen attrs classes by cattrs.
+
+A bad file stops the start with every problem listed by path (`providers[1].base_url: ...`),
+never a traceback. `load_config` is the only entry point; `ConfigError.problems` holds the list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import httpx
+
+from events.money import usd
+from policies.routing import Deployment
+from providers.simulator import SimulatorSettings
+from providers.upstream import Timeouts
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 (hypercorn's fallback)
+    import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+
+DEFAULT_PATH = "config.toml"
+PROVIDER_KINDS = ("simulator", "openai")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    grace_period_s: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.ge(1024))
+    body_timeout_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class LedgerConfig:
+    path: str = "var/ledger.sqlite3"
+
+
+@attrs.frozen
+class AdminConfig:
+    api_key_env: str = "TOLLGATE_ADMIN_KEY"
+
+
+@attrs.frozen
+class ModelAlias:
+    deployments: tuple[Deployment, ...]
+
+
+@attrs.frozen
+class ProviderConfig:
+    name: str
+    kind: Literal["simulator", "openai", "anthropic"]
+    models: tuple[str, ...] = ()
+    base_url: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+    max_concurrency: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    timeouts: Timeouts = Timeouts()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+
+@attrs.frozen
+class Price:
+    """USD per million tokens. `cached_input_per_mtok` defaults to the input price."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+
+
+@attrs.frozen
+class TenantConfig:
+    name: str
+    api_key_sha256: str | None = None
+    api_key_env: str | None = None
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    admin: AdminConfig = AdminConfig()
+    providers: tuple[ProviderConfig, ...] = ()
+    models: dict[str, ModelAlias] = attrs.field(factory=dict)
+    pricing: dict[str, Price] = attrs.field(factory=dict)
+    tenants: tuple[TenantConfig, ...] = ()
+    source: str = "<defaults>"
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+
+def _structure_decimal(value: Any, _: type) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f'expected a decimal string such as "0.50", got {value!r}')
+    amount = usd(value)
+    if amount < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return amount
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(Decimal, _structure_decimal)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(bool, _structure_bool)
+    return converter
+
+
+_converter = make_converter()
+
+
+def _format_exception(error: BaseException, type_: type | None) -> str:
+    if isinstance(error, ValueError) and str(error):
+        return str(error)
+    if isinstance(error, KeyError):
+        return "required field missing"
+    if typing.get_origin(type_) is Literal:
+        return f"expected one of {', '.join(map(repr, typing.get_args(type_)))}"
+    return cattrs.v.format_exception(error, type_)
+
+
+def _path(path: str) -> str:
+    """`$.pricing['sim/sim-1'].x` → `pricing."sim/sim-1".x` (TOML's own spelling)."""
+    path = re.sub(r"\['([A-Za-z0-9_-]+)'\]", r".\1", path)
+    path = re.sub(r"\['([^']*)'\]", r'."\1"', path)
+    return path.lstrip("$").lstrip(".") or "<top>"
+
+
+def _format_problems(error: BaseException) -> list[str]:
+    problems = []
+    for line in cattrs.transform_error(error, path="$", format_exception=_format_exception):  # type: ignore[arg-type]
+        message, _, path = line.rpartition(" @ ")
+        problems.append(f"{_path(path)}: {message}")
+    return problems
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str], source: str = "<memory>") -> Config:
+    """Structure and check a decoded config; raise `ConfigError` listing every problem."""
+    try:
+        config = _converter.structure({**data}, Config)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as error:
+        raise ConfigError(_format_problems(error)) from None
+    config = attrs.evolve(config, source=source)
+    problems = check_config(config, environ)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("TOLLGATE_CONFIG") or DEFAULT_PATH)
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read ({error.strerror})"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML ({error})"]) from None
+    return parse_config(data, environ, str(path))
+
+
+def _check_url(url: str) -> str | None:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "expected a URL such as http://127.0.0.1:8000/v1"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "expected an http:// or https:// URL with a host"
+    return None
+
+
+def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """The checks types cannot express: names, references, URLs and secrets in the environment."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, provider in enumerate(config.providers):
+        where = f"providers[{index}]"
+        if not _NAME.match(provider.name):
+            problems.append(f"{where}.name: expected letters, digits, '.', '_' or '-', got {provider.name!r}")
+        if provider.name in seen:
+            problems.append(f"{where}.name: duplicate provider name {provider.name!r}")
+        seen.add(provider.name)
+        if provider.kind not in PROVIDER_KINDS:
+            problems.append(
+                f"{where}.kind: {provider.kind!r} is not supported yet (use one of {', '.join(PROVIDER_KINDS)})"
+            )
+        if provider.kind == "simulator":
+            if provider.base_url is not None:
+                problems.append(f"{where}.base_url: a simulator has no base_url")
+        elif provider.base_url is None:
+            problems.append(f"{where}.base_url: required for kind {provider.kind!r}")
+        else:
+            problem = _check_url(provider.base_url)
+            if problem:
+                problems.append(f"{where}.base_url: {problem}")
+        if provider.api_key_env is not None and provider.api_key_env not in environ:
+            problems.append(f"{where}.api_key_env: environment variable {provider.api_key_env} is not set")
+        for position, model in enumerate(provider.models):
+            if not model:
+                problems.append(f"{where}.models[{position}]: must not be empty")
+    if not config.providers:
+        problems.append("providers: at least one [[providers]] entry is required")
+    for alias, target in config.models.items():
+        if not target.deployments:
+            problems.append(f"models.{alias}.deployments: must name at least one deployment")
+        for position, deployment in enumerate(target.deployments):
+            if deployment.provider not in seen:
+                problems.append(
+                    f"models.{alias}.deployments[{position}].provider: no provider named {deployment.provider!r}"
+                )
+    for key in config.pricing:
+        provider_name, slash, model = key.partition("/")
+        if not slash or not model:
+            problems.append(f'pricing."{key}": expected a key of the form "PROVIDER/MODEL"')
+        elif provider_name not in seen:
+            problems.append(f'pricing."{key}": no provider named {provider_name!r}')
+    names: set[str] = set()
+    for index, tenant in enumerate(config.tenants):
+        where = f"tenants[{index}]"
+        if not tenant.name:
+            problems.append(f"{where}.name: must not be empty")
+        if tenant.name in names:
+            problems.append(f"{where}.name: duplicate tenant name {tenant.name!r}")
+        names.add(tenant.name)
+        if (tenant.api_key_sha256 is None) == (tenant.api_key_env is None):
+            problems.append(f"{where}: set exactly one of api_key_sha256 and api_key_env")
+        if tenant.api_key_sha256 is not None and not _SHA256.match(tenant.api_key_sha256):
+            problems.append(f"{where}.api_key_sha256: expected 64 lowercase hex digits")
+        if tenant.api_key_env is not None and not environ.get(tenant.api_key_env):
+            problems.append(f"{where}.api_key_env: environment variable {tenant.api_key_env} is not set")
+    if not config.admin.api_key_env:
+        problems.append("admin.api_key_env: must name an environment variable")
+    return problems

@@ -1,0 +1,48 @@
+"""Errors the runtime raises while serving a request. `runtime.web` maps each to a status.
+
+GatewayError
+├── Unauthenticated       401  missing or unknown key
+├── ModelNotFound         404  no route for the requested model
+├── ActorUnavailable      503  an actor crashed or was given up by its supervisor
+├── Overloaded            503  a queue the gateway will not drop from is full
+├── ProviderUnavailable   503  every candidate provider refuses work right now
+└── UpstreamFailed        502  every attempt failed (names the providers tried, never their bodies)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class GatewayError(Exception):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Unauthenticated(GatewayError):
+    pass
+
+
+class ModelNotFound(GatewayError):
+    pass
+
+
+class ActorUnavailable(GatewayError):
+    pass
+
+
+class Overloaded(GatewayError):
+    pass
+
+
+class ProviderUnavailable(GatewayError):
+    pass
+
+
+class UpstreamFailed(GatewayError):
+    def __init__(self, tried: Sequence[str], *, retry_after: float | None = None) -> None:
+        names = ", ".join(dict.fromkeys(tried)) or "none"
+        super().__init__(f"All upstream attempts failed (providers tried: {names}).", retry_after=retry_after)
+        self.tried = tuple(tried)

@@ -1,0 +1,110 @@
+"""Route one chat request: candidates in order, a lease at each provider, the call, the fallback.
+
+Retryable provider failures move on to the next candidate; a non-retryable one (the request
+itself is wrong) goes straight back to the client. Every attempt's outcome is reported to its
+ProviderActor when its lease is released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+from policies.routing import Deployment
+from policies.validation import ChatRequest
+from providers.errors import ProviderError
+from providers.upstream import Call, Chunk, ChunkStream, Completion, Upstream
+from runtime.errors import ActorUnavailable, ModelNotFound, ProviderUnavailable, UpstreamFailed
+from runtime.exchange import Exchange
+from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
+
+if TYPE_CHECKING:
+    from runtime.gateway import Gateway
+
+T = TypeVar("T")
+CLOSE_DEADLINE_S = 5.0
+
+
+def candidates(gateway: Gateway, model: str) -> tuple[Deployment, ...]:
+    found = gateway.routes.lookup(model)
+    if not found:
+        raise ModelNotFound(f"The model '{model}' does not exist or is not served by this gateway.")
+    return found
+
+
+async def _first_success(
+    gateway: Gateway,
+    chat: ChatRequest,
+    exchange: Exchange,
+    start: Callable[[Upstream, Call], Awaitable[T]],
+) -> tuple[T, Lease]:
+    tried: list[str] = []
+    unavailable: list[str] = []
+    for deployment in candidates(gateway, chat.model):
+        handle = gateway.providers[deployment.provider]
+        try:
+            lease = await handle.lease()
+        except ActorUnavailable:
+            unavailable.append(deployment.provider)
+            continue
+        exchange.attempts += 1
+        call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
+        try:
+            with exchange.waiting_upstream():
+                result = await start(handle.upstream, call)
+        except ProviderError as error:
+            await lease.release(Outcome.failed(error))
+            if not error.retryable:
+                exchange.deployment = deployment
+                raise
+            tried.append(deployment.provider)
+            continue
+        except BaseException:
+            await lease.release(CANCELLED)
+            raise
+        exchange.deployment = deployment
+        return result, lease
+    if not tried:
+        raise ProviderUnavailable(
+            f"No provider can serve '{chat.model}' right now (down: {', '.join(unavailable)}).", retry_after=1.0
+        )
+    raise UpstreamFailed(tried + unavailable)
+
+
+async def complete(gateway: Gateway, chat: ChatRequest, exchange: Exchange) -> Completion:
+    async def call_upstream(upstream: Upstream, call: Call) -> Completion:
+        return await upstream.complete(call)
+
+    completion, lease = await _first_success(gateway, chat, exchange, call_upstream)
+    await lease.release(SUCCESS)
+    return completion
+
+
+async def close_quietly(stream: ChunkStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_DEADLINE_S):
+        await stream.aclose()
+
+
+async def _open_until_content(upstream: Upstream, call: Call) -> tuple[ChunkStream, list[Chunk]]:
+    """Open a stream and buffer its opening events until the first content (or its end), so a
+    failure before any content reaches the client can still fall back."""
+    stream = await upstream.open_stream(call)
+    opening: list[Chunk] = []
+    try:
+        while True:
+            batch = await stream.next_batch()
+            opening.extend(batch)
+            if not batch or any(chunk.has_content for chunk in batch):
+                return stream, opening
+    except BaseException:
+        await close_quietly(stream)
+        raise
+
+
+async def open_stream(
+    gateway: Gateway, chat: ChatRequest, exchange: Exchange
+) -> tuple[ChunkStream, list[Chunk], Lease]:
+    (stream, opening), lease = await _first_success(gateway, chat, exchange, _open_until_content)
+    return stream, opening, lease

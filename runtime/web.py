@@ -1,0 +1,214 @@
+"""The HTTP API: a Quart-Trio app speaking OpenAI's API, plus health and admin endpoints.
+
+`ERRORS` is the one table mapping every error tree (policies, providers, runtime) to an HTTP
+status and OpenAI error `type`/`code`; every error body is `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from policies.errors import InvalidRequest, RequestRefused
+from policies.validation import parse_chat_request, parse_json
+from providers.errors import ProviderError
+from runtime import router
+from runtime.errors import (
+    ActorUnavailable,
+    GatewayError,
+    ModelNotFound,
+    Overloaded,
+    ProviderUnavailable,
+    Unauthenticated,
+    UpstreamFailed,
+)
+from runtime.exchange import Exchange
+from runtime.gateway import Gateway
+from runtime.relay import StreamRelay
+from runtime.tracing import Trace, request_id
+
+log = logging.getLogger("tollgate.web")
+CLOSERS = "tollgate.closers"
+CLEANUP_DEADLINE_S = 10.0
+
+# error class → (status, OpenAI error type, code); the first matching row wins.
+ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (Unauthenticated, 401, "invalid_request_error", "invalid_api_key"),
+    (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (InvalidRequest, 400, "invalid_request_error", "invalid_request"),
+    (RequestRefused, 400, "invalid_request_error", "refused"),
+    (UpstreamFailed, 502, "api_error", "upstream_error"),
+    (ProviderUnavailable, 503, "api_error", "provider_unavailable"),
+    (Overloaded, 503, "api_error", "overloaded"),
+    (ActorUnavailable, 503, "api_error", "service_unavailable"),
+    (GatewayError, 500, "api_error", "internal_error"),
+    (ProviderError, 502, "api_error", "upstream_error"),
+)
+HTTP_CODES = {
+    404: ("invalid_request_error", "not_found", "Unknown path: {path}."),
+    405: ("invalid_request_error", "method_not_allowed", "Method {method} is not allowed on {path}."),
+    408: ("invalid_request_error", "request_timeout", "The request body did not arrive in time."),
+    413: ("invalid_request_error", "request_too_large", "The request body is larger than {limit} bytes."),
+}
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status,
+        headers,
+        content_type="application/json",
+    )
+
+
+def error_response(error: BaseException, max_body_bytes: int) -> Response:
+    headers: dict[str, str] = {}
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        type_, code, template = HTTP_CODES.get(status, ("invalid_request_error", "http_error", "{name}."))
+        message = template.format(path=request.path, method=request.method, limit=max_body_bytes, name=error.name)
+        return json_response(error_body(message, type_, code), status)
+    row = next((row for row in ERRORS if isinstance(error, row[0])), None)
+    if row is None:
+        log.error("unexpected error", exc_info=error)
+        return json_response(error_body("The gateway failed unexpectedly.", "api_error", "internal_error"), 500)
+    _, status, type_, code = row
+    message = str(error)
+    param = None
+    if isinstance(error, RequestRefused):
+        message, param, code = error.message, error.param, error.code
+    elif isinstance(error, ProviderError):
+        message = error.message
+        if not error.retryable and error.status and 400 <= error.status < 500:
+            status, type_, code = error.status, "invalid_request_error", "upstream_rejected"
+    elif isinstance(error, GatewayError):
+        message = error.message
+        if error.retry_after is not None:
+            headers["retry-after"] = str(max(1, round(error.retry_after)))
+    return json_response(error_body(message, type_, code, param), status, headers)
+
+
+def closers(scope: Any) -> list[Callable[[], Awaitable[None]]]:
+    """The cleanup list `RequestLifetime` keeps for this request."""
+    found: list[Callable[[], Awaitable[None]]] = scope[CLOSERS]
+    return found
+
+
+class RequestLifetime:
+    """ASGI wrapper: whatever happens to a request (even a disconnect before Quart iterates the
+    body), the closers it registered run, shielded and under a deadline, before it is gone."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        closers: list[Callable[[], Awaitable[None]]] = []
+        scope[CLOSERS] = closers
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if closers:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
+                    for close in closers:
+                        await close()
+
+
+def create_app(gateway: Gateway) -> QuartTrio:
+    server = gateway.config.server
+    app = QuartTrio("tollgate")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # quart's default (60 s) silently cuts long streams
+        BODY_TIMEOUT=server.body_timeout_s,
+        MAX_CONTENT_LENGTH=server.max_body_bytes,
+    )
+
+    @app.before_request
+    async def begin() -> None:
+        headers = request.headers
+        g.exchange = Exchange(
+            request_id(headers.get("X-Request-ID")), Trace.continue_or_start(headers.get("traceparent"))
+        )
+
+    @app.after_request
+    async def stamp(response: Response) -> Response:
+        exchange: Exchange | None = g.get("exchange")
+        if exchange is not None:
+            response.headers["x-request-id"] = exchange.request_id
+            response.headers["traceparent"] = exchange.trace.traceparent
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> Response:
+        return error_response(error, server.max_body_bytes)
+
+    @app.errorhandler(Exception)
+    async def on_error(error: Exception) -> Response:
+        return error_response(error, server.max_body_bytes)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        exchange: Exchange = g.exchange
+        gateway.tenants.authenticate(request.headers.get("Authorization"))
+        chat = parse_chat_request(parse_json(await request.get_data(cache=False, as_text=False)))
+        if chat.stream:
+            stream, opening, lease = await router.open_stream(gateway, chat, exchange)
+            relay = StreamRelay(stream, opening, lease, chat, exchange)
+            closers(request.scope).append(relay.aclose)
+            return Response(
+                relay,
+                200,
+                {
+                    "cache-control": "no-cache",
+                    "x-accel-buffering": "no",
+                    "x-tollgate-overhead-ms": str(exchange.overhead_ms()),
+                },
+                content_type="text/event-stream; charset=utf-8",
+            )
+        completion = await router.complete(gateway, chat, exchange)
+        body = completion.body
+        x_gateway = exchange.x_gateway()
+        body["x_gateway"] = x_gateway
+        return json_response(body, 200, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"])})
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        gateway.tenants.authenticate(request.headers.get("Authorization"))
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in gateway.routes.models()
+        ]
+        return json_response({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if gateway.draining.is_set():
+            return json_response({"status": "draining"}, 503)
+        if not gateway.ready:
+            return json_response({"status": "starting"}, 503)
+        return json_response({"status": "ready"})
+
+    @app.get("/admin/providers")
+    async def admin_providers() -> Response:
+        gateway.admin.check(request.headers.get("Authorization"))
+        stats = gateway.statistics().providers
+        return json_response({"providers": [attrs.asdict(s) for s in stats]})
+
+    return app

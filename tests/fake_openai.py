@@ -1,0 +1,156 @@
+"""A fake OpenAI-compatible server, over real HTTP, speaking the real wire format.
+
+Tests steer it with `Behaviour` (per server, or queued per request) and read back what it received.
+It counts its open streams, so tests can prove the gateway never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+from quart import Response, request
+from quart_trio import QuartTrio
+
+
+@attrs.frozen
+class Behaviour:
+    status: int = 200
+    reply: str = "Hello from the fake upstream."
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+    cached_tokens: int = 0
+    chunks: int = 4
+    chunk_delay_s: float = 0.0
+    first_byte_delay_s: float = 0.0
+    retry_after: str | None = None
+    error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
+    fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content"] = None
+    send_usage: bool = True
+
+
+@attrs.define
+class FakeOpenAI:
+    url: str = ""
+    behaviour: Behaviour = Behaviour()
+    queue: deque[Behaviour] = attrs.field(factory=deque)
+    bodies: list[dict[str, Any]] = attrs.field(factory=list)
+    headers: list[dict[str, str]] = attrs.field(factory=list)
+    open_streams: int = 0
+    streams_closed: trio.Event = attrs.field(factory=trio.Event)
+
+    def next_behaviour(self) -> Behaviour:
+        return self.queue.popleft() if self.queue else self.behaviour
+
+    def completion(self, model: str, b: Behaviour) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": b.prompt_tokens,
+            "completion_tokens": b.completion_tokens,
+            "total_tokens": b.prompt_tokens + b.completion_tokens,
+        }
+        if b.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": b.reply}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+
+    def chunk(
+        self, model: str, delta: dict[str, Any], finish: str | None = None, usage: Any = None, choices: bool = True
+    ) -> bytes:
+        body = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [],
+            "usage": usage,
+        }
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    async def stream(self, model: str, b: Behaviour, include_usage: bool) -> AsyncIterator[bytes]:
+        self.open_streams += 1
+        try:
+            words = b.reply.split(" ")
+            per = max(1, -(-len(words) // b.chunks))
+            pieces = [" ".join(words[i : i + per]) for i in range(0, len(words), per)]
+            usage = {
+                "prompt_tokens": b.prompt_tokens,
+                "completion_tokens": b.completion_tokens,
+                "total_tokens": b.prompt_tokens + b.completion_tokens,
+            }
+            yield self.chunk(model, {"role": "assistant", "content": ""})
+            for index, piece in enumerate(pieces):
+                if b.chunk_delay_s:
+                    await trio.sleep(b.chunk_delay_s)
+                if b.fault == "reset_mid_stream" and index == 1:
+                    raise ConnectionResetError("fake upstream dies mid-stream")
+                text = piece if index == 0 else " " + piece
+                last = index == len(pieces) - 1
+                if b.fault == "usage_on_last_content" and last:
+                    yield self.chunk(model, {"content": text}, "stop", usage)
+                else:
+                    yield self.chunk(model, {"content": text})
+            if b.fault != "usage_on_last_content":
+                yield self.chunk(model, {}, "stop")
+                if include_usage and b.send_usage:
+                    yield self.chunk(model, {}, usage=usage, choices=False)
+            if b.fault != "no_done":
+                yield b"data: [DONE]\n\n"
+        finally:
+            self.open_streams -= 1
+            if self.open_streams == 0:
+                self.streams_closed.set()
+                self.streams_closed = trio.Event()
+
+    def app(self) -> QuartTrio:
+        app = QuartTrio("fake-openai")
+        app.config["RESPONSE_TIMEOUT"] = None
+
+        @app.post("/v1/chat/completions")
+        async def chat() -> Response:
+            body = await request.get_json(force=True)
+            self.bodies.append(body)
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            b = self.next_behaviour()
+            if b.first_byte_delay_s:
+                await trio.sleep(b.first_byte_delay_s)
+            headers = {"retry-after": b.retry_after} if b.retry_after else {}
+            if b.status != 200:
+                return Response(b.error_body, b.status, headers, content_type="application/json")
+            if b.fault == "malformed_json":
+                return Response("{not json", 200, content_type="application/json")
+            model = body.get("model", "")
+            if body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                return Response(self.stream(model, b, include_usage), 200, content_type="text/event-stream")
+            return Response(json.dumps(self.completion(model, b)), 200, content_type="application/json")
+
+        return app
+
+
+@asynccontextmanager
+async def fake_openai(behaviour: Behaviour = Behaviour()) -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI(behaviour=behaviour)
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.1
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(hypercorn.trio.serve, fake.app(), config)
+        fake.url = binds[0] + "/v1"
+        yield fake
+        nursery.cancel_scope.cancel()
