@@ -19,6 +19,7 @@ import cattrs
 import httpx
 
 from events.money import usd
+from policies.cost import Price
 from policies.routing import Deployment
 from providers.simulator import SimulatorSettings
 from providers.upstream import Timeouts
@@ -75,15 +76,6 @@ class ProviderConfig:
     max_concurrency: int = attrs.field(default=256, validator=attrs.validators.ge(1))
     timeouts: Timeouts = Timeouts()
     simulator: SimulatorSettings = SimulatorSettings()
-
-
-@attrs.frozen
-class Price:
-    """USD per million tokens. `cached_input_per_mtok` defaults to the input price."""
-
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None = None
 
 
 @attrs.frozen

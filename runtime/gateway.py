@@ -1,26 +1,42 @@
-"""`open_gateway(config)`: the root nursery, its supervised actors, and the `Gateway` handle.
+"""`open_gateway(config)`: the ledger, the root nursery, its supervised actors, the `Gateway` handle.
 
-Everything long-lived runs under the nursery this opens; callers get a `Gateway` handle to pass
-around (never the nursery itself).
+Start-up: open the ledger and its projections, let the projections catch up with the log tail, load
+the books (tenants, keys, prices) from them, start the Journal and the Projector, record requests a
+crash left unsettled as `interrupted`, reconcile `[[tenants]]` and `[pricing]` from the config
+(only differences are appended), then start one supervised actor per provider.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
+from events.money import ZERO
+from events.pricelist import PRICE_LIST_ID, PriceList
+from events.projections import Projections
+from events.request import Request
+from events.store import MEMORY, LedgerStore
+from events.tenant import Tenant, tenant_id
+from policies.cost import Price
 from policies.routing import RoutingIndex
 from providers.openai import OpenAIUpstream
 from providers.simulator import Simulator
 from providers.upstream import Upstream
-from runtime.auth import DEMO_KEY, AdminKey, Tenant, TenantIndex, hash_key, new_key
+from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
+from runtime.books import Books
 from runtime.config import Config, ProviderConfig
+from runtime.journal import Journal, JournalStatistics
+from runtime.projector import Projector
 from runtime.provider_actor import ProviderHandle, ProviderStatistics
 from runtime.supervisor import supervise
 
@@ -37,22 +53,12 @@ def build_upstream(provider: ProviderConfig, environ: Mapping[str, str]) -> Upst
     )
 
 
-def build_tenant_index(config: Config, environ: Mapping[str, str]) -> TenantIndex:
-    entries = []
-    for tenant in config.tenants:
-        if tenant.api_key_sha256 is not None:
-            digest = tenant.api_key_sha256
-        else:
-            assert tenant.api_key_env is not None
-            digest = hash_key(environ[tenant.api_key_env])
-        if digest == hash_key(DEMO_KEY):
-            log.warning(
-                "tenant %r uses the demo key published in the README: anyone can use it; "
-                "replace it before exposing this gateway",
-                tenant.name,
-            )
-        entries.append((digest, Tenant(tenant.name)))
-    return TenantIndex(entries)
+def projections_path(ledger_path: str) -> str:
+    """`var/ledger.sqlite3` → `var/ledger.projections.sqlite3` (`:memory:` stays in memory)."""
+    if ledger_path == MEMORY:
+        return MEMORY
+    path = Path(ledger_path)
+    return str(path.with_name(f"{path.stem}.projections{path.suffix or '.sqlite3'}"))
 
 
 @attrs.frozen
@@ -60,6 +66,8 @@ class GatewayStatistics:
     ready: bool
     draining: bool
     providers: tuple[ProviderStatistics, ...]
+    journal: JournalStatistics
+    projected_position: int
 
 
 @attrs.define
@@ -67,7 +75,10 @@ class Gateway:
     config: Config
     providers: dict[str, ProviderHandle]
     routes: RoutingIndex
-    tenants: TenantIndex
+    books: Books
+    journal: Journal
+    projector: Projector
+    store: LedgerStore
     admin: AdminKey
     generated_admin_key: str | None = None
     ready: bool = False
@@ -82,7 +93,105 @@ class Gateway:
             ready=self.ready,
             draining=self.draining.is_set(),
             providers=tuple(handle.statistics() for handle in self.providers.values()),
+            journal=self.journal.statistics(),
+            projected_position=self.projector.position,
         )
+
+    async def load(self, aggregate_id: uuid.UUID, kind: type[Any]) -> Any:
+        """Read an aggregate from the store (through the Journal's door: one thread at a time)."""
+        return await trio.to_thread.run_sync(self.store.get, aggregate_id, kind, limiter=self.journal.limiter)
+
+
+def _config_tenant_changes(gateway: Gateway, environ: Mapping[str, str], existing: dict[str, Tenant]) -> list[Any]:
+    books = gateway.books
+    changed: list[Any] = []
+    named = set()
+    for tenant in gateway.config.tenants:
+        named.add(tenant.name)
+        digest = tenant.api_key_sha256 or hash_key(environ[tenant.api_key_env or ""])
+        if digest == hash_key(DEMO_KEY):
+            log.warning(
+                "tenant %r uses the demo key published in the README: anyone can use it; "
+                "replace it before exposing this gateway",
+                tenant.name,
+            )
+        aggregate = existing.get(str(tenant_id(tenant.name)))
+        if aggregate is None:
+            owner = books.key_owner(digest)
+            if owner is not None:
+                log.error("tenant %r: its key already belongs to another tenant; not registered", tenant.name)
+                continue
+            changed.append(Tenant.register(tenant.name, digest, {}, "config"))
+            continue
+        if aggregate.key_sha256 != digest:
+            aggregate.issue_key(digest, None)
+        changed.append(aggregate)
+    for aggregate in existing.values():
+        if aggregate.source == "config" and aggregate.name not in named:
+            aggregate.disable()
+            changed.append(aggregate)
+    return changed
+
+
+def _config_price_changes(gateway: Gateway, price_list: PriceList, now: datetime) -> None:
+    for key, price in gateway.config.pricing.items():
+        entry = gateway.books.prices.entry_at(key, now)
+        if entry is None or entry.price != price:
+            price_list.set_price(
+                key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, now, "config"
+            )
+
+
+async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
+    """Recover interrupted requests and reconcile the config into the ledger."""
+    now = datetime.now(UTC)
+    events: list[Any] = []
+    for row in gateway.books.open_requests():
+        request = await gateway.load(uuid.UUID(row["id"]), Request)
+        if request is not None and request.outcome is None:
+            request.settle(
+                Request.Failed,
+                provider=None,
+                served_model=None,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cached_tokens=0,
+                usage_source="estimated",
+                cost_usd=ZERO,
+                price_ref=None,
+                latency_us=0,
+                overhead_us=0,
+                outcome="interrupted",
+            )
+            events.extend(request.collect_events())
+    if events:
+        log.warning("recorded %d request(s) left unsettled by an earlier stop as interrupted", len(events))
+    existing = {}
+    for view in gateway.books.tenants():
+        aggregate = await gateway.load(uuid.UUID(view.id), Tenant)
+        if aggregate is not None:
+            existing[view.id] = aggregate
+    for aggregate in _config_tenant_changes(gateway, environ, existing):
+        events.extend(aggregate.collect_events())
+        gateway.books.tenant_aggregates[str(aggregate.id)] = aggregate
+    gateway.books.tenant_aggregates.update(
+        {k: v for k, v in existing.items() if k not in gateway.books.tenant_aggregates}
+    )
+    price_list = await gateway.load(PRICE_LIST_ID, PriceList) or PriceList.open()
+    _config_price_changes(gateway, price_list, now)
+    events.extend(price_list.collect_events())
+    gateway.books.price_list = price_list
+    if events:
+        await gateway.journal.commit(events)
+
+
+def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
+    from runtime.projector import catch_up
+
+    store = LedgerStore(path)
+    projections = Projections(projections_path(path))
+    catch_up(store, projections)
+    return store, projections
 
 
 @asynccontextmanager
@@ -92,6 +201,15 @@ async def open_gateway(config: Config, environ: Mapping[str, str] | None = None)
     generated = None
     if not admin_key:
         admin_key = generated = new_key("tga-")
+    store, projections = await trio.to_thread.run_sync(_open_ledger, config.ledger.path)
+    books = Books(projections)
+    projector = Projector(store, projections)
+
+    def on_commit(recorded: list[Any]) -> None:
+        books.apply(recorded)
+        projector.feed(recorded)
+
+    journal = Journal(store, on_commit)
     handles = {
         provider.name: ProviderHandle(
             provider.name, provider.kind, build_upstream(provider, environ), provider.max_concurrency
@@ -105,12 +223,18 @@ async def open_gateway(config: Config, environ: Mapping[str, str] | None = None)
             [(p.name, p.models) for p in config.providers],
             {name: alias.deployments for name, alias in config.models.items()},
         ),
-        tenants=build_tenant_index(config, environ),
+        books=books,
+        journal=journal,
+        projector=projector,
+        store=store,
         admin=AdminKey(admin_key),
         generated_admin_key=generated,
     )
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(projector.run)
+            await nursery.start(journal.run)
+            await _start_ledger(gateway, environ)
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway
@@ -119,3 +243,8 @@ async def open_gateway(config: Config, environ: Mapping[str, str] | None = None)
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             for handle in handles.values():
                 await handle.upstream.aclose()
+        store.close()
+        projections.close()
+
+
+__all__ = ["Gateway", "GatewayStatistics", "Price", "build_upstream", "open_gateway", "projections_path"]

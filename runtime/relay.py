@@ -1,8 +1,11 @@
-"""Relay an upstream chunk stream to the client as OpenAI SSE.
+"""Relay an upstream chunk stream to the client as OpenAI SSE, and settle it exactly once.
 
-`StreamRelay` is the response body Quart iterates. Everything already waiting upstream goes out
-in one write; `aclose()` (called by Quart, and again by the request's lifetime guard) closes the
-upstream at once and releases the provider lease, shielded and under a deadline, exactly once.
+`StreamRelay` is the response body Quart iterates. Everything already waiting upstream goes out in
+one write. The usage chunk is held back until the stream ends and its `Completed` event is durable,
+then sent (with `x_gateway` and the cost) together with `[DONE]`. A stream that fails mid-answer
+ends with an SSE `error` event and no `[DONE]`, recorded as `truncated`. `aclose()` — called by
+Quart, and again by the request's lifetime guard — closes the upstream at once, releases the lease
+and records `Cancelled` with the usage delivered so far, shielded and under a deadline.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from events.request import Request
 from events.usage import Usage
-from policies.validation import ChatRequest
 from providers.errors import ProviderError
 from providers.upstream import Chunk, ChunkStream
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
+from runtime.record import RequestRecord, estimate_usage
 from runtime.router import close_quietly
 
 DONE = b"data: [DONE]\n\n"
@@ -28,15 +32,16 @@ def sse_error(message: str, type_: str, code: str) -> bytes:
 
 class StreamRelay:
     def __init__(
-        self, stream: ChunkStream, opening: list[Chunk], lease: Lease, chat: ChatRequest, exchange: Exchange
+        self, stream: ChunkStream, opening: list[Chunk], lease: Lease, record: RequestRecord, exchange: Exchange
     ) -> None:
         self._stream = stream
         self._pending: list[Chunk] | None = opening
         self._lease = lease
-        self._chat = chat
+        self._record = record
         self._exchange = exchange
-        self._outcome: Outcome | None = None
         self._finished = False
+        self._usage_chunk: Chunk | None = None
+        self._last: dict[str, Any] = opening[-1].data if opening else {}
         self.usage: Usage | None = None
         self.content_bytes = 0
 
@@ -53,43 +58,62 @@ class StreamRelay:
                 with self._exchange.waiting_upstream():
                     batch = await self._stream.next_batch()
             except ProviderError as error:
-                self._outcome = Outcome.failed(error)
-                await self._finish()
+                await self._finish(Outcome.failed(error), Request.Failed, "truncated")
                 return sse_error(
                     f"The upstream stream failed after it had started ({error.kind}); the answer is incomplete.",
                     "api_error",
                     "upstream_error",
                 )
         if not batch:
-            self._outcome = SUCCESS
-            await self._finish()
-            return DONE
+            await self._finish(SUCCESS, Request.Completed, "ok")
+            return self._closing()
         return self._encode(batch)
+
+    def _usage_so_far(self) -> Usage:
+        return self.usage or estimate_usage(self._record.chat, self.content_bytes)
 
     def _encode(self, batch: list[Chunk]) -> bytes:
         out = []
+        self._last = batch[-1].data
         for chunk in batch:
             self.content_bytes += chunk.content_bytes
             text = chunk.raw
             if chunk.usage is not None:
                 self.usage = chunk.usage
-                if not self._chat.include_usage:
-                    if not chunk.data.get("choices"):
-                        continue
-                else:
-                    data: dict[str, Any] = dict(chunk.data)
-                    data["x_gateway"] = self._exchange.x_gateway()
-                    text = json.dumps(data, separators=(",", ":"))
+                if not chunk.data.get("choices"):
+                    self._usage_chunk = chunk  # sent with [DONE], once settled
+                    continue
+                # Usage rides on a content chunk here: strip it; the closing usage chunk carries it.
+                text = json.dumps({**chunk.data, "usage": None}, separators=(",", ":"))
             if text is None:
                 text = json.dumps(chunk.data, separators=(",", ":"))
             out.append(f"data: {text}\n\n")
         return "".join(out).encode()
 
-    async def _finish(self) -> None:
+    def _closing(self) -> bytes:
+        if not self._record.chat.include_usage:
+            return DONE
+        if self._usage_chunk is not None:
+            data: dict[str, Any] = dict(self._usage_chunk.data)
+        else:
+            last = self._last
+            data = {
+                "id": last.get("id"),
+                "object": "chat.completion.chunk",
+                "created": last.get("created"),
+                "model": last.get("model"),
+                "choices": [],
+                "usage": self._usage_so_far().as_openai(),
+            }
+        data["x_gateway"] = self._exchange.x_gateway(self._record.cost_str())
+        return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n" + DONE
+
+    async def _finish(self, outcome: Outcome, kind: type[Request.Settled], result: str) -> None:
         self._finished = True
         await close_quietly(self._stream)
-        await self._lease.release(self._outcome or CANCELLED)
+        await self._lease.release(outcome)
+        await self._record.settle(kind, result, self._usage_so_far())
 
     async def aclose(self) -> None:
         if not self._finished:
-            await self._finish()
+            await self._finish(CANCELLED, Request.Cancelled, "client_disconnected")

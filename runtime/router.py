@@ -2,7 +2,8 @@
 
 Retryable provider failures move on to the next candidate; a non-retryable one (the request
 itself is wrong) goes straight back to the client. Every attempt's outcome is reported to its
-ProviderActor when its lease is released.
+ProviderActor when its lease is released, and every failed attempt becomes an `AttemptFailed`
+event. Non-stream requests are settled here; streams are settled by their relay.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
+from events.request import Request
 from policies.routing import Deployment
-from policies.validation import ChatRequest
 from providers.errors import ProviderError
 from providers.upstream import Call, Chunk, ChunkStream, Completion, Upstream
 from runtime.errors import ActorUnavailable, ModelNotFound, ProviderUnavailable, UpstreamFailed
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
+from runtime.record import RequestRecord, estimate_usage
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway
@@ -36,10 +38,11 @@ def candidates(gateway: Gateway, model: str) -> tuple[Deployment, ...]:
 
 async def _first_success(
     gateway: Gateway,
-    chat: ChatRequest,
+    record: RequestRecord,
     exchange: Exchange,
     start: Callable[[Upstream, Call], Awaitable[T]],
 ) -> tuple[T, Lease]:
+    chat = record.chat
     tried: list[str] = []
     unavailable: list[str] = []
     for deployment in candidates(gateway, chat.model):
@@ -56,6 +59,7 @@ async def _first_success(
                 result = await start(handle.upstream, call)
         except ProviderError as error:
             await lease.release(Outcome.failed(error))
+            record.attempt_failed(deployment, error)
             if not error.retryable:
                 exchange.deployment = deployment
                 raise
@@ -73,13 +77,41 @@ async def _first_success(
     raise UpstreamFailed(tried + unavailable)
 
 
-async def complete(gateway: Gateway, chat: ChatRequest, exchange: Exchange) -> Completion:
+async def settle_failure(record: RequestRecord, error: BaseException) -> None:
+    """Settle a request that ended before any answer reached the client."""
+    if isinstance(error, ProviderError) and not error.retryable:
+        await record.settle(Request.Failed, "upstream_rejected", None)
+    elif isinstance(error, ProviderError | UpstreamFailed | ProviderUnavailable):
+        await record.settle(Request.Failed, "upstream_error", None)
+    elif isinstance(error, trio.Cancelled):
+        await record.settle(Request.Cancelled, "client_disconnected", None)
+    else:
+        await record.settle(Request.Failed, "gateway_error", None)
+
+
+async def complete(gateway: Gateway, record: RequestRecord, exchange: Exchange) -> Completion:
     async def call_upstream(upstream: Upstream, call: Call) -> Completion:
         return await upstream.complete(call)
 
-    completion, lease = await _first_success(gateway, chat, exchange, call_upstream)
+    try:
+        completion, lease = await _first_success(gateway, record, exchange, call_upstream)
+    except BaseException as error:
+        await settle_failure(record, error)
+        raise
     await lease.release(SUCCESS)
+    await record.settle(
+        Request.Completed, "ok", completion.usage or estimate_usage(record.chat, _content_bytes(completion))
+    )
     return completion
+
+
+def _content_bytes(completion: Completion) -> int:
+    size = 0
+    for choice in completion.body.get("choices") or ():
+        content = (choice.get("message") or {}).get("content")
+        if isinstance(content, str):
+            size += len(content.encode())
+    return size
 
 
 async def close_quietly(stream: ChunkStream) -> None:
@@ -104,7 +136,11 @@ async def _open_until_content(upstream: Upstream, call: Call) -> tuple[ChunkStre
 
 
 async def open_stream(
-    gateway: Gateway, chat: ChatRequest, exchange: Exchange
+    gateway: Gateway, record: RequestRecord, exchange: Exchange
 ) -> tuple[ChunkStream, list[Chunk], Lease]:
-    (stream, opening), lease = await _first_success(gateway, chat, exchange, _open_until_content)
+    try:
+        (stream, opening), lease = await _first_success(gateway, record, exchange, _open_until_content)
+    except BaseException as error:
+        await settle_failure(record, error)
+        raise
     return stream, opening, lease

@@ -32,6 +32,7 @@ from runtime.errors import (
 )
 from runtime.exchange import Exchange
 from runtime.gateway import Gateway
+from runtime.record import RequestRecord, reject, utcnow
 from runtime.relay import StreamRelay
 from runtime.tracing import Trace, request_id
 
@@ -100,6 +101,15 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
     return json_response(error_body(message, type_, code, param), status, headers)
 
 
+def _loose_json(raw: bytes) -> dict[str, Any]:
+    """The body as an object if it is one (for recording what a refused request asked for)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def closers(scope: Any) -> list[Callable[[], Awaitable[None]]]:
     """The cleanup list `RequestLifetime` keeps for this request."""
     found: list[Callable[[], Awaitable[None]]] = scope[CLOSERS]
@@ -163,11 +173,24 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         exchange: Exchange = g.exchange
-        gateway.tenants.authenticate(request.headers.get("Authorization"))
-        chat = parse_chat_request(parse_json(await request.get_data(cache=False, as_text=False)))
+        tenant = gateway.books.authenticate(request.headers.get("Authorization"))
+        received_at = utcnow()
+        raw = await request.get_data(cache=False, as_text=False)
+        try:
+            chat = parse_chat_request(parse_json(raw))
+            router.candidates(gateway, chat.model)
+        except (RequestRefused, ModelNotFound) as refusal:
+            body = _loose_json(raw)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            status = 404 if isinstance(refusal, ModelNotFound) else 400
+            reason = "model_not_found" if isinstance(refusal, ModelNotFound) else refusal.code
+            await reject(gateway, exchange, tenant, model, body.get("stream") is True, reason, status, received_at)
+            raise
+        record = RequestRecord(gateway, exchange, tenant, chat, received_at)
+        record.admit()
         if chat.stream:
-            stream, opening, lease = await router.open_stream(gateway, chat, exchange)
-            relay = StreamRelay(stream, opening, lease, chat, exchange)
+            stream, opening, lease = await router.open_stream(gateway, record, exchange)
+            relay = StreamRelay(stream, opening, lease, record, exchange)
             closers(request.scope).append(relay.aclose)
             return Response(
                 relay,
@@ -179,15 +202,15 @@ def create_app(gateway: Gateway) -> QuartTrio:
                 },
                 content_type="text/event-stream; charset=utf-8",
             )
-        completion = await router.complete(gateway, chat, exchange)
+        completion = await router.complete(gateway, record, exchange)
         body = completion.body
-        x_gateway = exchange.x_gateway()
+        x_gateway = exchange.x_gateway(record.cost_str())
         body["x_gateway"] = x_gateway
         return json_response(body, 200, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"])})
 
     @app.get("/v1/models")
     async def models() -> Response:
-        gateway.tenants.authenticate(request.headers.get("Authorization"))
+        gateway.books.authenticate(request.headers.get("Authorization"))
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in gateway.routes.models()
         ]

@@ -25,6 +25,7 @@ def make_config(*, providers: list[dict[str, Any]] | None = None, **sections: An
     """A config with the demo tenant and the simulator unless told otherwise."""
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "grace_period_s": 2.0},
+        "ledger": {"path": ":memory:"},
         "providers": providers
         if providers is not None
         else [{"name": "sim", "kind": "simulator", "models": ["sim-1"]}],

@@ -39,7 +39,7 @@ api_key_sha256 = "{hash_key(DEMO_KEY)}"
 @contextmanager
 def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     path = tmp_path / "config.toml"
-    path.write_text(CONFIG)
+    path.write_text(CONFIG + f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n')
     env = {**os.environ, "TOLLGATE_ADMIN_KEY": "tga-serve-test"}
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "serve", "--config", str(path), "--port", "0"],

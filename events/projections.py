@@ -1,0 +1,351 @@
+"""Read models of the ledger: SQLite tables written with sqlite-utils, folded from committed events.
+
+    spend          tenant × UTC day × model × provider: requests, tokens, cost (decimal string), unpriced
+    outcomes       provider × outcome: count (terminal outcomes, failed attempts, rejections)
+    prices         every price entry (the price book)
+    tenants        tenant id → name, enabled, policy, source; tenant_keys: key hash → tenant, valid_until
+    open_requests  admitted but not yet settled (their reservations; settled or recovered later)
+    tracking       the ledger position the tables reflect, written in the same transaction
+
+`fold` is pure: records in, row changes out. `Projections.apply` writes one batch atomically.
+Rebuilding from an empty database must give the same tables (`tollgate replay --verify`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import sqlite_utils
+
+from events.money import usd, usd_str
+from events.pricelist import PriceList
+from events.request import Request
+from events.store import Recorded
+from events.tenant import Tenant
+
+TRACKING = "projections"
+SPEND_KEY = ("tenant", "day", "model", "provider")
+TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
+
+
+@attrs.define
+class Changes:
+    """Row changes from one batch of records, keyed so that applying them is idempotent per batch."""
+
+    spend: dict[tuple[str, str, str, str], dict[str, Any]] = attrs.field(factory=dict)
+    outcomes: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    prices: list[dict[str, Any]] = attrs.field(factory=list)
+    tenants: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    keys: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    opened: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    closed: set[str] = attrs.field(factory=set)
+    position: int = 0
+
+
+def _day(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+def _count(changes: Changes, provider: str, outcome: str) -> None:
+    key = (provider, outcome)
+    changes.outcomes[key] = changes.outcomes.get(key, 0) + 1
+
+
+@attrs.define
+class FoldState:
+    """The rows a fold must read: kept in memory, loaded from the tables, updated by `fold`."""
+
+    open_requests: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    tenants: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    keys: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+
+def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
+    """Fold records into row changes, updating `state` in place (so a request admitted and
+    settled in the same batch folds correctly)."""
+    changes = Changes()
+    open_requests, tenants, keys = state.open_requests, state.tenants, state.keys
+    for record in records:
+        event = record.event
+        changes.position = record.position
+        request_id = str(event.originator_id)
+        if isinstance(event, Request.Admitted):
+            row = {
+                "id": request_id,
+                "request_id": event.request_id,
+                "tenant": event.tenant,
+                "model": event.model,
+                "day": _day(event.received_at),
+                "received_at": event.received_at.isoformat(),
+                "reserved_usd": usd_str(event.reserved_usd),
+            }
+            open_requests[request_id] = row
+            changes.opened[request_id] = row
+            changes.closed.discard(request_id)
+        elif isinstance(event, Request.Settled):
+            admitted = open_requests.pop(request_id, None)
+            changes.opened.pop(request_id, None)
+            changes.closed.add(request_id)
+            if admitted is None:
+                continue  # settled without admission cannot happen; ignore rather than invent a tenant
+            key = (admitted["tenant"], admitted["day"], admitted["model"], event.provider or "-")
+            row = changes.spend.setdefault(
+                key,
+                {
+                    "requests": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "cached_tokens": 0,
+                    "cost": Decimal(0),
+                    "unpriced": 0,
+                },
+            )
+            row["requests"] += 1
+            row["prompt_tokens"] += event.prompt_tokens
+            row["completion_tokens"] += event.completion_tokens
+            row["cached_tokens"] += event.cached_tokens
+            if event.cost_usd is None:
+                row["unpriced"] += 1
+            else:
+                row["cost"] += event.cost_usd
+            _count(changes, event.provider or "-", event.outcome)
+        elif isinstance(event, Request.AttemptFailed):
+            _count(changes, event.provider, f"attempt_failed:{event.error_kind}")
+        elif isinstance(event, Request.Rejected):
+            _count(changes, "-", f"rejected:{event.reason}")
+        elif isinstance(event, PriceList.PriceSet | PriceList.PriceRemoved):
+            removed = isinstance(event, PriceList.PriceRemoved)
+            changes.prices.append(
+                {
+                    "key": event.key,
+                    "effective_from": event.effective_from.isoformat(),
+                    "position": record.position,
+                    "input_per_mtok": None if removed else usd_str(event.input_per_mtok),
+                    "output_per_mtok": None if removed else usd_str(event.output_per_mtok),
+                    "cached_input_per_mtok": None
+                    if removed or event.cached_input_per_mtok is None
+                    else usd_str(event.cached_input_per_mtok),
+                    "removed": int(removed),
+                    "source": event.source,
+                    "recorded_at": event.timestamp.isoformat(),
+                }
+            )
+        elif isinstance(event, Tenant.Registered):
+            tenant = {
+                "id": request_id,
+                "name": event.name,
+                "enabled": 1,
+                "policy": json.dumps(event.policy, sort_keys=True),
+                "source": event.source,
+                "created_at": event.timestamp.isoformat(),
+                "updated_at": event.timestamp.isoformat(),
+            }
+            tenants[request_id] = changes.tenants[request_id] = tenant
+            key_row = {"key_sha256": event.key_sha256, "tenant_id": request_id, "valid_until": None}
+            keys[event.key_sha256] = changes.keys[event.key_sha256] = key_row
+        elif isinstance(event, Tenant.Event):
+            tenant = dict(tenants[request_id])
+            tenant["updated_at"] = event.timestamp.isoformat()
+            if isinstance(event, Tenant.Updated):
+                tenant["policy"] = json.dumps({**json.loads(tenant["policy"]), **event.changes}, sort_keys=True)
+            elif isinstance(event, Tenant.Disabled):
+                tenant["enabled"] = 0
+            elif isinstance(event, Tenant.Enabled):
+                tenant["enabled"] = 1
+            elif isinstance(event, Tenant.KeyIssued):
+                # Old keys stay valid until the grace period ends, or end now.
+                until = (event.previous_valid_until or event.timestamp).isoformat()
+                for old in [
+                    row for row in keys.values() if row["tenant_id"] == request_id and row["valid_until"] is None
+                ]:
+                    keys[old["key_sha256"]] = changes.keys[old["key_sha256"]] = {**old, "valid_until": until}
+                key_row = {"key_sha256": event.key_sha256, "tenant_id": request_id, "valid_until": None}
+                keys[event.key_sha256] = changes.keys[event.key_sha256] = key_row
+            tenants[request_id] = changes.tenants[request_id] = tenant
+    return changes
+
+
+class Projections:
+    """The projection database: `apply(records)` folds and writes one batch in one transaction."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # One connection, used from whichever worker thread holds the runtime's limiter of one.
+        connection = sqlite3.connect(path, check_same_thread=False)
+        self.db = sqlite_utils.Database(connection)
+        if path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._create()
+        self.state = FoldState(
+            open_requests={row["id"]: row for row in self.db["open_requests"].rows},
+            tenants={row["id"]: row for row in self.db["tenants"].rows},
+            keys={row["key_sha256"]: row for row in self.db["tenant_keys"].rows},
+        )
+
+    def _create(self) -> None:
+        db = self.db
+        db["spend"].create(
+            {
+                "tenant": str,
+                "day": str,
+                "model": str,
+                "provider": str,
+                "requests": int,
+                "prompt_tokens": int,
+                "completion_tokens": int,
+                "cached_tokens": int,
+                "cost_usd": str,
+                "unpriced": int,
+            },
+            pk=SPEND_KEY,
+            if_not_exists=True,
+        )
+        db["outcomes"].create(
+            {"provider": str, "outcome": str, "count": int}, pk=("provider", "outcome"), if_not_exists=True
+        )
+        db["prices"].create(
+            {
+                "key": str,
+                "effective_from": str,
+                "position": int,
+                "input_per_mtok": str,
+                "output_per_mtok": str,
+                "cached_input_per_mtok": str,
+                "removed": int,
+                "source": str,
+                "recorded_at": str,
+            },
+            pk=("key", "effective_from", "position"),
+            if_not_exists=True,
+        )
+        db["tenants"].create(
+            {
+                "id": str,
+                "name": str,
+                "enabled": int,
+                "policy": str,
+                "source": str,
+                "created_at": str,
+                "updated_at": str,
+            },
+            pk="id",
+            if_not_exists=True,
+        )
+        db["tenant_keys"].create(
+            {"key_sha256": str, "tenant_id": str, "valid_until": str}, pk="key_sha256", if_not_exists=True
+        )
+        db["open_requests"].create(
+            {
+                "id": str,
+                "request_id": str,
+                "tenant": str,
+                "model": str,
+                "day": str,
+                "received_at": str,
+                "reserved_usd": str,
+            },
+            pk="id",
+            if_not_exists=True,
+        )
+        db["tracking"].create({"name": str, "position": int}, pk="name", if_not_exists=True)
+
+    @property
+    def position(self) -> int:
+        row = next(iter(self.db["tracking"].rows_where("name = ?", [TRACKING])), None)
+        return int(row["position"]) if row else 0
+
+    def apply(self, records: Sequence[Recorded]) -> int:
+        """Fold and write `records` (those at or before the tracked position are skipped)."""
+        done = self.position
+        fresh = [r for r in records if r.position > done]
+        if not fresh:
+            return done
+        changes = fold(fresh, self.state)
+        with self.db.conn:
+            self._write(changes)
+        return changes.position
+
+    def _write(self, changes: Changes) -> None:
+        db = self.db
+        spend = db["spend"]
+        for (tenant, day, model, provider), delta in changes.spend.items():
+            current = next(
+                iter(
+                    spend.rows_where(
+                        "tenant = ? and day = ? and model = ? and provider = ?", [tenant, day, model, provider]
+                    )
+                ),
+                None,
+            )
+            base = current or {
+                "requests": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cached_tokens": 0,
+                "cost_usd": "0",
+                "unpriced": 0,
+            }
+            spend.upsert(
+                {
+                    "tenant": tenant,
+                    "day": day,
+                    "model": model,
+                    "provider": provider,
+                    "requests": base["requests"] + delta["requests"],
+                    "prompt_tokens": base["prompt_tokens"] + delta["prompt_tokens"],
+                    "completion_tokens": base["completion_tokens"] + delta["completion_tokens"],
+                    "cached_tokens": base["cached_tokens"] + delta["cached_tokens"],
+                    "cost_usd": usd_str(usd(base["cost_usd"]) + delta["cost"]),
+                    "unpriced": base["unpriced"] + delta["unpriced"],
+                },
+                pk=SPEND_KEY,
+            )
+        outcomes = db["outcomes"]
+        for (provider, outcome), count in changes.outcomes.items():
+            current = next(iter(outcomes.rows_where("provider = ? and outcome = ?", [provider, outcome])), None)
+            outcomes.upsert(
+                {"provider": provider, "outcome": outcome, "count": (current["count"] if current else 0) + count},
+                pk=("provider", "outcome"),
+            )
+        if changes.prices:
+            db["prices"].insert_all(changes.prices, pk=("key", "effective_from", "position"))
+        if changes.tenants:
+            db["tenants"].upsert_all(changes.tenants.values(), pk="id")
+        if changes.keys:
+            db["tenant_keys"].upsert_all(changes.keys.values(), pk="key_sha256")
+        if changes.closed:
+            db.execute(
+                f"delete from open_requests where id in ({','.join('?' * len(changes.closed))})", list(changes.closed)
+            )
+        if changes.opened:
+            db["open_requests"].upsert_all(changes.opened.values(), pk="id")
+        db["tracking"].upsert({"name": TRACKING, "position": changes.position}, pk="name")
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        return sorted((dict(row) for row in self.db[table].rows), key=lambda row: json.dumps(row, sort_keys=True))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def diff(live: Projections, rebuilt: Projections, tables: Iterable[str] = TABLES) -> list[str]:
+    """Describe every difference between two projection databases (empty when identical)."""
+    problems = []
+    for table in tables:
+        left, right = live.rows(table), rebuilt.rows(table)
+        if left != right:
+            missing = [row for row in right if row not in left]
+            extra = [row for row in left if row not in right]
+            problems.append(
+                f"{table}: {len(extra)} rows only in the live projection, {len(missing)} only in the rebuild"
+            )
+            problems.extend(f"  live only: {row}" for row in extra[:5])
+            problems.extend(f"  rebuild only: {row}" for row in missing[:5])
+    return problems

@@ -1,0 +1,140 @@
+"""One `Request` aggregate per client request: the ledger's record of what happened and what it cost.
+
+    Admitted → AttemptFailed* → Completed | Failed | Cancelled      (dispatched to a provider)
+    Rejected                                                        (refused before dispatch)
+
+Usage is a fact; cost is derived from it by `policies.cost` with the price in force when the request
+was received, and recorded with a reference to that price. Money is `Decimal` (quantized to 1e-9
+USD, stored as strings). Durations are whole microseconds. Class names are stored as topics: never
+rename or move them; change a field with a `class_version` and an upcaster.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from events.store import Aggregate
+
+
+class Request(Aggregate):
+    class Admitted(Aggregate.Created):
+        request_id: str
+        tenant: str
+        model: str
+        stream: bool
+        reserved_usd: Decimal
+        received_at: datetime
+
+    class Rejected(Aggregate.Created):
+        request_id: str
+        tenant: str
+        model: str | None
+        stream: bool
+        reason: str
+        status: int
+        received_at: datetime
+
+    class AttemptFailed(Aggregate.Event):
+        provider: str
+        served_model: str
+        error_kind: str
+        status: int | None
+        retryable: bool
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.attempts += 1
+
+    class Settled(Aggregate.Event):
+        """The shape every terminal event shares; never stored itself."""
+
+        provider: str | None
+        served_model: str | None
+        prompt_tokens: int
+        completion_tokens: int
+        cached_tokens: int
+        usage_source: str
+        cost_usd: Decimal | None
+        price_ref: str | None
+        latency_us: int
+        overhead_us: int
+        outcome: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.outcome = self.outcome
+
+    class Completed(Settled):
+        pass
+
+    class Failed(Settled):
+        pass
+
+    class Cancelled(Settled):
+        pass
+
+    def __init__(self, request_id: str, tenant: str, model: str | None, stream: bool, **_: Any) -> None:
+        self.request_id = request_id
+        self.tenant = tenant
+        self.model = model
+        self.stream = stream
+        self.attempts = 0
+        self.outcome: str | None = None
+
+    @classmethod
+    def admit(
+        cls, request_id: str, tenant: str, model: str, stream: bool, reserved_usd: Decimal, received_at: datetime
+    ) -> Request:
+        return cls._create(
+            cls.Admitted,
+            id=uuid.uuid4(),
+            request_id=request_id,
+            tenant=tenant,
+            model=model,
+            stream=stream,
+            reserved_usd=reserved_usd,
+            received_at=received_at,
+        )
+
+    @classmethod
+    def reject(
+        cls,
+        request_id: str,
+        tenant: str,
+        model: str | None,
+        stream: bool,
+        reason: str,
+        status: int,
+        received_at: datetime,
+    ) -> Request:
+        return cls._create(
+            cls.Rejected,
+            id=uuid.uuid4(),
+            request_id=request_id,
+            tenant=tenant,
+            model=model,
+            stream=stream,
+            reason=reason,
+            status=status,
+            received_at=received_at,
+        )
+
+    def attempt_failed(
+        self, provider: str, served_model: str, error_kind: str, status: int | None, retryable: bool
+    ) -> None:
+        self.trigger_event(
+            self.AttemptFailed,
+            provider=provider,
+            served_model=served_model,
+            error_kind=error_kind,
+            status=status,
+            retryable=retryable,
+        )
+
+    def settle(self, kind: type[Settled], **fields: Any) -> None:
+        """Append the terminal event `kind` (Completed, Failed or Cancelled) with `fields`."""
+        self.trigger_event(kind, **fields)
+
+
+TERMINAL = (Request.Completed, Request.Failed, Request.Cancelled, Request.Rejected)

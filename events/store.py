@@ -1,0 +1,116 @@
+"""The ledger's store: the only module that speaks eventsourcing's persistence API.
+
+`LedgerStore` appends aggregates' pending events (or bare events) in one transaction and reads the
+notification log back in order. It is synchronous on purpose: the runtime calls it only from the
+Journal and the Projector, through `trio.to_thread.run_sync` with a limiter of one.
+
+It is also the one module that imports eventsourcing: the aggregates take their base class,
+`Aggregate`, from here, so the dependency has a single door.
+
+`path` is a SQLite file (created with its directory when missing) or `":memory:"` for an in-memory
+store (eventsourcing's POPO recorder: tests and the bench's comparison run).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, DomainEventProtocol
+
+__all__ = ["MEMORY", "Aggregate", "LedgerError", "LedgerStore", "Recorded"]
+
+MEMORY = ":memory:"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+A = TypeVar("A", bound=Aggregate)
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened or used; the message says what to do."""
+
+
+@attrs.frozen
+class Recorded:
+    """A committed event and its position in the ledger (its notification id, from 1)."""
+
+    position: int
+    event: Any
+
+
+class _Tollgate(Application[uuid.UUID]):
+    name = "Tollgate"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LedgerError(f"cannot create the ledger's directory {path.parent}: {error.strerror}") from None
+        return
+    if path.is_dir():
+        raise LedgerError(f"ledger path {path} is a directory; [ledger].path must name a file")
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_MAGIC))
+    except OSError as error:
+        raise LedgerError(f"cannot read the ledger {path}: {error.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise LedgerError(f"ledger {path} is not a SQLite database (corrupt, or the wrong file?)")
+
+
+class LedgerStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path == MEMORY:
+            env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        else:
+            _check_file(Path(path))
+            env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
+        try:
+            self._app = _Tollgate(env=env)
+            self._app.recorder.max_notification_id()
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"ledger {path} cannot be opened: {error}") from None
+
+    def append(self, items: Sequence[Aggregate | DomainEventProtocol[uuid.UUID]]) -> list[Recorded]:
+        """Commit the pending events of `items` in one transaction; return them with positions."""
+        try:
+            recordings = self._app.save(*items)
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"ledger {self.path}: write failed: {error}") from error
+        return [Recorded(r.notification.id, r.domain_event) for r in recordings]
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[Recorded]:
+        """Events after position `after`, oldest first, at most `limit`."""
+        notifications = self._app.recorder.select_notifications(start=after + 1, limit=limit)
+        to_event = self._app.mapper.to_domain_event
+        return [Recorded(n.id, to_event(n)) for n in notifications]
+
+    def read_all(self, after: int = 0, batch: int = 5000) -> Iterable[Recorded]:
+        while True:
+            page = self.read(after, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].position
+
+    def position(self) -> int:
+        return self._app.recorder.max_notification_id() or 0
+
+    def get(self, aggregate_id: uuid.UUID, kind: type[A]) -> A | None:
+        try:
+            found = self._app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        if not isinstance(found, kind):
+            raise LedgerError(f"aggregate {aggregate_id} is a {type(found).__name__}, not a {kind.__name__}")
+        return found
+
+    def close(self) -> None:
+        self._app.close()

@@ -1,0 +1,77 @@
+"""`Tenant`: who may use the gateway, with which key, under which policy.
+
+The aggregate id is derived from the tenant's name (`tenant_id(name)`), so a name is unique and the
+same tenant is found again from config or API. Keys are recorded only as SHA-256 hashes. Policy is
+a dict of JSON primitives (money as decimal strings) whose fields the tenant policies define.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from events.store import Aggregate
+
+NAMESPACE = uuid.UUID("6f1c6f0e-8a7e-4c55-9a51-3f0f6c1d2b10")
+
+
+def tenant_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"tenant:{name}")
+
+
+class Tenant(Aggregate):
+    class Registered(Aggregate.Created):
+        name: str
+        key_sha256: str
+        policy: dict[str, Any]
+        source: str
+
+    class Updated(Aggregate.Event):
+        changes: dict[str, Any]
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.policy = {**aggregate.policy, **self.changes}
+
+    class KeyIssued(Aggregate.Event):
+        key_sha256: str
+        previous_valid_until: datetime | None
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.key_sha256 = self.key_sha256
+
+    class Disabled(Aggregate.Event):
+        def apply(self, aggregate: Any) -> None:
+            aggregate.enabled = False
+
+    class Enabled(Aggregate.Event):
+        def apply(self, aggregate: Any) -> None:
+            aggregate.enabled = True
+
+    def __init__(self, name: str, key_sha256: str, policy: dict[str, Any], source: str) -> None:
+        self.name = name
+        self.key_sha256 = key_sha256
+        self.policy = policy
+        self.source = source
+        self.enabled = True
+
+    @classmethod
+    def register(cls, name: str, key_sha256: str, policy: dict[str, Any], source: str) -> Tenant:
+        return cls._create(
+            cls.Registered, id=tenant_id(name), name=name, key_sha256=key_sha256, policy=policy, source=source
+        )
+
+    def update(self, changes: dict[str, Any]) -> None:
+        if changes:
+            self.trigger_event(self.Updated, changes=changes)
+
+    def issue_key(self, key_sha256: str, previous_valid_until: datetime | None) -> None:
+        self.trigger_event(self.KeyIssued, key_sha256=key_sha256, previous_valid_until=previous_valid_until)
+
+    def disable(self) -> None:
+        if self.enabled:
+            self.trigger_event(self.Disabled)
+
+    def enable(self) -> None:
+        if not self.enabled:
+            self.trigger_event(self.Enabled)

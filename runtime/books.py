@@ -1,0 +1,101 @@
+"""What the request path needs to know from the ledger, in memory: tenants and their keys, prices.
+
+Loaded from the projections at start (plus the log tail they fold), then kept current by folding
+every commit in the trio thread, so a tenant created or a price set is in force for the very next
+request. Also holds the live `Tenant` and `PriceList` aggregates the admin side appends to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from events.pricelist import PriceList
+from events.projections import FoldState, Projections, fold
+from events.store import Recorded
+from events.tenant import Tenant
+from policies.cost import Price, PriceBook, PriceEntry
+from runtime.auth import bearer, hash_key
+from runtime.errors import Unauthenticated
+
+
+@attrs.frozen
+class TenantView:
+    """A tenant as the request path sees it."""
+
+    id: str
+    name: str
+    enabled: bool
+    policy: dict[str, Any]
+
+
+def _price_entry(row: dict[str, Any]) -> PriceEntry:
+    price = None
+    if not row["removed"]:
+        cached = row["cached_input_per_mtok"]
+        price = Price(
+            Decimal(row["input_per_mtok"]), Decimal(row["output_per_mtok"]), Decimal(cached) if cached else None
+        )
+    return PriceEntry(row["key"], datetime.fromisoformat(row["effective_from"]), price)
+
+
+class Books:
+    def __init__(self, projections: Projections) -> None:
+        self._state = FoldState(
+            open_requests=dict(projections.state.open_requests),
+            tenants=dict(projections.state.tenants),
+            keys=dict(projections.state.keys),
+        )
+        self.prices = PriceBook(_price_entry(dict(row)) for row in projections.db["prices"].rows)
+        self.tenant_aggregates: dict[str, Tenant] = {}
+        self.price_list: PriceList | None = None
+        self._views: dict[str, TenantView] = {}
+
+    def apply(self, recorded: Sequence[Recorded]) -> None:
+        changes = fold(recorded, self._state)
+        for row in changes.prices:
+            self.prices.add(_price_entry(row))
+        for tenant_id in changes.tenants:
+            self._views.pop(tenant_id, None)
+
+    # --- tenants --------------------------------------------------------------------------------
+    def tenant(self, tenant_id: str) -> TenantView | None:
+        view = self._views.get(tenant_id)
+        if view is None:
+            row = self._state.tenants.get(tenant_id)
+            if row is None:
+                return None
+            view = TenantView(row["id"], row["name"], bool(row["enabled"]), json.loads(row["policy"]))
+            self._views[tenant_id] = view
+        return view
+
+    def tenants(self) -> list[TenantView]:
+        views = (self.tenant(tenant_id) for tenant_id in self._state.tenants)
+        return sorted((v for v in views if v is not None), key=lambda v: v.name)
+
+    def authenticate(self, header: str | None, now: datetime | None = None) -> TenantView:
+        """Bearer key → tenant. Lookup is by the key's SHA-256, so timing reveals nothing about
+        stored keys. Keys replaced by a rotation work until their grace period ends."""
+        key = bearer(header)
+        if key is None:
+            raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+        row = self._state.keys.get(hash_key(key))
+        if row is not None and row["valid_until"] is not None:
+            if datetime.fromisoformat(row["valid_until"]) <= (now or datetime.now(UTC)):
+                row = None
+        tenant = self.tenant(row["tenant_id"]) if row is not None else None
+        if tenant is None:
+            raise Unauthenticated("Incorrect API key provided.")
+        return tenant
+
+    def key_owner(self, key_sha256: str) -> str | None:
+        row = self._state.keys.get(key_sha256)
+        return row["tenant_id"] if row is not None else None
+
+    def open_requests(self) -> list[dict[str, Any]]:
+        return list(self._state.open_requests.values())

@@ -1,0 +1,75 @@
+"""The Projector keeps the read models (`events.projections`) up to date.
+
+It catches up from the ledger at start, then folds what the Journal hands it after each commit. If
+it falls behind (its inbox is full) it reads the missed events back from the ledger, so nothing is
+ever skipped. Writes go through a worker thread with a limiter of one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from events.projections import Projections
+from events.store import LedgerStore, Recorded
+
+log = logging.getLogger("tollgate.projector")
+CATCH_UP_BATCH = 5000
+
+
+def catch_up(store: LedgerStore, projections: Projections, until: int | None = None) -> int:
+    """Fold every event after the projections' position (up to `until`); return the new position."""
+    position = projections.position
+    end = store.position() if until is None else until
+    while position < end:
+        page = store.read(position, min(CATCH_UP_BATCH, end - position))
+        if not page:
+            break
+        position = projections.apply(page)
+    return position
+
+
+class Projector:
+    def __init__(self, store: LedgerStore, projections: Projections, inbox: int = 1024) -> None:
+        self.store = store
+        self.projections = projections
+        self._send, self._receive = trio.open_memory_channel[list[Recorded]](inbox)
+        self._limiter = trio.CapacityLimiter(1)
+        self.position = 0
+        self._caught_up: trio.Event = trio.Event()
+        self._wanted = 0
+
+    def feed(self, recorded: list[Recorded]) -> None:
+        """Called by the Journal after each commit; never blocks (a full inbox means catch up later)."""
+        if recorded:
+            self._wanted = recorded[-1].position
+            try:
+                self._send.send_nowait(recorded)
+            except trio.WouldBlock:
+                log.warning("projector inbox full; it will read the ledger to catch up")
+
+    async def wait_for(self, position: int) -> None:
+        """Wait until the read models reflect the ledger up to `position` (for read-your-writes)."""
+        while self.position < position:
+            event = self._caught_up
+            await event.wait()
+
+    async def run(self, task_status: trio.TaskStatus[Projector] = trio.TASK_STATUS_IGNORED) -> None:
+        self.position = await trio.to_thread.run_sync(catch_up, self.store, self.projections, limiter=self._limiter)
+        task_status.started(self)
+        async for batch in self._receive:
+            while True:
+                try:
+                    batch.extend(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            if batch[0].position > self.position + 1:
+                until = batch[-1].position
+                self.position = await trio.to_thread.run_sync(
+                    catch_up, self.store, self.projections, until, limiter=self._limiter
+                )
+            else:
+                self.position = await trio.to_thread.run_sync(self.projections.apply, batch, limiter=self._limiter)
+            self._caught_up.set()
+            self._caught_up = trio.Event()

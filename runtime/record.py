@@ -1,0 +1,122 @@
+"""The ledger side of one request: its `Request` aggregate, written as the request goes.
+
+`admit` queues `Admitted` without waiting (a full Journal refuses the request with 503);
+`attempt_failed` adds to the aggregate; `settle` prices the usage, appends the one terminal event
+and waits until it is durable — exactly once, whatever path the request ends on. `reject` records a
+request refused before dispatch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from events.money import ZERO, usd_str
+from events.request import Request
+from events.usage import Usage
+from policies.cost import Priced
+from policies.routing import Deployment
+from policies.validation import ChatRequest
+from providers.errors import ProviderError
+from providers.tokens import estimate_prompt_tokens, estimate_tokens
+from runtime.books import TenantView
+from runtime.exchange import Exchange
+
+if TYPE_CHECKING:
+    from runtime.gateway import Gateway
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
+    """Usage when the provider reported none: the prompt estimate plus the bytes delivered."""
+    completion = (content_bytes + 3) // 4
+    return Usage(estimate_prompt_tokens(chat.body.get("messages") or []), completion, 0, "estimated")
+
+
+class RequestRecord:
+    def __init__(
+        self, gateway: Gateway, exchange: Exchange, tenant: TenantView, chat: ChatRequest, received_at: datetime
+    ) -> None:
+        self._gateway = gateway
+        self._exchange = exchange
+        self.tenant = tenant
+        self.chat = chat
+        self.received_at = received_at
+        self._aggregate: Request | None = None
+        self.priced: Priced | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.priced is not None
+
+    def admit(self, reserved_usd: Decimal = ZERO) -> None:
+        aggregate = Request.admit(
+            self._exchange.request_id,
+            self.tenant.name,
+            self.chat.model,
+            self.chat.stream,
+            reserved_usd,
+            self.received_at,
+        )
+        self._gateway.journal.submit(aggregate.collect_events())
+        self._aggregate = aggregate
+
+    def attempt_failed(self, deployment: Deployment, error: ProviderError) -> None:
+        assert self._aggregate is not None
+        self._aggregate.attempt_failed(deployment.provider, deployment.model, error.kind, error.status, error.retryable)
+
+    async def settle(self, kind: type[Request.Settled], outcome: str, usage: Usage | None) -> Priced:
+        """Record the terminal event and wait until it is committed. Idempotent."""
+        if self.priced is not None:
+            return self.priced
+        assert self._aggregate is not None
+        deployment = self._exchange.deployment
+        usage = usage or Usage(0, 0, 0, "estimated")
+        if deployment is not None:
+            priced = self._gateway.books.prices.price(deployment.provider, deployment.model, usage, self.received_at)
+        else:
+            priced = Priced(ZERO, None)  # no provider served anything: nothing to charge
+        self.priced = priced
+        self._aggregate.settle(
+            kind,
+            provider=deployment.provider if deployment else None,
+            served_model=deployment.model if deployment else None,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            usage_source=usage.source,
+            cost_usd=priced.cost_usd,
+            price_ref=priced.price_ref,
+            latency_us=int(self._exchange.latency_ms() * 1000),
+            overhead_us=int(self._exchange.overhead_ms() * 1000),
+            outcome=outcome,
+        )
+        await self._gateway.journal.commit(self._aggregate.collect_events())
+        return priced
+
+    def cost_str(self) -> str | None:
+        if self.priced is None or self.priced.cost_usd is None:
+            return None
+        return usd_str(self.priced.cost_usd)
+
+
+async def reject(
+    gateway: Gateway,
+    exchange: Exchange,
+    tenant: TenantView,
+    model: str | None,
+    stream: bool,
+    reason: str,
+    status: int,
+    received_at: datetime,
+) -> None:
+    """Record a request refused before dispatch (authentication failures of unknown keys excepted)."""
+    aggregate = Request.reject(exchange.request_id, tenant.name, model, stream, reason, status, received_at)
+    await gateway.journal.commit(aggregate.collect_events())
+
+
+__all__ = ["RequestRecord", "estimate_tokens", "estimate_usage", "reject", "utcnow"]
