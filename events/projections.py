@@ -76,7 +76,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
         changes.position = record.position
         request_id = str(event.originator_id)
         if isinstance(event, Request.Admitted):
-            row = {
+            row: dict[str, Any] = {
                 "id": request_id,
                 "request_id": event.request_id,
                 "tenant": event.tenant,
@@ -95,7 +95,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             if admitted is None:
                 continue  # settled without admission cannot happen; ignore rather than invent a tenant
             key = (admitted["tenant"], admitted["day"], admitted["model"], event.provider or "-")
-            row = changes.spend.setdefault(
+            totals = changes.spend.setdefault(
                 key,
                 {
                     "requests": 0,
@@ -106,36 +106,38 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                     "unpriced": 0,
                 },
             )
-            row["requests"] += 1
-            row["prompt_tokens"] += event.prompt_tokens
-            row["completion_tokens"] += event.completion_tokens
-            row["cached_tokens"] += event.cached_tokens
+            totals["requests"] += 1
+            totals["prompt_tokens"] += event.prompt_tokens
+            totals["completion_tokens"] += event.completion_tokens
+            totals["cached_tokens"] += event.cached_tokens
             if event.cost_usd is None:
-                row["unpriced"] += 1
+                totals["unpriced"] += 1
             else:
-                row["cost"] += event.cost_usd
+                totals["cost"] += event.cost_usd
             _count(changes, event.provider or "-", event.outcome)
         elif isinstance(event, Request.AttemptFailed):
             _count(changes, event.provider, f"attempt_failed:{event.error_kind}")
         elif isinstance(event, Request.Rejected):
             _count(changes, "-", f"rejected:{event.reason}")
         elif isinstance(event, PriceList.PriceSet | PriceList.PriceRemoved):
-            removed = isinstance(event, PriceList.PriceRemoved)
-            changes.prices.append(
-                {
-                    "key": event.key,
-                    "effective_from": event.effective_from.isoformat(),
-                    "position": record.position,
-                    "input_per_mtok": None if removed else usd_str(event.input_per_mtok),
-                    "output_per_mtok": None if removed else usd_str(event.output_per_mtok),
-                    "cached_input_per_mtok": None
-                    if removed or event.cached_input_per_mtok is None
-                    else usd_str(event.cached_input_per_mtok),
-                    "removed": int(removed),
-                    "source": event.source,
-                    "recorded_at": event.timestamp.isoformat(),
-                }
-            )
+            price_row: dict[str, Any] = {
+                "key": event.key,
+                "effective_from": event.effective_from.isoformat(),
+                "position": record.position,
+                "input_per_mtok": None,
+                "output_per_mtok": None,
+                "cached_input_per_mtok": None,
+                "removed": 1,
+                "source": event.source,
+                "recorded_at": event.timestamp.isoformat(),
+            }
+            if isinstance(event, PriceList.PriceSet):
+                cached = event.cached_input_per_mtok
+                price_row["input_per_mtok"] = usd_str(event.input_per_mtok)
+                price_row["output_per_mtok"] = usd_str(event.output_per_mtok)
+                price_row["cached_input_per_mtok"] = None if cached is None else usd_str(cached)
+                price_row["removed"] = 0
+            changes.prices.append(price_row)
         elif isinstance(event, Tenant.Registered):
             tenant = {
                 "id": request_id,
@@ -153,18 +155,17 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             tenant = dict(tenants[request_id])
             tenant["updated_at"] = event.timestamp.isoformat()
             if isinstance(event, Tenant.Updated):
-                tenant["policy"] = json.dumps({**json.loads(tenant["policy"]), **event.changes}, sort_keys=True)
+                tenant["policy"] = json.dumps({**json.loads(str(tenant["policy"])), **event.changes}, sort_keys=True)
             elif isinstance(event, Tenant.Disabled):
                 tenant["enabled"] = 0
             elif isinstance(event, Tenant.Enabled):
                 tenant["enabled"] = 1
             elif isinstance(event, Tenant.KeyIssued):
-                # Old keys stay valid until the grace period ends, or end now.
+                # Every older key stays valid until the grace period ends (or ends now), never longer.
                 until = (event.previous_valid_until or event.timestamp).isoformat()
-                for old in [
-                    row for row in keys.values() if row["tenant_id"] == request_id and row["valid_until"] is None
-                ]:
-                    keys[old["key_sha256"]] = changes.keys[old["key_sha256"]] = {**old, "valid_until": until}
+                for old in [row for row in keys.values() if row["tenant_id"] == request_id]:
+                    if old["valid_until"] is None or old["valid_until"] > until:
+                        keys[old["key_sha256"]] = changes.keys[old["key_sha256"]] = {**old, "valid_until": until}
                 key_row = {"key_sha256": event.key_sha256, "tenant_id": request_id, "valid_until": None}
                 keys[event.key_sha256] = changes.keys[event.key_sha256] = key_row
             tenants[request_id] = changes.tenants[request_id] = tenant
@@ -184,14 +185,14 @@ class Projections:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._create()
         self.state = FoldState(
-            open_requests={row["id"]: row for row in self.db["open_requests"].rows},
-            tenants={row["id"]: row for row in self.db["tenants"].rows},
-            keys={row["key_sha256"]: row for row in self.db["tenant_keys"].rows},
+            open_requests={row["id"]: row for row in self.db.table("open_requests").rows},
+            tenants={row["id"]: row for row in self.db.table("tenants").rows},
+            keys={row["key_sha256"]: row for row in self.db.table("tenant_keys").rows},
         )
 
     def _create(self) -> None:
         db = self.db
-        db["spend"].create(
+        db.table("spend").create(
             {
                 "tenant": str,
                 "day": str,
@@ -207,10 +208,10 @@ class Projections:
             pk=SPEND_KEY,
             if_not_exists=True,
         )
-        db["outcomes"].create(
+        db.table("outcomes").create(
             {"provider": str, "outcome": str, "count": int}, pk=("provider", "outcome"), if_not_exists=True
         )
-        db["prices"].create(
+        db.table("prices").create(
             {
                 "key": str,
                 "effective_from": str,
@@ -225,7 +226,7 @@ class Projections:
             pk=("key", "effective_from", "position"),
             if_not_exists=True,
         )
-        db["tenants"].create(
+        db.table("tenants").create(
             {
                 "id": str,
                 "name": str,
@@ -238,10 +239,10 @@ class Projections:
             pk="id",
             if_not_exists=True,
         )
-        db["tenant_keys"].create(
+        db.table("tenant_keys").create(
             {"key_sha256": str, "tenant_id": str, "valid_until": str}, pk="key_sha256", if_not_exists=True
         )
-        db["open_requests"].create(
+        db.table("open_requests").create(
             {
                 "id": str,
                 "request_id": str,
@@ -254,11 +255,11 @@ class Projections:
             pk="id",
             if_not_exists=True,
         )
-        db["tracking"].create({"name": str, "position": int}, pk="name", if_not_exists=True)
+        db.table("tracking").create({"name": str, "position": int}, pk="name", if_not_exists=True)
 
     @property
     def position(self) -> int:
-        row = next(iter(self.db["tracking"].rows_where("name = ?", [TRACKING])), None)
+        row = next(iter(self.db.table("tracking").rows_where("name = ?", [TRACKING])), None)
         return int(row["position"]) if row else 0
 
     def apply(self, records: Sequence[Recorded]) -> int:
@@ -274,7 +275,7 @@ class Projections:
 
     def _write(self, changes: Changes) -> None:
         db = self.db
-        spend = db["spend"]
+        spend = db.table("spend")
         for (tenant, day, model, provider), delta in changes.spend.items():
             current = next(
                 iter(
@@ -307,7 +308,7 @@ class Projections:
                 },
                 pk=SPEND_KEY,
             )
-        outcomes = db["outcomes"]
+        outcomes = db.table("outcomes")
         for (provider, outcome), count in changes.outcomes.items():
             current = next(iter(outcomes.rows_where("provider = ? and outcome = ?", [provider, outcome])), None)
             outcomes.upsert(
@@ -315,21 +316,21 @@ class Projections:
                 pk=("provider", "outcome"),
             )
         if changes.prices:
-            db["prices"].insert_all(changes.prices, pk=("key", "effective_from", "position"))
+            db.table("prices").insert_all(changes.prices, pk=("key", "effective_from", "position"))
         if changes.tenants:
-            db["tenants"].upsert_all(changes.tenants.values(), pk="id")
+            db.table("tenants").upsert_all(changes.tenants.values(), pk="id")
         if changes.keys:
-            db["tenant_keys"].upsert_all(changes.keys.values(), pk="key_sha256")
+            db.table("tenant_keys").upsert_all(changes.keys.values(), pk="key_sha256")
         if changes.closed:
             db.execute(
                 f"delete from open_requests where id in ({','.join('?' * len(changes.closed))})", list(changes.closed)
             )
         if changes.opened:
-            db["open_requests"].upsert_all(changes.opened.values(), pk="id")
-        db["tracking"].upsert({"name": TRACKING, "position": changes.position}, pk="name")
+            db.table("open_requests").upsert_all(changes.opened.values(), pk="id")
+        db.table("tracking").upsert({"name": TRACKING, "position": changes.position}, pk="name")
 
     def rows(self, table: str) -> list[dict[str, Any]]:
-        return sorted((dict(row) for row in self.db[table].rows), key=lambda row: json.dumps(row, sort_keys=True))
+        return sorted((dict(row) for row in self.db.table(table).rows), key=lambda row: json.dumps(row, sort_keys=True))
 
     def close(self) -> None:
         self.db.close()
@@ -349,3 +350,52 @@ def diff(live: Projections, rebuilt: Projections, tables: Iterable[str] = TABLES
             problems.extend(f"  live only: {row}" for row in extra[:5])
             problems.extend(f"  rebuild only: {row}" for row in missing[:5])
     return problems
+
+
+SPEND_GROUPS = ("tenant", "model", "provider", "day")
+
+
+def spend_report(
+    projections: Projections,
+    *,
+    tenant: str | None = None,
+    day_from: str | None = None,
+    day_to: str | None = None,
+    group_by: Sequence[str] = ("tenant", "model", "provider"),
+) -> list[dict[str, Any]]:
+    """Spend rows summed over `group_by` (a subset of SPEND_GROUPS), days inclusive, money exact."""
+    where, args = [], []
+    if tenant is not None:
+        where.append("tenant = ?")
+        args.append(tenant)
+    if day_from is not None:
+        where.append("day >= ?")
+        args.append(day_from)
+    if day_to is not None:
+        where.append("day <= ?")
+        args.append(day_to)
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for row in projections.db.table("spend").rows_where(
+        " and ".join(where) or None, args, order_by="day, tenant, model, provider"
+    ):
+        key = tuple(row[name] for name in group_by)
+        total = groups.setdefault(
+            key,
+            {
+                **dict(zip(group_by, key, strict=True)),
+                "requests": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cached_tokens": 0,
+                "cost": Decimal(0),
+                "unpriced": 0,
+            },
+        )
+        for field in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "unpriced"):
+            total[field] += row[field]
+        total["cost"] += Decimal(row["cost_usd"])
+    rows = []
+    for total in groups.values():
+        cost = total.pop("cost")
+        rows.append({**total, "cost_usd": usd_str(cost)})
+    return rows

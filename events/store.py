@@ -105,7 +105,7 @@ class LedgerStore:
 
     def get(self, aggregate_id: uuid.UUID, kind: type[A]) -> A | None:
         try:
-            found = self._app.repository.get(aggregate_id)
+            found: Any = self._app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
         if not isinstance(found, kind):

@@ -32,6 +32,9 @@ class TenantView:
     name: str
     enabled: bool
     policy: dict[str, Any]
+    source: str
+    created_at: str
+    updated_at: str
 
 
 def _price_entry(row: dict[str, Any]) -> PriceEntry:
@@ -70,7 +73,15 @@ class Books:
             row = self._state.tenants.get(tenant_id)
             if row is None:
                 return None
-            view = TenantView(row["id"], row["name"], bool(row["enabled"]), json.loads(row["policy"]))
+            view = TenantView(
+                row["id"],
+                row["name"],
+                bool(row["enabled"]),
+                json.loads(row["policy"]),
+                row["source"],
+                row["created_at"],
+                row["updated_at"],
+            )
             self._views[tenant_id] = view
         return view
 
@@ -85,9 +96,12 @@ class Books:
         if key is None:
             raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
         row = self._state.keys.get(hash_key(key))
-        if row is not None and row["valid_until"] is not None:
-            if datetime.fromisoformat(row["valid_until"]) <= (now or datetime.now(UTC)):
-                row = None
+        if (
+            row is not None
+            and row["valid_until"] is not None
+            and (datetime.fromisoformat(row["valid_until"]) <= (now or datetime.now(UTC)))
+        ):
+            row = None
         tenant = self.tenant(row["tenant_id"]) if row is not None else None
         if tenant is None:
             raise Unauthenticated("Incorrect API key provided.")

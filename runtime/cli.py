@@ -1,15 +1,64 @@
-"""The `tollgate` command."""
+"""The `tollgate` command.
+
+    tollgate serve [--config FILE] [--host H] [--port P]
+    tollgate check-config [--config FILE]
+    tollgate tenants list | show T | create NAME [policy] | update T [policy] | rotate-key T [--grace-period-s N]
+                     | disable T | enable T
+    tollgate pricing list [--history] | set PROVIDER/MODEL --input X --output Y [--cached-input Z]
+                     [--effective-from TIME] | remove PROVIDER/MODEL [--effective-from TIME]
+    tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day]
+    tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID]
+    tollgate replay --verify [--config FILE]
+
+`tenants`, `pricing`, `spend` and `events` talk to a running gateway's admin API (`--url`, default
+http://127.0.0.1:8080; the admin key from `$TOLLGATE_ADMIN_KEY` or `--admin-key`) and print a table,
+JSON or CSV (`--format`). `replay --verify` works on the ledger files directly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+import httpx
 import trio
 
+from events.store import LedgerError
+from policies.tenant import POLICY_FIELDS
 from runtime.config import Config, ConfigError, load_config
+from runtime.output import FORMATS, write_rows
+
+POLICY_OPTIONS = {
+    "budget_usd": str,
+    "budget_period": str,
+    "budget_mode": str,
+    "rpm": int,
+    "tpm": int,
+    "max_parallel": int,
+    "default_provider": str,
+}
+LIST_OPTIONS = ("allowed_models", "fallback_providers")
+
+
+class CommandFailed(Exception):
+    pass
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("TOLLGATE_URL", "http://127.0.0.1:8080"), help="the gateway")
+    parser.add_argument("--admin-key", default=None, help="admin key (default: $TOLLGATE_ADMIN_KEY)")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+
+
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    for name, kind in POLICY_OPTIONS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    for name in LIST_OPTIONS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help="comma-separated")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,26 +70,58 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override [server].port (0 = any free port)")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", help="config file (default: $TOLLGATE_CONFIG or config.toml)")
+
+    tenants = commands.add_parser("tenants", help="manage tenants through the admin API")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    for action in ("list", "show", "create", "update", "rotate-key", "disable", "enable"):
+        sub = tenant_actions.add_parser(action)
+        _client_options(sub)
+        if action == "create":
+            sub.add_argument("name")
+            sub.add_argument("--disabled", action="store_true")
+            _policy_options(sub)
+        elif action != "list":
+            sub.add_argument("tenant", help="tenant id or name")
+        if action == "update":
+            _policy_options(sub)
+        if action == "rotate-key":
+            sub.add_argument("--grace-period-s", type=float, default=0.0)
+
+    pricing = commands.add_parser("pricing", help="read and set prices through the admin API")
+    price_actions = pricing.add_subparsers(dest="action", required=True)
+    listing = price_actions.add_parser("list")
+    _client_options(listing)
+    listing.add_argument("--history", action="store_true", help="every entry, not only those in force")
+    setting = price_actions.add_parser("set")
+    _client_options(setting)
+    setting.add_argument("key", help="PROVIDER/MODEL")
+    setting.add_argument("--input", required=True, help="USD per million input tokens")
+    setting.add_argument("--output", required=True, help="USD per million output tokens")
+    setting.add_argument("--cached-input", help="USD per million cached input tokens")
+    setting.add_argument("--effective-from", help="ISO time (default: now; past times allowed)")
+    removing = price_actions.add_parser("remove")
+    _client_options(removing)
+    removing.add_argument("key")
+    removing.add_argument("--effective-from")
+
+    spend = commands.add_parser("spend", help="spend from the ledger's projections")
+    _client_options(spend)
+    spend.add_argument("--tenant")
+    spend.add_argument("--from", dest="day_from")
+    spend.add_argument("--to", dest="day_to")
+    spend.add_argument("--group-by", default="tenant,model,provider")
+
+    events = commands.add_parser("events", help="the audit log")
+    _client_options(events)
+    events.add_argument("--after", type=int, default=0)
+    events.add_argument("--limit", type=int, default=100)
+    events.add_argument("--tenant")
+    events.add_argument("--request-id")
+
+    replay = commands.add_parser("replay", help="rebuild projections from the ledger")
+    replay.add_argument("--config", help="config file (default: $TOLLGATE_CONFIG or config.toml)")
+    replay.add_argument("--verify", action="store_true", help="diff a rebuild with the live projections")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.command == "check-config":
-        config = load_config_or_exit(args.config)
-        print(
-            f"{config.source}: OK ({len(config.providers)} providers, "
-            f"{len(config.models)} model aliases, {len(config.tenants)} tenants)"
-        )
-        return 0
-    if args.command == "serve":
-        from runtime.server import run
-
-        config = load_config_or_exit(args.config)
-        trio.run(lambda: run(config, host=args.host, port=args.port))
-        return 0
-    return 2
 
 
 def load_config_or_exit(path: str | None) -> Config:
@@ -51,6 +132,173 @@ def load_config_or_exit(path: str | None) -> Config:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    key = args.admin_key or os.environ.get("TOLLGATE_ADMIN_KEY")
+    if not key:
+        raise CommandFailed("set TOLLGATE_ADMIN_KEY (or pass --admin-key) to the gateway's admin key")
+    try:
+        response = httpx.request(
+            method, args.url.rstrip("/") + path, headers={"Authorization": f"Bearer {key}"}, timeout=60, **kwargs
+        )
+    except httpx.HTTPError as error:
+        raise CommandFailed(f"cannot reach the gateway at {args.url}: {error}") from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code >= 400:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        raise CommandFailed(f"{response.status_code}: {message or response.text}")
+    return body
+
+
+def _policy_from(args: argparse.Namespace) -> dict[str, Any]:
+    policy: dict[str, Any] = {}
+    for name in POLICY_FIELDS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        policy[name] = [v for v in value.split(",") if v] if name in LIST_OPTIONS else value
+    return policy
+
+
+def _tenants(args: argparse.Namespace) -> None:
+    action = args.action
+    if action == "list":
+        body = _call(args, "GET", "/admin/tenants")
+        write_rows(body["data"], args.format, document=body)
+        return
+    if action == "create":
+        body = _call(
+            args, "POST", "/admin/tenants", json={"name": args.name, "enabled": not args.disabled, **_policy_from(args)}
+        )
+        write_rows([body], args.format, document=body)
+        print("the api_key is shown only once: store it now", file=sys.stderr)
+        return
+    path = f"/admin/tenants/{args.tenant}"
+    if action == "show":
+        body = _call(args, "GET", path)
+    elif action == "update":
+        body = _call(args, "PATCH", path, json=_policy_from(args))
+    elif action == "rotate-key":
+        body = _call(args, "POST", path + "/rotate-key", json={"grace_period_s": args.grace_period_s})
+    else:
+        body = _call(args, "POST", f"{path}/{action}")
+    write_rows([body], args.format, document=body)
+
+
+def _pricing(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        body = _call(args, "GET", "/admin/pricing", params={"history": "true"} if args.history else None)
+    else:
+        value = None
+        if args.action == "set":
+            value = {"input_per_mtok": args.input, "output_per_mtok": args.output}
+            if args.cached_input is not None:
+                value["cached_input_per_mtok"] = args.cached_input
+        document: dict[str, Any] = {"prices": {args.key: value}}
+        if args.effective_from:
+            document["effective_from"] = args.effective_from
+        body = _call(args, "PUT", "/admin/pricing", json=document)
+    write_rows(body["data"], args.format, document=body)
+
+
+def _spend(args: argparse.Namespace) -> None:
+    params = {"group_by": args.group_by}
+    for name, value in (("tenant", args.tenant), ("from", args.day_from), ("to", args.day_to)):
+        if value:
+            params[name] = value
+    body = _call(args, "GET", "/admin/spend", params=params)
+    rows = body["data"]
+    if args.format == "table" and rows:
+        rows = [*rows, {next(iter(rows[0])): "TOTAL", **{k: v for k, v in body["totals"].items()}}]
+    write_rows(rows, args.format, document=body)
+
+
+def _events(args: argparse.Namespace) -> None:
+    params: dict[str, Any] = {"after": args.after, "limit": args.limit}
+    if args.tenant:
+        params["tenant"] = args.tenant
+    if args.request_id:
+        params["request_id"] = args.request_id
+    body = _call(args, "GET", "/admin/events", params=params)
+    rows = [
+        {
+            "position": e["position"],
+            "type": e["type"],
+            "timestamp": e["timestamp"],
+            "aggregate_id": e["aggregate_id"],
+            **e["data"],
+        }
+        for e in body["data"]
+    ]
+    write_rows(rows, args.format, document=body)
+    if args.format == "table":
+        print(f"next: --after {body['next_after']}", file=sys.stderr)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from runtime.replay import verify
+
+    if not args.verify:
+        print("tollgate replay: only --verify is available", file=sys.stderr)
+        return 2
+    config = load_config_or_exit(args.config)
+    try:
+        problems = verify(config.ledger.path)
+    except LedgerError as error:
+        print(f"tollgate replay: {error}", file=sys.stderr)
+        return 2
+    if problems:
+        print("replay --verify: the live projections differ from a rebuild:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print("replay --verify: the live projections match a rebuild from the ledger")
+    return 0
+
+
+def _ledger_error(error: BaseException) -> LedgerError | None:
+    if isinstance(error, LedgerError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _ledger_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "check-config":
+            config = load_config_or_exit(args.config)
+            print(
+                f"{config.source}: OK ({len(config.providers)} providers, "
+                f"{len(config.models)} model aliases, {len(config.tenants)} tenants)"
+            )
+            return 0
+        if args.command == "serve":
+            from runtime.server import run
+
+            config = load_config_or_exit(args.config)
+            try:
+                trio.run(lambda: run(config, host=args.host, port=args.port))
+            except (LedgerError, BaseExceptionGroup) as error:
+                ledger_error = _ledger_error(error)
+                if ledger_error is None:
+                    raise
+                print(f"tollgate serve: {ledger_error}", file=sys.stderr)
+                return 2
+            return 0
+        if args.command == "replay":
+            return _replay(args)
+        {"tenants": _tenants, "pricing": _pricing, "spend": _spend, "events": _events}[args.command](args)
+        return 0
+    except CommandFailed as error:
+        print(f"tollgate {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import httpx
 from events.money import usd
 from policies.cost import Price
 from policies.routing import Deployment
+from policies.tenant import POLICY_FIELDS, TenantPolicy
 from providers.simulator import SimulatorSettings
 from providers.upstream import Timeouts
 
@@ -78,11 +79,17 @@ class ProviderConfig:
     simulator: SimulatorSettings = SimulatorSettings()
 
 
-@attrs.frozen
-class TenantConfig:
+@attrs.frozen(kw_only=True)
+class TenantConfig(TenantPolicy):
+    """A `[[tenants]]` entry: who, which key, and the policy fields of `policies.tenant`."""
+
     name: str
     api_key_sha256: str | None = None
     api_key_env: str | None = None
+    enabled: bool = True
+
+    def policy(self) -> TenantPolicy:
+        return TenantPolicy(**{name: getattr(self, name) for name in POLICY_FIELDS})
 
 
 @attrs.frozen
@@ -143,7 +150,7 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
-_converter = make_converter()
+converter = make_converter()
 
 
 def _format_exception(error: BaseException, type_: type | None) -> str:
@@ -163,7 +170,7 @@ def _path(path: str) -> str:
     return path.lstrip("$").lstrip(".") or "<top>"
 
 
-def _format_problems(error: BaseException) -> list[str]:
+def format_problems(error: BaseException) -> list[str]:
     problems = []
     for line in cattrs.transform_error(error, path="$", format_exception=_format_exception):  # type: ignore[arg-type]
         message, _, path = line.rpartition(" @ ")
@@ -174,9 +181,9 @@ def _format_problems(error: BaseException) -> list[str]:
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str], source: str = "<memory>") -> Config:
     """Structure and check a decoded config; raise `ConfigError` listing every problem."""
     try:
-        config = _converter.structure({**data}, Config)
+        config = converter.structure({**data}, Config)
     except (cattrs.BaseValidationError, ValueError, TypeError) as error:
-        raise ConfigError(_format_problems(error)) from None
+        raise ConfigError(format_problems(error)) from None
     config = attrs.evolve(config, source=source)
     problems = check_config(config, environ)
     if problems:
@@ -268,6 +275,14 @@ def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
             problems.append(f"{where}.api_key_sha256: expected 64 lowercase hex digits")
         if tenant.api_key_env is not None and not environ.get(tenant.api_key_env):
             problems.append(f"{where}.api_key_env: environment variable {tenant.api_key_env} is not set")
+        preferred: dict[str, list[str | None]] = {
+            "default_provider": [tenant.default_provider],
+            "fallback_providers": list(tenant.fallback_providers),
+        }
+        for field, providers in preferred.items():
+            for wanted in providers:
+                if wanted is not None and wanted not in seen:
+                    problems.append(f"{where}.{field}: no provider named {wanted!r}")
     if not config.admin.api_key_env:
         problems.append("admin.api_key_env: must name an environment variable")
     return problems

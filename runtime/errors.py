@@ -2,6 +2,8 @@
 
 GatewayError
 ├── Unauthenticated       401  missing or unknown key
+├── NotFound              404  no such tenant (or other admin resource)
+├── Conflict              409  it exists already
 ├── ModelNotFound         404  no route for the requested model
 ├── ActorUnavailable      503  an actor crashed or was given up by its supervisor
 ├── Overloaded            503  a queue the gateway will not drop from is full
@@ -26,6 +28,14 @@ class Unauthenticated(GatewayError):
 
 
 class ModelNotFound(GatewayError):
+    pass
+
+
+class NotFound(GatewayError):
+    pass
+
+
+class Conflict(GatewayError):
     pass
 
 

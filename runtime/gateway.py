@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,58 @@ class Gateway:
             projected_position=self.projector.position,
         )
 
+    def reserved_usd(self, tenant: str) -> Decimal:
+        """Money reserved by this tenant's requests in flight."""
+        return sum(
+            (Decimal(row["reserved_usd"]) for row in self.books.open_requests() if row["tenant"] == tenant), ZERO
+        )
+
+    async def events_page(
+        self, after: int, limit: int, tenant: str | None, request_id: str | None, scan_limit: int
+    ) -> tuple[list[tuple[int, Any]], int]:
+        """Events after `after` matching the filters, at most `limit`; and where to continue."""
+        return await trio.to_thread.run_sync(
+            find_events, self.store, after, limit, tenant, request_id, scan_limit, limiter=self.journal.limiter
+        )
+
     async def load(self, aggregate_id: uuid.UUID, kind: type[Any]) -> Any:
         """Read an aggregate from the store (through the Journal's door: one thread at a time)."""
         return await trio.to_thread.run_sync(self.store.get, aggregate_id, kind, limiter=self.journal.limiter)
+
+
+def find_events(
+    store: LedgerStore, after: int, limit: int, tenant: str | None, request_id: str | None, scan_limit: int
+) -> tuple[list[tuple[int, Any]], int]:
+    """Scan the log after `after` (at most `scan_limit` events) for events matching the filters."""
+    owners: dict[uuid.UUID, tuple[str, str]] = {}
+    wanted_tenant = tenant_id(tenant) if tenant is not None else None
+
+    def owner(event: Any) -> tuple[str | None, str | None]:
+        if isinstance(event, Request.Admitted | Request.Rejected):
+            owners[event.originator_id] = (event.tenant, event.request_id)
+        if isinstance(event, Request.Event):
+            if event.originator_id not in owners:
+                found = store.get(event.originator_id, Request)
+                owners[event.originator_id] = (found.tenant, found.request_id) if found else ("", "")
+            return owners[event.originator_id]
+        if isinstance(event, Tenant.Event):
+            return (tenant if event.originator_id == wanted_tenant else None), None
+        return None, None
+
+    found: list[tuple[int, Any]] = []
+    position = after
+    for record in store.read_all(after):
+        position = record.position
+        if tenant is not None or request_id is not None:
+            owning_tenant, owning_request = owner(record.event)
+            if tenant is not None and owning_tenant != tenant:
+                continue
+            if request_id is not None and owning_request != request_id:
+                continue
+        found.append((record.position, record.event))
+        if len(found) >= limit or position - after >= scan_limit:
+            break
+    return found, position
 
 
 def _config_tenant_changes(gateway: Gateway, environ: Mapping[str, str], existing: dict[str, Tenant]) -> list[Any]:
@@ -115,16 +165,22 @@ def _config_tenant_changes(gateway: Gateway, environ: Mapping[str, str], existin
                 "replace it before exposing this gateway",
                 tenant.name,
             )
+        policy = tenant.policy().to_record()
         aggregate = existing.get(str(tenant_id(tenant.name)))
         if aggregate is None:
             owner = books.key_owner(digest)
             if owner is not None:
                 log.error("tenant %r: its key already belongs to another tenant; not registered", tenant.name)
                 continue
-            changed.append(Tenant.register(tenant.name, digest, {}, "config"))
-            continue
-        if aggregate.key_sha256 != digest:
-            aggregate.issue_key(digest, None)
+            aggregate = Tenant.register(tenant.name, digest, policy, "config")
+        else:
+            if aggregate.key_sha256 != digest:
+                aggregate.issue_key(digest, None)
+            aggregate.update({k: v for k, v in policy.items() if aggregate.policy.get(k) != v})
+        if tenant.enabled:
+            aggregate.enable()
+        else:
+            aggregate.disable()
         changed.append(aggregate)
     for aggregate in existing.values():
         if aggregate.source == "config" and aggregate.name not in named:

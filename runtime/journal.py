@@ -57,6 +57,7 @@ class Journal:
         self._commits = 0
         self._largest = 0
         self.position = 0
+        self._committed_event = trio.Event()
 
     def submit(self, events: Sequence[Any]) -> None:
         """Queue events without waiting for them (admission). Raises `Overloaded` when full."""
@@ -86,6 +87,10 @@ class Journal:
         if entry.error is not None:
             raise LedgerUnavailable("The ledger could not record this request.") from entry.error
         return entry.recorded
+
+    async def next_commit(self) -> None:
+        """Wait until the Journal commits its next batch."""
+        await self._committed_event.wait()
 
     def statistics(self) -> JournalStatistics:
         return JournalStatistics(
@@ -136,6 +141,8 @@ class Journal:
         for entry in batch:
             if entry.done is not None:
                 entry.done.set()
+        self._committed_event.set()
+        self._committed_event = trio.Event()
 
     def close(self) -> None:
         self._send.close()

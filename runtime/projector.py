@@ -8,6 +8,8 @@ ever skipped. Writes go through a worker thread with a limiter of one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
@@ -15,6 +17,7 @@ from events.projections import Projections
 from events.store import LedgerStore, Recorded
 
 log = logging.getLogger("tollgate.projector")
+T = TypeVar("T")
 CATCH_UP_BATCH = 5000
 
 
@@ -48,6 +51,11 @@ class Projector:
                 self._send.send_nowait(recorded)
             except trio.WouldBlock:
                 log.warning("projector inbox full; it will read the ledger to catch up")
+
+    async def query(self, function: Callable[[Projections], T]) -> T:
+        """Run a read against the projections, after they caught up with every commit so far."""
+        await self.wait_for(self._wanted)
+        return await trio.to_thread.run_sync(function, self.projections, limiter=self._limiter)
 
     async def wait_for(self, position: int) -> None:
         """Wait until the read models reflect the ledger up to `position` (for read-your-writes)."""

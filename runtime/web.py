@@ -21,10 +21,13 @@ from policies.errors import InvalidRequest, RequestRefused
 from policies.validation import parse_chat_request, parse_json
 from providers.errors import ProviderError
 from runtime import router
+from runtime.admin import register_admin
 from runtime.errors import (
     ActorUnavailable,
+    Conflict,
     GatewayError,
     ModelNotFound,
+    NotFound,
     Overloaded,
     ProviderUnavailable,
     Unauthenticated,
@@ -44,6 +47,8 @@ CLEANUP_DEADLINE_S = 10.0
 ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (Unauthenticated, 401, "invalid_request_error", "invalid_api_key"),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (NotFound, 404, "invalid_request_error", "not_found"),
+    (Conflict, 409, "invalid_request_error", "conflict"),
     (InvalidRequest, 400, "invalid_request_error", "invalid_request"),
     (RequestRefused, 400, "invalid_request_error", "refused"),
     (UpstreamFailed, 502, "api_error", "upstream_error"),
@@ -101,7 +106,7 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
     return json_response(error_body(message, type_, code, param), status, headers)
 
 
-def _loose_json(raw: bytes) -> dict[str, Any]:
+def _loose_json(raw: bytes | str) -> dict[str, Any]:
     """The body as an object if it is one (for recording what a refused request asked for)."""
     try:
         body = json.loads(raw)
@@ -227,6 +232,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if not gateway.ready:
             return json_response({"status": "starting"}, 503)
         return json_response({"status": "ready"})
+
+    register_admin(app, gateway)
 
     @app.get("/admin/providers")
     async def admin_providers() -> Response:

@@ -82,3 +82,26 @@ def openai_provider(
         "models": list(models),
         **extra,
     }
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def ledger_events(running: Running, after: int = 0) -> list[Any]:
+    """Every event committed so far (through the same door the Journal uses)."""
+    gateway = running.gateway
+    records = await trio.to_thread.run_sync(
+        lambda: list(gateway.store.read_all(after)), limiter=gateway.journal.limiter
+    )
+    return [record.event for record in records]
+
+
+def request_events(events: list[Any]) -> dict[str, list[str]]:
+    """Request aggregates' event type names, by request_id, in order."""
+    from events.request import Request
+
+    by_aggregate: dict[Any, list[Any]] = {}
+    for event in events:
+        if isinstance(event, Request.Event):
+            by_aggregate.setdefault(event.originator_id, []).append(event)
+    return {chain[0].request_id: [type(e).__name__ for e in chain] for chain in by_aggregate.values()}

@@ -1,0 +1,62 @@
+"""A tenant's policy: budget, rate limits, allowed models and provider preferences.
+
+Stored in `Tenant` events as a dict of JSON primitives (`to_record`), read back by `from_record`.
+Absent limits mean "no limit"; a budget of "0" means nothing may be spent (unlike a seed project,
+where 0 silently meant unlimited).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+
+import attrs
+
+from events.money import usd, usd_str
+
+
+def _optional_ge(minimum: int) -> Any:
+    return attrs.validators.optional(attrs.validators.ge(minimum))
+
+
+def _budget(value: Decimal | None) -> Decimal | None:
+    return None if value is None else usd(value)
+
+
+@attrs.frozen
+class TenantPolicy:
+    budget_usd: Decimal | None = attrs.field(default=None, converter=_budget)
+    budget_period: Literal["month", "week", "day"] = "month"
+    budget_mode: Literal["hard", "soft"] = "hard"
+    rpm: int | None = attrs.field(default=None, validator=_optional_ge(0))
+    tpm: int | None = attrs.field(default=None, validator=_optional_ge(0))
+    max_parallel: int | None = attrs.field(default=None, validator=_optional_ge(1))
+    allowed_models: tuple[str, ...] = ()
+    default_provider: str | None = None
+    fallback_providers: tuple[str, ...] = ()
+
+    @budget_usd.validator
+    def _check_budget(self, _: Any, value: Decimal | None) -> None:
+        if value is not None and value < 0:
+            raise ValueError(f"'budget_usd' must not be negative, got {value}")
+
+    def to_record(self) -> dict[str, Any]:
+        record = attrs.asdict(self, recurse=False)
+        record["budget_usd"] = None if self.budget_usd is None else usd_str(self.budget_usd)
+        record["allowed_models"] = list(self.allowed_models)
+        record["fallback_providers"] = list(self.fallback_providers)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TenantPolicy:
+        known = {field.name for field in attrs.fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        if values.get("budget_usd") is not None:
+            values["budget_usd"] = Decimal(values["budget_usd"])
+        for name in ("allowed_models", "fallback_providers"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+POLICY_FIELDS = tuple(field.name for field in attrs.fields(TenantPolicy))

@@ -1,0 +1,430 @@
+"""Admin API (admin key) and the tenant's own usage endpoint.
+
+    POST   /admin/tenants                      create (201; the key is returned once, as api_key)
+    GET    /admin/tenants, /admin/tenants/{id}
+    PATCH  /admin/tenants/{id}                 policy fields, enabled
+    POST   /admin/tenants/{id}/rotate-key      {"grace_period_s": N} keeps the old key working N s
+    POST   /admin/tenants/{id}/disable|enable
+    GET    /admin/pricing, PUT /admin/pricing  the price list; set prices with an effective_from
+    GET    /admin/spend                        ?tenant=&from=&to=&group_by=model,provider,day
+    GET    /admin/events                       ?after=&limit=&tenant=&request_id=  (paged audit log)
+    GET    /admin/providers, /admin/ledger     actor and journal statistics
+    GET    /v1/usage                           the calling tenant's spend this budget period
+
+Every change is an event committed through the Journal before the response is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import cattrs
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from events.money import ZERO, usd_str
+from events.pricelist import PriceList
+from events.projections import SPEND_GROUPS, spend_report
+from events.tenant import Tenant, tenant_id
+from policies.cost import Price
+from policies.errors import InvalidRequest
+from policies.periods import period_bounds
+from policies.tenant import POLICY_FIELDS, TenantPolicy
+from policies.validation import parse_json
+from runtime.auth import hash_key, new_key
+from runtime.books import TenantView
+from runtime.config import converter, format_problems
+from runtime.errors import Conflict, NotFound
+from runtime.gateway import Gateway
+
+MAX_EVENTS_PAGE = 1000
+SCAN_LIMIT = 20_000
+
+
+def tenant_json(view: TenantView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "name": view.name,
+        "enabled": view.enabled,
+        "source": view.source,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+        **TenantPolicy.from_record(view.policy).to_record(),
+    }
+
+
+def structure_policy(data: dict[str, Any]) -> TenantPolicy:
+    try:
+        return converter.structure(data, TenantPolicy)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as error:
+        problems = format_problems(error) if isinstance(error, cattrs.BaseValidationError) else [f"<top>: {error}"]
+        param = problems[0].partition(": ")[0]
+        raise InvalidRequest(
+            f"{'; '.join(problems)}.", param=None if param == "<top>" else param, code="invalid_value"
+        ) from None
+
+
+async def _body() -> dict[str, Any]:
+    raw = await request.get_data(cache=False, as_text=False)
+    if not raw.strip():
+        return {}
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    return body
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status, content_type="application/json")
+
+
+def _day(value: str | None, param: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value[:10]).isoformat()
+    except ValueError:
+        raise InvalidRequest(
+            f"'{param}' must be a date such as 2026-11-01.", param=param, code="invalid_value"
+        ) from None
+
+
+def _int(value: str | None, param: str, default: int, minimum: int = 0) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise InvalidRequest(f"'{param}' must be an integer ≥ {minimum}.", param=param, code="invalid_value")
+    return number
+
+
+def event_json(position: int, event: Any) -> dict[str, Any]:
+    data = {
+        k: v
+        for k, v in event.__dict__.items()
+        if k not in ("originator_id", "originator_version", "timestamp", "originator_topic")
+    }
+    return {
+        "position": position,
+        "type": type(event).__qualname__,
+        "aggregate_id": str(event.originator_id),
+        "version": event.originator_version,
+        "timestamp": event.timestamp.isoformat(),
+        "data": json.loads(json.dumps(data, default=_plain)),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return usd_str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def register_admin(app: QuartTrio, gateway: Gateway) -> None:
+    books = gateway.books
+
+    def check_admin() -> None:
+        gateway.admin.check(request.headers.get("Authorization"))
+
+    def find(tenant_ref: str) -> TenantView:
+        view = books.tenant(tenant_ref) or next((t for t in books.tenants() if t.name == tenant_ref), None)
+        if view is None:
+            raise NotFound(f"No tenant with id or name {tenant_ref!r}.")
+        return view
+
+    async def aggregate(view: TenantView) -> Tenant:
+        found = books.tenant_aggregates.get(view.id)
+        if found is None:
+            found = await gateway.load(uuid.UUID(view.id), Tenant)
+            if found is None:
+                raise NotFound(f"No tenant with id {view.id!r}.")
+            books.tenant_aggregates[view.id] = found
+        return found
+
+    async def commit(*aggregates: Any) -> None:
+        events = [e for a in aggregates for e in a.collect_events()]
+        if events:
+            await gateway.journal.commit(events)
+
+    @app.post("/admin/tenants")
+    async def create_tenant() -> Response:
+        check_admin()
+        body = await _body()
+        name = body.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest("Missing required parameter: 'name'.", param="name", code="missing_required_parameter")
+        enabled = body.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
+        policy = structure_policy(body)
+        if books.tenant(str(tenant_id(name))) is not None:
+            raise Conflict(f"A tenant named {name!r} exists already.")
+        key = new_key("tg-")
+        tenant = Tenant.register(name, hash_key(key), policy.to_record(), "api")
+        if not enabled:
+            tenant.disable()
+        books.tenant_aggregates[str(tenant.id)] = tenant
+        await commit(tenant)
+        view = books.tenant(str(tenant.id))
+        assert view is not None
+        return _json({**tenant_json(view), "api_key": key}, 201)
+
+    @app.get("/admin/tenants")
+    async def list_tenants() -> Response:
+        check_admin()
+        return _json({"object": "list", "data": [tenant_json(v) for v in books.tenants()]})
+
+    @app.get("/admin/tenants/<tenant_ref>")
+    async def get_tenant(tenant_ref: str) -> Response:
+        check_admin()
+        return _json(tenant_json(find(tenant_ref)))
+
+    @app.patch("/admin/tenants/<tenant_ref>")
+    async def patch_tenant(tenant_ref: str) -> Response:
+        check_admin()
+        view = find(tenant_ref)
+        body = await _body()
+        if "name" in body and body["name"] != view.name:
+            raise InvalidRequest("A tenant's name cannot be changed.", param="name", code="invalid_value")
+        body.pop("name", None)
+        enabled = body.pop("enabled", None)
+        if enabled is not None and not isinstance(enabled, bool):
+            raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
+        current = TenantPolicy.from_record(view.policy).to_record()
+        unknown = sorted(set(body) - set(POLICY_FIELDS))
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown tenant field(s): {', '.join(unknown)}.", param=unknown[0], code="invalid_value"
+            )
+        record = structure_policy({**current, **body}).to_record()
+        tenant = await aggregate(view)
+        tenant.update({k: v for k, v in record.items() if current.get(k) != v})
+        if enabled is True:
+            tenant.enable()
+        elif enabled is False:
+            tenant.disable()
+        await commit(tenant)
+        return _json(tenant_json(find(view.id)))
+
+    @app.post("/admin/tenants/<tenant_ref>/rotate-key")
+    async def rotate_key(tenant_ref: str) -> Response:
+        check_admin()
+        view = find(tenant_ref)
+        body = await _body()
+        grace = body.get("grace_period_s", 0)
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            raise InvalidRequest("'grace_period_s' must be a number ≥ 0.", param="grace_period_s", code="invalid_value")
+        key = new_key("tg-")
+        valid_until = datetime.now(UTC) + timedelta(seconds=grace) if grace else None
+        tenant = await aggregate(view)
+        tenant.issue_key(hash_key(key), valid_until)
+        await commit(tenant)
+        return _json(
+            {
+                "id": view.id,
+                "api_key": key,
+                "previous_key_valid_until": valid_until.isoformat() if valid_until else None,
+            }
+        )
+
+    @app.post("/admin/tenants/<tenant_ref>/<action>")
+    async def toggle_tenant(tenant_ref: str, action: str) -> Response:
+        check_admin()
+        if action not in ("disable", "enable"):
+            raise NotFound(f"Unknown tenant action {action!r}: use disable, enable or rotate-key.")
+        view = find(tenant_ref)
+        tenant = await aggregate(view)
+        tenant.disable() if action == "disable" else tenant.enable()
+        await commit(tenant)
+        return _json(tenant_json(find(view.id)))
+
+    @app.get("/admin/pricing")
+    async def get_pricing() -> Response:
+        check_admin()
+        now = datetime.now(UTC)
+        history = request.args.get("history") in ("1", "true", "yes")
+        entries = books.prices.entries() if history else list(books.prices.current(now).values())
+        return _json(
+            {
+                "object": "list",
+                "data": [_price_json(e) for e in sorted(entries, key=lambda e: (e.key, e.effective_from))],
+            }
+        )
+
+    @app.put("/admin/pricing")
+    async def put_pricing() -> Response:
+        check_admin()
+        body = await _body()
+        effective_from = _effective_from(body.get("effective_from"))
+        prices = body.get("prices")
+        if not isinstance(prices, dict) or not prices:
+            raise InvalidRequest(
+                "'prices' must be an object of \"PROVIDER/MODEL\": {input_per_mtok, output_per_mtok}"
+                " (or null to remove).",
+                param="prices",
+                code="invalid_value",
+            )
+        price_list = books.price_list or PriceList.open()
+        books.price_list = price_list
+        for key, value in prices.items():
+            provider, slash, model = key.partition("/")
+            if not slash or not model or provider not in gateway.providers:
+                raise InvalidRequest(
+                    f'Price key {key!r} must be "PROVIDER/MODEL" with a configured provider.',
+                    param=f"prices.{key}",
+                    code="invalid_value",
+                )
+            if value is None:
+                price_list.remove_price(key, effective_from, "api")
+                continue
+            try:
+                price = converter.structure(value, Price)
+            except (cattrs.BaseValidationError, ValueError, TypeError) as error:
+                problems = format_problems(error) if isinstance(error, cattrs.BaseValidationError) else [str(error)]
+                raise InvalidRequest(
+                    f"prices.{key}: {'; '.join(problems)}", param=f"prices.{key}", code="invalid_value"
+                ) from None
+            price_list.set_price(
+                key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, effective_from, "api"
+            )
+        await commit(price_list)
+        return _json(
+            {
+                "object": "list",
+                "data": [
+                    _price_json(e)
+                    for e in books.prices.entries()
+                    if e.effective_from == effective_from and e.key in prices
+                ],
+            }
+        )
+
+    @app.get("/admin/spend")
+    async def get_spend() -> Response:
+        check_admin()
+        args = request.args
+        group_by = tuple(g for g in (args.get("group_by") or "tenant,model,provider").split(",") if g)
+        bad = [g for g in group_by if g not in SPEND_GROUPS]
+        if bad:
+            raise InvalidRequest(
+                f"'group_by' takes {', '.join(SPEND_GROUPS)}; not {', '.join(bad)}.",
+                param="group_by",
+                code="invalid_value",
+            )
+        tenant = args.get("tenant")
+        if tenant is not None:
+            tenant = find(tenant).name
+        day_from, day_to = _day(args.get("from"), "from"), _day(args.get("to"), "to")
+        rows = await gateway.projector.query(
+            lambda p: spend_report(p, tenant=tenant, day_from=day_from, day_to=day_to, group_by=group_by)
+        )
+        return _json({"object": "list", "data": rows, "totals": _totals(rows)})
+
+    @app.get("/admin/events")
+    async def get_events() -> Response:
+        check_admin()
+        args = request.args
+        after = _int(args.get("after"), "after", 0)
+        limit = _int(args.get("limit"), "limit", 100, minimum=1)
+        limit = min(limit, MAX_EVENTS_PAGE)
+        tenant = args.get("tenant")
+        if tenant is not None:
+            tenant = find(tenant).name
+        request_id = args.get("request_id")
+        found, next_after = await gateway.events_page(after, limit, tenant, request_id, SCAN_LIMIT)
+        return _json({"object": "list", "data": [event_json(p, e) for p, e in found], "next_after": next_after})
+
+    @app.get("/admin/ledger")
+    async def get_ledger() -> Response:
+        check_admin()
+        stats = gateway.statistics()
+        return _json({"journal": attrs.asdict(stats.journal), "projected_position": stats.projected_position})
+
+    @app.get("/v1/usage")
+    async def usage() -> Response:
+        view = books.authenticate(request.headers.get("Authorization"))
+        policy = TenantPolicy.from_record(view.policy)
+        start, end = period_bounds(policy.budget_period, datetime.now(UTC))
+        last_day = (end - timedelta(microseconds=1)).date().isoformat()
+        rows = await gateway.projector.query(
+            lambda p: spend_report(
+                p, tenant=view.name, day_from=start.date().isoformat(), day_to=last_day, group_by=("tenant",)
+            )
+        )
+        spent = Decimal(rows[0]["cost_usd"]) if rows else ZERO
+        reserved = gateway.reserved_usd(view.name)
+        budget = policy.budget_usd
+        return _json(
+            {
+                "tenant": view.name,
+                "period": policy.budget_period,
+                "period_start": start.isoformat(),
+                "period_end": end.isoformat(),
+                "spent_usd": usd_str(spent),
+                "reserved_usd": usd_str(reserved),
+                "budget_usd": None if budget is None else usd_str(budget),
+                "remaining_usd": None if budget is None else usd_str(max(budget - spent - reserved, ZERO)),
+                "requests": rows[0]["requests"] if rows else 0,
+                "unpriced_requests": rows[0]["unpriced"] if rows else 0,
+            }
+        )
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {
+        "requests": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cached_tokens": 0,
+        "unpriced": 0,
+    }
+    cost = ZERO
+    for row in rows:
+        for field in totals:
+            totals[field] += row[field]
+        cost += Decimal(row["cost_usd"])
+    return {**totals, "cost_usd": usd_str(cost)}
+
+
+def _effective_from(value: Any) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+        if moment is not None:
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    raise InvalidRequest(
+        "'effective_from' must be an ISO 8601 time such as 2026-11-01T00:00:00Z.",
+        param="effective_from",
+        code="invalid_value",
+    )
+
+
+def _price_json(entry: Any) -> dict[str, Any]:
+    price = entry.price
+    return {
+        "key": entry.key,
+        "effective_from": entry.effective_from.isoformat(),
+        "removed": price is None,
+        "input_per_mtok": None if price is None else usd_str(price.input_per_mtok),
+        "output_per_mtok": None if price is None else usd_str(price.output_per_mtok),
+        "cached_input_per_mtok": None
+        if price is None or price.cached_input_per_mtok is None
+        else usd_str(price.cached_input_per_mtok),
+        "ref": entry.ref,
+    }

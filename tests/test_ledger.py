@@ -1,0 +1,199 @@
+"""The ledger: every request path leaves exactly its events, priced by the price in force."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import trio
+
+from events.request import Request
+from runtime.auth import DEMO_KEY
+from tests.fake_openai import Behaviour, fake_openai
+from tests.harness import (
+    ADMIN,
+    in_thread,
+    ledger_events,
+    make_config,
+    openai_provider,
+    request_events,
+    running_gateway,
+)
+
+AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
+PROMPT = [{"role": "user", "content": "hi"}]
+PRICING = {"sim/sim-1": {"input_per_mtok": "10", "output_per_mtok": "20"}}
+
+
+def settled(events: list[Any]) -> list[Any]:
+    return [e for e in events if isinstance(e, Request.Settled)]
+
+
+async def test_success_records_admitted_then_completed_with_cost() -> None:
+    async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": "sim-1", "messages": PROMPT},
+            headers={**AUTH, "X-Request-ID": "r-ok"},
+        )
+        body = response.json()
+        events = await ledger_events(gw)
+    assert request_events(events)["r-ok"] == ["Admitted", "Completed"]
+    (completed,) = settled(events)
+    usage = body["usage"]
+    assert (completed.prompt_tokens, completed.completion_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    expected = (Decimal(usage["prompt_tokens"]) * 10 + Decimal(usage["completion_tokens"]) * 20) / 1_000_000
+    assert completed.cost_usd == expected
+    assert body["x_gateway"]["cost_usd"] == str(expected.normalize())
+    assert completed.usage_source == "provider"
+    assert completed.price_ref.startswith("sim/sim-1@")
+    assert completed.outcome == "ok"
+    assert completed.provider == "sim" and completed.served_model == "sim-1"
+    assert completed.latency_us >= completed.overhead_us >= 0
+
+
+async def test_stream_records_the_same_cost_as_non_stream() -> None:
+    async with running_gateway(make_config(pricing=PRICING)) as gw:
+        client = gw.client()
+        whole = await in_thread(client.chat.completions.create, model="sim-1", messages=PROMPT)
+        chunks = await in_thread(
+            lambda: list(
+                client.chat.completions.create(
+                    model="sim-1", messages=PROMPT, stream=True, stream_options={"include_usage": True}
+                )
+            )
+        )
+        events = await ledger_events(gw)
+    first, second = settled(events)
+    assert first.cost_usd == second.cost_usd is not None
+    assert chunks[-1].model_extra["x_gateway"]["cost_usd"] == whole.model_extra["x_gateway"]["cost_usd"]
+    assert [type(e).__name__ for e in events if isinstance(e, Request.Event)].count("Completed") == 2
+
+
+async def test_unpriced_model_is_recorded_as_unpriced_not_zero() -> None:
+    async with running_gateway(make_config()) as gw:
+        completion = await in_thread(gw.client().chat.completions.create, model="sim-1", messages=PROMPT)
+        (completed,) = settled(await ledger_events(gw))
+    assert completed.cost_usd is None and completed.price_ref is None
+    assert completion.model_extra["x_gateway"]["cost_usd"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "model"),
+    [
+        ({"model": "sim-1"}, "missing_required_parameter", "sim-1"),
+        ({"model": "gpt-unknown", "messages": PROMPT}, "model_not_found", "gpt-unknown"),
+        ({"messages": PROMPT}, "missing_required_parameter", None),
+    ],
+)
+async def test_rejections_record_one_rejected_event(body: dict[str, Any], reason: str, model: str | None) -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        response = await http.post("/v1/chat/completions", json=body, headers={**AUTH, "X-Request-ID": "r-bad"})
+        assert response.status_code in (400, 404)
+        events = await ledger_events(gw)
+    assert request_events(events) == {"r-bad": ["Rejected"]}
+    rejected = next(e for e in events if isinstance(e, Request.Rejected))
+    assert (rejected.reason, rejected.model, rejected.tenant, rejected.status) == (
+        reason,
+        model,
+        "demo",
+        response.status_code,
+    )
+
+
+async def test_unknown_keys_leave_no_events() -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        before = len(await ledger_events(gw))
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": "sim-1", "messages": PROMPT},
+            headers={"Authorization": "Bearer nope"},
+        )
+        assert response.status_code == 401
+        assert len(await ledger_events(gw)) == before
+
+
+async def test_fallback_records_each_failed_attempt_then_completed() -> None:
+    async with fake_openai(Behaviour(status=503)) as bad, fake_openai() as good:
+        config = make_config(
+            providers=[
+                openai_provider(bad.url, name="first", models=()),
+                openai_provider(good.url, name="second", models=()),
+            ],
+            models={"m": {"deployments": [{"provider": "first", "model": "a"}, {"provider": "second", "model": "b"}]}},
+            pricing={"second/b": {"input_per_mtok": "1", "output_per_mtok": "2"}},
+        )
+        async with running_gateway(config) as gw, gw.http() as http:
+            response = await http.post(
+                "/v1/chat/completions",
+                json={"model": "m", "messages": PROMPT},
+                headers={**AUTH, "X-Request-ID": "r-fb"},
+            )
+            assert response.status_code == 200
+            events = await ledger_events(gw)
+    assert request_events(events)["r-fb"] == ["Admitted", "AttemptFailed", "Completed"]
+    failed = next(e for e in events if isinstance(e, Request.AttemptFailed))
+    assert (failed.provider, failed.error_kind, failed.status, failed.retryable) == ("first", "server_error", 503, True)
+    completed = settled(events)[0]
+    assert completed.provider == "second" and completed.cost_usd == Decimal("0.000025")  # 11 × 1 + 7 × 2 per M
+
+
+async def test_upstream_failure_records_failed() -> None:
+    async with (
+        fake_openai(Behaviour(status=500)) as bad,
+        running_gateway(make_config(providers=[openai_provider(bad.url)])) as gw,
+    ):
+        async with gw.http() as http:
+            response = await http.post(
+                "/v1/chat/completions",
+                json={"model": "gpt-test", "messages": PROMPT},
+                headers={**AUTH, "X-Request-ID": "r-fail"},
+            )
+            assert response.status_code == 502
+        events = await ledger_events(gw)
+    assert request_events(events)["r-fail"] == ["Admitted", "AttemptFailed", "Failed"]
+    (failed,) = settled(events)
+    assert failed.outcome == "upstream_error" and failed.cost_usd == 0 and failed.prompt_tokens == 0
+
+
+async def test_client_disconnect_records_cancelled() -> None:
+    slow = Behaviour(first_byte_delay_s=30)
+    async with fake_openai(slow) as fake, running_gateway(make_config(providers=[openai_provider(fake.url)])) as gw:
+        async with gw.http() as http:
+            with trio.move_on_after(0.5):
+                await http.post(
+                    "/v1/chat/completions",
+                    json={"model": "gpt-test", "messages": PROMPT},
+                    headers={**AUTH, "X-Request-ID": "r-gone"},
+                )
+        with trio.fail_after(5):  # the handler is cancelled when its client goes; wait for that commit
+            while "Cancelled" not in request_events(await ledger_events(gw)).get("r-gone", []):
+                await gw.gateway.journal.next_commit()
+        events = await ledger_events(gw)
+    assert request_events(events)["r-gone"] == ["Admitted", "Cancelled"]
+    assert settled(events)[0].outcome == "client_disconnected"
+
+
+async def test_price_with_past_effective_from_changes_neither_costs_nor_history() -> None:
+    async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
+        await http.post("/v1/chat/completions", json={"model": "sim-1", "messages": PROMPT}, headers=AUTH)
+        before = await ledger_events(gw)
+        response = await http.put(
+            "/admin/pricing",
+            json={
+                "effective_from": "2020-01-01T00:00:00Z",
+                "prices": {"sim/sim-1": {"input_per_mtok": "999", "output_per_mtok": "999"}},
+            },
+            headers=ADMIN,
+        )
+        assert response.status_code == 200, response.text
+        after = await ledger_events(gw)
+        spend = (await http.get("/admin/spend", headers=ADMIN)).json()
+    assert after[: len(before)] == before, "history is never rewritten"
+    assert [type(e).__name__ for e in after[len(before) :]] == ["PriceSet"]
+    assert settled(after)[0].cost_usd == settled(before)[0].cost_usd
+    assert spend["totals"]["cost_usd"] == str(settled(before)[0].cost_usd.normalize())

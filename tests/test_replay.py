@@ -1,0 +1,257 @@
+"""Projections are a pure function of the ledger: a rebuild from empty equals the live tables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from events.projections import Projections
+from events.store import LedgerStore
+from runtime.auth import DEMO_KEY, hash_key
+from runtime.gateway import projections_path
+from runtime.replay import verify_open
+from tests.fake_openai import Behaviour, fake_openai
+from tests.harness import ADMIN, make_config, openai_provider, running_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
+
+operation = st.one_of(
+    st.tuples(
+        st.just("chat"), st.sampled_from(["sim-1", "gpt-test", "fast", "nope"]), st.booleans(), st.integers(1, 40)
+    ),
+    st.tuples(st.just("bad_request"), st.sampled_from([b"{", b"{}", b'{"model": "sim-1", "messages": 3}'])),
+    st.tuples(st.just("tenant"), st.sampled_from(["a", "b", "c"]), st.integers(0, 100)),
+    st.tuples(
+        st.just("price"),
+        st.sampled_from(["sim/sim-1", "up/gpt-test", "up/llama"]),
+        st.integers(0, 50),
+        st.sampled_from([None, "2020-01-01T00:00:00Z"]),
+    ),
+    st.tuples(st.just("rotate"), st.sampled_from(["a", "b", "c"])),
+    st.tuples(st.just("upstream"), st.sampled_from([200, 500, 400])),
+)
+
+
+async def run_workload(http: httpx.AsyncClient, fake: Any, operations: list[tuple[Any, ...]]) -> None:
+    for op in operations:
+        kind = op[0]
+        if kind == "chat":
+            _, model, stream, max_tokens = op
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "x" * max_tokens}],
+                "stream": stream,
+                "max_tokens": max_tokens,
+            }
+            await http.post("/v1/chat/completions", json=body, headers=AUTH)
+        elif kind == "bad_request":
+            await http.post("/v1/chat/completions", content=op[1], headers=AUTH)
+        elif kind == "tenant":
+            _, name, rpm = op
+            created = await http.post("/admin/tenants", json={"name": name, "rpm": rpm}, headers=ADMIN)
+            if created.status_code == 409:
+                await http.patch(f"/admin/tenants/{name}", json={"rpm": rpm}, headers=ADMIN)
+        elif kind == "price":
+            _, key, cents, effective = op
+            body = {"prices": {key: {"input_per_mtok": str(cents), "output_per_mtok": str(cents * 2)}}}
+            if effective:
+                body["effective_from"] = effective
+            await http.put("/admin/pricing", json=body, headers=ADMIN)
+        elif kind == "rotate":
+            await http.post(f"/admin/tenants/{op[1]}/rotate-key", json={"grace_period_s": 60}, headers=ADMIN)
+        elif kind == "upstream":
+            fake.behaviour = Behaviour(status=op[1])
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(operation, min_size=1, max_size=25))
+async def test_replay_verify_is_clean_after_a_random_workload(
+    tmp_path_factory: Any, operations: list[tuple[Any, ...]]
+) -> None:
+    ledger = str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite3")
+    async with fake_openai() as fake:
+        config = make_config(
+            providers=[
+                {"name": "sim", "kind": "simulator", "models": ["sim-1"]},
+                openai_provider(fake.url, models=("gpt-test",)),
+            ],
+            models={
+                "fast": {"deployments": [{"provider": "up", "model": "llama"}, {"provider": "sim", "model": "sim-1"}]}
+            },
+            pricing={"sim/sim-1": {"input_per_mtok": "1", "output_per_mtok": "2"}},
+            ledger={"path": ledger},
+        )
+        async with running_gateway(config) as gw, gw.http() as http:
+            await run_workload(http, fake, operations)
+            gateway = gw.gateway
+            await gateway.projector.wait_for(gateway.journal.position)
+
+            def check() -> list[str]:
+                return verify_open(gateway.store, gateway.projector.projections)
+
+            problems = await trio.to_thread.run_sync(check, limiter=gateway.projector._limiter)
+    assert problems == []
+
+
+def serve(config_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "serve", "--config", str(config_path), "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("listening on "), line + (process.stderr.read() if process.stderr else "")
+    return process, line.split()[-1]
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+    err = process.stderr.read() if process.stderr else ""
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+    return err
+
+
+CONFIG = f"""
+[server]
+host = "127.0.0.1"
+[ledger]
+path = "LEDGER"
+[[providers]]
+name = "sim"
+kind = "simulator"
+models = ["sim-1"]
+[pricing."sim/sim-1"]
+input_per_mtok = "10"
+output_per_mtok = "20"
+[[tenants]]
+name = "demo"
+api_key_sha256 = "{hash_key(DEMO_KEY)}"
+"""
+
+
+def test_sigkill_right_after_answering_keeps_the_answered_request(tmp_path: Path) -> None:
+    ledger = tmp_path / "var" / "ledger.sqlite3"
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.replace("LEDGER", str(ledger)))
+    env = {**os.environ, "TOLLGATE_ADMIN_KEY": "tga-kill"}
+    admin = {"Authorization": "Bearer tga-kill"}
+    process, url = serve(config, env)
+    try:
+        answers = [
+            httpx.post(
+                url + "/v1/chat/completions",
+                json={"model": "sim-1", "messages": [{"role": "user", "content": f"n{i}"}]},
+                headers={**AUTH, "X-Request-ID": f"kill-{i}"},
+            )
+            for i in range(5)
+        ]
+        assert all(a.status_code == 200 for a in answers)
+        spend_before = httpx.get(url + "/admin/spend", headers=admin).json()["totals"]
+        process.send_signal(signal.SIGKILL)
+    finally:
+        stop(process)
+    process, url = serve(config, env)
+    try:
+        spend_after = httpx.get(url + "/admin/spend", headers=admin).json()["totals"]
+        events = httpx.get(url + "/admin/events", params={"request_id": "kill-4"}, headers=admin).json()["data"]
+    finally:
+        stop(process)
+    assert [e["type"] for e in events] == ["Request.Admitted", "Request.Completed"]
+    assert events[1]["data"]["cost_usd"] == answers[4].json()["x_gateway"]["cost_usd"]
+    assert spend_after == spend_before
+    verified = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "match" in verified.stdout
+
+
+def test_replay_verify_reports_a_tampered_projection(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.replace("LEDGER", str(ledger)))
+    env = {**os.environ, "TOLLGATE_ADMIN_KEY": "tga-x"}
+    process, url = serve(config, env)
+    try:
+        assert (
+            httpx.post(
+                url + "/v1/chat/completions",
+                json={"model": "sim-1", "messages": [{"role": "user", "content": "x"}]},
+                headers=AUTH,
+            ).status_code
+            == 200
+        )
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    finally:
+        stop(process)
+    projections = Projections(projections_path(str(ledger)))
+    projections.db.execute("update spend set cost_usd = '999'")
+    projections.db.conn.commit()
+    projections.close()
+    verified = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 1
+    assert "spend" in verified.stderr and "999" in verified.stderr
+
+
+def test_missing_and_corrupt_ledgers_give_clear_errors(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"this is not a database at all" * 10)
+    config.write_text(CONFIG.replace("LEDGER", str(corrupt)))
+    env = {**os.environ, "TOLLGATE_ADMIN_KEY": "tga-x"}
+    served = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "serve", "--config", str(config), "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert served.returncode == 2
+    assert "is not a SQLite database" in served.stderr and "Traceback" not in served.stderr
+    config.write_text(CONFIG.replace("LEDGER", str(tmp_path / "absent.sqlite3")))
+    verified = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 2
+    assert "no ledger at" in verified.stderr and "Traceback" not in verified.stderr
+    LedgerStore(str(tmp_path / "new" / "dir" / "ledger.sqlite3")).close()  # a missing file for serving is created
