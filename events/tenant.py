@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from events.store import Aggregate
@@ -40,6 +41,19 @@ class Tenant(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.key_sha256 = self.key_sha256
 
+    class BudgetThresholdCrossed(Aggregate.Event):
+        period_start: datetime
+        level: int
+        spent_usd: Decimal
+        budget_usd: Decimal
+
+        def apply(self, aggregate: Any) -> None:
+            key = self.period_start.isoformat()
+            aggregate.thresholds = {
+                **aggregate.thresholds,
+                key: sorted({*aggregate.thresholds.get(key, []), self.level}),
+            }
+
     class Disabled(Aggregate.Event):
         def apply(self, aggregate: Any) -> None:
             aggregate.enabled = False
@@ -54,6 +68,7 @@ class Tenant(Aggregate):
         self.policy = policy
         self.source = source
         self.enabled = True
+        self.thresholds: dict[str, list[int]] = {}
 
     @classmethod
     def register(cls, name: str, key_sha256: str, policy: dict[str, Any], source: str) -> Tenant:
@@ -67,6 +82,15 @@ class Tenant(Aggregate):
 
     def issue_key(self, key_sha256: str, previous_valid_until: datetime | None) -> None:
         self.trigger_event(self.KeyIssued, key_sha256=key_sha256, previous_valid_until=previous_valid_until)
+
+    def threshold_crossed(self, period_start: datetime, level: int, spent_usd: Decimal, budget_usd: Decimal) -> None:
+        self.trigger_event(
+            self.BudgetThresholdCrossed,
+            period_start=period_start,
+            level=level,
+            spent_usd=spent_usd,
+            budget_usd=budget_usd,
+        )
 
     def disable(self) -> None:
         if self.enabled:

@@ -20,3 +20,30 @@ class RequestRefused(Exception):
 
 class InvalidRequest(RequestRefused):
     code = "invalid_request"
+
+
+class TenantDisabled(RequestRefused):
+    code = "tenant_disabled"
+
+
+class ModelNotAllowed(RequestRefused):
+    code = "model_not_allowed"
+
+
+class ModelUnpriced(RequestRefused):
+    code = "model_unpriced"
+
+
+class BudgetExceeded(RequestRefused):
+    code = "budget_exceeded"
+
+
+class RateLimited(RequestRefused):
+    """`retry_after` is None when waiting cannot help (the request alone exceeds the limit)."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = headers

@@ -50,3 +50,13 @@ class RoutingIndex:
 
     def models(self) -> list[str]:
         return list(self._routes)
+
+
+def order_candidates(
+    deployments: Sequence[Deployment], default_provider: str | None, fallback_providers: Sequence[str]
+) -> tuple[Deployment, ...]:
+    """The tenant's default provider first, then its fallbacks in order, then config order — the
+    same order every time (a stable sort, never a map's iteration order)."""
+    preferred = [p for p in (default_provider, *fallback_providers) if p]
+    rank = {provider: index for index, provider in reversed(list(enumerate(preferred)))}
+    return tuple(sorted(deployments, key=lambda d: rank.get(d.provider, len(preferred))))

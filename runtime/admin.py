@@ -253,7 +253,7 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/admin/pricing")
     async def get_pricing() -> Response:
         check_admin()
-        now = datetime.now(UTC)
+        now = gateway.clock()
         history = request.args.get("history") in ("1", "true", "yes")
         entries = books.prices.entries() if history else list(books.prices.current(now).values())
         return _json(
@@ -267,7 +267,7 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
     async def put_pricing() -> Response:
         check_admin()
         body = await _body()
-        effective_from = _effective_from(body.get("effective_from"))
+        effective_from = _effective_from(body.get("effective_from")) or gateway.clock()
         prices = body.get("prices")
         if not isinstance(prices, dict) or not prices:
             raise InvalidRequest(
@@ -356,7 +356,7 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
     async def usage() -> Response:
         view = books.authenticate(request.headers.get("Authorization"))
         policy = TenantPolicy.from_record(view.policy)
-        start, end = period_bounds(policy.budget_period, datetime.now(UTC))
+        start, end = period_bounds(policy.budget_period, gateway.clock())
         last_day = (end - timedelta(microseconds=1)).date().isoformat()
         rows = await gateway.projector.query(
             lambda p: spend_report(
@@ -398,9 +398,9 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {**totals, "cost_usd": usd_str(cost)}
 
 
-def _effective_from(value: Any) -> datetime:
+def _effective_from(value: Any) -> datetime | None:
     if value is None:
-        return datetime.now(UTC)
+        return None
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -49,6 +49,7 @@ class ServerConfig:
     grace_period_s: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
     max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.ge(1024))
     body_timeout_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    tenant_idle_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -64,6 +65,9 @@ class AdminConfig:
 @attrs.frozen
 class ModelAlias:
     deployments: tuple[Deployment, ...]
+    max_output_tokens: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
 
 
 @attrs.frozen
@@ -75,6 +79,7 @@ class ProviderConfig:
     api_key_env: str | None = None
     headers: dict[str, str] = attrs.field(factory=dict)
     max_concurrency: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    max_output_tokens: int = attrs.field(default=4096, validator=attrs.validators.ge(1))
     timeouts: Timeouts = Timeouts()
     simulator: SimulatorSettings = SimulatorSettings()
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -24,12 +24,12 @@ import trio
 
 from events.money import ZERO
 from events.pricelist import PRICE_LIST_ID, PriceList
-from events.projections import Projections
+from events.projections import Projections, spend_report
 from events.request import Request
 from events.store import MEMORY, LedgerStore
 from events.tenant import Tenant, tenant_id
 from policies.cost import Price
-from policies.routing import RoutingIndex
+from policies.routing import Deployment, RoutingIndex
 from providers.openai import OpenAIUpstream
 from providers.simulator import Simulator
 from providers.upstream import Upstream
@@ -40,6 +40,7 @@ from runtime.journal import Journal, JournalStatistics
 from runtime.projector import Projector
 from runtime.provider_actor import ProviderHandle, ProviderStatistics
 from runtime.supervisor import supervise
+from runtime.tenant_actor import TenantActors
 
 log = logging.getLogger("tollgate")
 
@@ -82,6 +83,9 @@ class Gateway:
     store: LedgerStore
     admin: AdminKey
     generated_admin_key: str | None = None
+    tenant_actors: TenantActors | None = None
+    clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
+    """Wall time for money: received_at, prices in force, budget periods (tests pass a virtual one)."""
     ready: bool = False
     draining: trio.Event = attrs.field(factory=trio.Event)
 
@@ -103,6 +107,29 @@ class Gateway:
         return sum(
             (Decimal(row["reserved_usd"]) for row in self.books.open_requests() if row["tenant"] == tenant), ZERO
         )
+
+    async def spent(self, tenant: str, start: datetime, end: datetime) -> Decimal:
+        """Settled spend of `tenant` for received_at in [start, end) (UTC-day aligned periods)."""
+        last_day = (end - timedelta(microseconds=1)).date().isoformat()
+        rows = await self.projector.query(
+            lambda p: spend_report(
+                p, tenant=tenant, day_from=start.date().isoformat(), day_to=last_day, group_by=("tenant",)
+            )
+        )
+        return Decimal(rows[0]["cost_usd"]) if rows else ZERO
+
+    def output_limit(self, model: str, deployments: tuple[Deployment, ...]) -> int:
+        """The most output tokens a request without max_tokens may produce (for reservations)."""
+        alias = self.config.models.get(model)
+        if alias is not None and alias.max_output_tokens is not None:
+            return alias.max_output_tokens
+        limits = [p.max_output_tokens for d in deployments if (p := self.config.provider(d.provider)) is not None]
+        return max(limits, default=4096)
+
+    @property
+    def tenants(self) -> TenantActors:
+        assert self.tenant_actors is not None
+        return self.tenant_actors
 
     async def events_page(
         self, after: int, limit: int, tenant: str | None, request_id: str | None, scan_limit: int
@@ -200,7 +227,7 @@ def _config_price_changes(gateway: Gateway, price_list: PriceList, now: datetime
 
 async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     """Recover interrupted requests and reconcile the config into the ledger."""
-    now = datetime.now(UTC)
+    now = gateway.clock()
     events: list[Any] = []
     for row in gateway.books.open_requests():
         request = await gateway.load(uuid.UUID(row["id"]), Request)
@@ -251,7 +278,10 @@ def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
 
 
 @asynccontextmanager
-async def open_gateway(config: Config, environ: Mapping[str, str] | None = None) -> AsyncIterator[Gateway]:
+async def open_gateway(
+    config: Config, environ: Mapping[str, str] | None = None, clock: Callable[[], datetime] | None = None
+) -> AsyncIterator[Gateway]:
+    """`clock` gives the wall time tenant actors use for budget periods (tests pass a virtual one)."""
     environ = os.environ if environ is None else environ
     admin_key = environ.get(config.admin.api_key_env)
     generated = None
@@ -286,11 +316,14 @@ async def open_gateway(config: Config, environ: Mapping[str, str] | None = None)
         admin=AdminKey(admin_key),
         generated_admin_key=generated,
     )
+    if clock is not None:
+        gateway.clock = clock
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(projector.run)
             await nursery.start(journal.run)
             await _start_ledger(gateway, environ)
+            gateway.tenant_actors = TenantActors(gateway, nursery, config.server.tenant_idle_s)
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway

@@ -8,8 +8,7 @@ request refused before dispatch.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from events.money import ZERO, usd_str
@@ -19,16 +18,13 @@ from policies.cost import Priced
 from policies.routing import Deployment
 from policies.validation import ChatRequest
 from providers.errors import ProviderError
-from providers.tokens import estimate_prompt_tokens, estimate_tokens
+from providers.tokens import estimate_prompt_tokens
 from runtime.books import TenantView
 from runtime.exchange import Exchange
+from runtime.tenant_actor import Admission
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
@@ -39,8 +35,15 @@ def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
 
 class RequestRecord:
     def __init__(
-        self, gateway: Gateway, exchange: Exchange, tenant: TenantView, chat: ChatRequest, received_at: datetime
+        self,
+        gateway: Gateway,
+        exchange: Exchange,
+        tenant: TenantView,
+        chat: ChatRequest,
+        received_at: datetime,
+        admission: Admission,
     ) -> None:
+        self.admission = admission
         self._gateway = gateway
         self._exchange = exchange
         self.tenant = tenant
@@ -53,13 +56,13 @@ class RequestRecord:
     def settled(self) -> bool:
         return self.priced is not None
 
-    def admit(self, reserved_usd: Decimal = ZERO) -> None:
+    def admit(self) -> None:
         aggregate = Request.admit(
             self._exchange.request_id,
             self.tenant.name,
             self.chat.model,
             self.chat.stream,
-            reserved_usd,
+            self.admission.reserved_usd,
             self.received_at,
         )
         self._gateway.journal.submit(aggregate.collect_events())
@@ -81,6 +84,7 @@ class RequestRecord:
         else:
             priced = Priced(ZERO, None)  # no provider served anything: nothing to charge
         self.priced = priced
+        await self._gateway.tenants.settle(self.admission, priced.cost_usd, usage.total_tokens)
         self._aggregate.settle(
             kind,
             provider=deployment.provider if deployment else None,
@@ -117,6 +121,3 @@ async def reject(
     """Record a request refused before dispatch (authentication failures of unknown keys excepted)."""
     aggregate = Request.reject(exchange.request_id, tenant.name, model, stream, reason, status, received_at)
     await gateway.journal.commit(aggregate.collect_events())
-
-
-__all__ = ["RequestRecord", "estimate_tokens", "estimate_usage", "reject", "utcnow"]

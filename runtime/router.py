@@ -45,7 +45,7 @@ async def _first_success(
     chat = record.chat
     tried: list[str] = []
     unavailable: list[str] = []
-    for deployment in candidates(gateway, chat.model):
+    for deployment in record.admission.candidates:
         handle = gateway.providers[deployment.provider]
         try:
             lease = await handle.lease()

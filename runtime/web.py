@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +18,16 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from policies.errors import InvalidRequest, RequestRefused
+from policies.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelUnpriced,
+    RateLimited,
+    RequestRefused,
+    TenantDisabled,
+)
+from policies.tenant import TenantPolicy
 from policies.validation import parse_chat_request, parse_json
 from providers.errors import ProviderError
 from runtime import router
@@ -35,7 +45,7 @@ from runtime.errors import (
 )
 from runtime.exchange import Exchange
 from runtime.gateway import Gateway
-from runtime.record import RequestRecord, reject, utcnow
+from runtime.record import RequestRecord, reject
 from runtime.relay import StreamRelay
 from runtime.tracing import Trace, request_id
 
@@ -50,6 +60,11 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (NotFound, 404, "invalid_request_error", "not_found"),
     (Conflict, 409, "invalid_request_error", "conflict"),
     (InvalidRequest, 400, "invalid_request_error", "invalid_request"),
+    (TenantDisabled, 403, "permission_error", "tenant_disabled"),
+    (ModelNotAllowed, 403, "permission_error", "model_not_allowed"),
+    (ModelUnpriced, 403, "permission_error", "model_unpriced"),
+    (BudgetExceeded, 402, "insufficient_quota", "budget_exceeded"),
+    (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (RequestRefused, 400, "invalid_request_error", "refused"),
     (UpstreamFailed, 502, "api_error", "upstream_error"),
     (ProviderUnavailable, 503, "api_error", "provider_unavailable"),
@@ -79,6 +94,15 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+def refusal_status(error: BaseException) -> tuple[int, str]:
+    """The status and reason code a refusal is answered (and recorded) with."""
+    if isinstance(error, ModelNotFound):
+        return 404, "model_not_found"
+    row = next((row for row in ERRORS if isinstance(error, row[0])), None)
+    status = row[1] if row else 400
+    return status, getattr(error, "code", "refused")
+
+
 def error_response(error: BaseException, max_body_bytes: int) -> Response:
     headers: dict[str, str] = {}
     if isinstance(error, HTTPException):
@@ -95,6 +119,10 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
     param = None
     if isinstance(error, RequestRefused):
         message, param, code = error.message, error.param, error.code
+        if isinstance(error, RateLimited):
+            headers.update(error.headers)
+            if error.retry_after is not None:
+                headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     elif isinstance(error, ProviderError):
         message = error.message
         if not error.retryable and error.status and 400 <= error.status < 500:
@@ -165,6 +193,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if exchange is not None:
             response.headers["x-request-id"] = exchange.request_id
             response.headers["traceparent"] = exchange.trace.traceparent
+        for name, value in (g.get("rate_headers") or {}).items():
+            response.headers[name] = value
         return response
 
     @app.errorhandler(HTTPException)
@@ -179,20 +209,27 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def chat_completions() -> Response:
         exchange: Exchange = g.exchange
         tenant = gateway.books.authenticate(request.headers.get("Authorization"))
-        received_at = utcnow()
+        received_at = gateway.clock()
         raw = await request.get_data(cache=False, as_text=False)
         try:
             chat = parse_chat_request(parse_json(raw))
-            router.candidates(gateway, chat.model)
+            deployments = router.candidates(gateway, chat.model)
+            admission = await gateway.tenants.admit(
+                tenant, chat, deployments, gateway.output_limit(chat.model, deployments)
+            )
         except (RequestRefused, ModelNotFound) as refusal:
             body = _loose_json(raw)
             model = body.get("model") if isinstance(body.get("model"), str) else None
-            status = 404 if isinstance(refusal, ModelNotFound) else 400
-            reason = "model_not_found" if isinstance(refusal, ModelNotFound) else refusal.code
+            status, reason = refusal_status(refusal)
             await reject(gateway, exchange, tenant, model, body.get("stream") is True, reason, status, received_at)
             raise
-        record = RequestRecord(gateway, exchange, tenant, chat, received_at)
+        if admission.output_cap is not None:  # a hard budget bounds what the provider may generate
+            chat = attrs.evolve(
+                chat, body={**chat.body, "max_tokens": admission.output_cap}, max_tokens=admission.output_cap
+            )
+        record = RequestRecord(gateway, exchange, tenant, chat, received_at, admission)
         record.admit()
+        g.rate_headers = admission.headers
         if chat.stream:
             stream, opening, lease = await router.open_stream(gateway, record, exchange)
             relay = StreamRelay(stream, opening, lease, record, exchange)
@@ -215,10 +252,10 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        gateway.books.authenticate(request.headers.get("Authorization"))
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in gateway.routes.models()
-        ]
+        tenant = gateway.books.authenticate(request.headers.get("Authorization"))
+        allowed = TenantPolicy.from_record(tenant.policy).allowed_models
+        names = [name for name in gateway.routes.models() if not allowed or name in allowed]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in names]
         return json_response({"object": "list", "data": data})
 
     @app.get("/healthz")

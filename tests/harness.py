@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -52,9 +53,9 @@ class Running:
 
 
 @asynccontextmanager
-async def running_gateway(config: Config) -> AsyncIterator[Running]:
+async def running_gateway(config: Config, clock: Callable[[], datetime] | None = None) -> AsyncIterator[Running]:
     environ = {"TOLLGATE_ADMIN_KEY": ADMIN_KEY, "FAKE_KEY": "sk-fake-upstream"}
-    async with open_gateway(config, environ) as gateway, trio.open_nursery() as nursery:
+    async with open_gateway(config, environ, clock) as gateway, trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, gateway))
         gateway.ready = True
         running = Running(gateway, binds[0])

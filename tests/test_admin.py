@@ -22,7 +22,7 @@ PRICING = {"sim/sim-1": {"input_per_mtok": "10", "output_per_mtok": "20"}}
 
 
 async def test_tenant_lifecycle() -> None:
-    async with running_gateway(make_config()) as gw, gw.http() as http:
+    async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
         created = await http.post(
             "/admin/tenants",
             json={"name": "acme", "budget_usd": "25", "rpm": 60, "allowed_models": ["sim-1"]},

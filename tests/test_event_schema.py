@@ -69,6 +69,7 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
     tenant = Tenant.register(draw(text), draw(text), draw(policy), draw(text))
     tenant.update(draw(policy.filter(bool)))
     tenant.issue_key(draw(text), draw(st.one_of(st.none(), moments)))
+    tenant.threshold_crossed(draw(moments), draw(st.sampled_from([50, 80, 100])), draw(money), draw(money))
     tenant.disable()
     tenant.enable()
     prices = PriceList.open()
@@ -91,6 +92,7 @@ EVENT_CLASSES = {
     Tenant.KeyIssued,
     Tenant.Disabled,
     Tenant.Enabled,
+    Tenant.BudgetThresholdCrossed,
     PriceList.Opened,
     PriceList.PriceSet,
     PriceList.PriceRemoved,
