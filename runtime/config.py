@@ -22,6 +22,7 @@ from events.money import usd
 from policies.cost import Price
 from policies.routing import Deployment
 from policies.tenant import POLICY_FIELDS, TenantPolicy
+from providers.anthropic import AnthropicSettings
 from providers.simulator import SimulatorSettings
 from providers.upstream import Timeouts
 
@@ -31,7 +32,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 (hypercorn's fal
     import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 DEFAULT_PATH = "config.toml"
-PROVIDER_KINDS = ("simulator", "openai")
+PROVIDER_KINDS = ("simulator", "openai", "anthropic")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -82,6 +83,7 @@ class ProviderConfig:
     max_output_tokens: int = attrs.field(default=4096, validator=attrs.validators.ge(1))
     timeouts: Timeouts = Timeouts()
     simulator: SimulatorSettings = SimulatorSettings()
+    anthropic: AnthropicSettings = AnthropicSettings()
 
 
 @attrs.frozen(kw_only=True)
@@ -240,7 +242,8 @@ def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
             if provider.base_url is not None:
                 problems.append(f"{where}.base_url: a simulator has no base_url")
         elif provider.base_url is None:
-            problems.append(f"{where}.base_url: required for kind {provider.kind!r}")
+            if provider.kind != "anthropic":  # defaults to providers.anthropic.DEFAULT_BASE_URL
+                problems.append(f"{where}.base_url: required for kind {provider.kind!r}")
         else:
             problem = _check_url(provider.base_url)
             if problem:

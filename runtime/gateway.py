@@ -30,6 +30,7 @@ from events.store import MEMORY, LedgerStore
 from events.tenant import Tenant, tenant_id
 from policies.cost import Price
 from policies.routing import Deployment, RoutingIndex
+from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
 from providers.simulator import Simulator
 from providers.upstream import Upstream
@@ -48,8 +49,18 @@ log = logging.getLogger("tollgate")
 def build_upstream(provider: ProviderConfig, environ: Mapping[str, str]) -> Upstream:
     if provider.kind == "simulator":
         return Simulator(provider.name, provider.simulator)
-    assert provider.base_url is not None  # checked by check_config
     api_key = environ.get(provider.api_key_env) if provider.api_key_env else None
+    if provider.kind == "anthropic":
+        return AnthropicUpstream(
+            provider.name,
+            provider.base_url or DEFAULT_BASE_URL,
+            api_key,
+            provider.timeouts,
+            provider.max_concurrency,
+            provider.anthropic.default_max_tokens,
+            provider.headers,
+        )
+    assert provider.base_url is not None  # checked by check_config
     return OpenAIUpstream(
         provider.name, provider.base_url, api_key, provider.timeouts, provider.max_concurrency, provider.headers
     )
