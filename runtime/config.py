@@ -19,6 +19,7 @@ import cattrs
 import httpx
 
 from events.money import usd
+from policies.breaker import BreakerConfig
 from policies.cost import Price
 from policies.routing import Deployment
 from policies.tenant import POLICY_FIELDS, TenantPolicy
@@ -81,6 +82,10 @@ class ProviderConfig:
     headers: dict[str, str] = attrs.field(factory=dict)
     max_concurrency: int = attrs.field(default=256, validator=attrs.validators.ge(1))
     max_output_tokens: int = attrs.field(default=4096, validator=attrs.validators.ge(1))
+    max_retries: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    retry_backoff_s: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    max_retry_wait_s: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    breaker: BreakerConfig = BreakerConfig()
     timeouts: Timeouts = Timeouts()
     simulator: SimulatorSettings = SimulatorSettings()
     anthropic: AnthropicSettings = AnthropicSettings()

@@ -47,6 +47,14 @@ class Overloaded(GatewayError):
     pass
 
 
+class ProviderRefused(GatewayError):
+    """A provider's breaker refuses work until `retry_at` (trio time; None: when a probe ends)."""
+
+    def __init__(self, message: str, *, retry_at: float | None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
 class ProviderUnavailable(GatewayError):
     pass
 

@@ -25,9 +25,11 @@ import trio
 from events.money import ZERO
 from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import Projections, spend_report
+from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import MEMORY, LedgerStore
 from events.tenant import Tenant, tenant_id
+from policies.breaker import Transition
 from policies.cost import Price
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
@@ -227,6 +229,11 @@ def _config_tenant_changes(gateway: Gateway, environ: Mapping[str, str], existin
     return changed
 
 
+def _journal_transition(gateway: Gateway, provider: Provider, transition: Transition) -> None:
+    provider.transition(transition.from_state, transition.to_state, transition.reason)
+    gateway.journal.submit(provider.collect_events())
+
+
 def _config_price_changes(gateway: Gateway, price_list: PriceList, now: datetime) -> None:
     for key, price in gateway.config.pricing.items():
         entry = gateway.books.prices.entry_at(key, now)
@@ -271,6 +278,12 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     gateway.books.tenant_aggregates.update(
         {k: v for k, v in existing.items() if k not in gateway.books.tenant_aggregates}
     )
+    for name, handle in gateway.providers.items():
+        provider = await gateway.load(provider_id(name), Provider)
+        if provider is None:
+            provider = Provider.register(name)
+            events.extend(provider.collect_events())
+        handle.on_transition = partial(_journal_transition, gateway, provider)
     price_list = await gateway.load(PRICE_LIST_ID, PriceList) or PriceList.open()
     _config_price_changes(gateway, price_list, now)
     events.extend(price_list.collect_events())
@@ -309,7 +322,7 @@ async def open_gateway(
     journal = Journal(store, on_commit)
     handles = {
         provider.name: ProviderHandle(
-            provider.name, provider.kind, build_upstream(provider, environ), provider.max_concurrency
+            provider.name, provider.kind, build_upstream(provider, environ), provider.max_concurrency, provider.breaker
         )
         for provider in config.providers
     }

@@ -1,8 +1,12 @@
-"""One actor per provider: it owns the provider's concurrency slots (and, later, its breaker).
+"""One actor per provider: it owns the provider's circuit breaker and concurrency slots.
 
 Callers talk to it through `ProviderHandle.lease()` and `Lease.release(outcome)`; both are messages
-on the actor's bounded mailbox, and a grant travels back on a one-shot channel in the message.
-The handle outlives incarnations of the actor, so a supervisor can restart a crashed actor under it.
+on the actor's bounded mailbox, and the answer travels back on a one-shot channel in the message.
+A lease is granted when the breaker admits (`policies.breaker`, pure) and a slot is free; callers
+beyond `max_concurrency` wait in FIFO order. Only retryable provider failures count against the
+breaker; client errors and cancellations are "ignored" outcomes. Every breaker transition is passed
+to `on_transition` (the gateway journals it as a `Provider` event). The handle outlives incarnations
+of the actor, so a supervisor can restart a crashed actor under it.
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
 import trio
 
+from policies import breaker
 from providers.errors import ProviderError
 from providers.upstream import Upstream
-from runtime.errors import ActorUnavailable
+from runtime.errors import ActorUnavailable, ProviderRefused
 
 log = logging.getLogger("tollgate.provider")
 MAILBOX_SIZE = 1024
@@ -37,6 +43,14 @@ class Outcome:
     def failed(cls, error: ProviderError) -> Outcome:
         return cls("failure", error.kind, error.retryable, error.message)
 
+    @property
+    def for_breaker(self) -> breaker.Outcome:
+        if self.result == "success":
+            return "success"
+        if self.result == "failure" and self.retryable:
+            return "failure"
+        return "ignored"  # a client error or a cancellation says nothing about the provider
+
 
 SUCCESS = Outcome("success")
 CANCELLED = Outcome("cancelled")
@@ -45,11 +59,17 @@ CANCELLED = Outcome("cancelled")
 @attrs.frozen
 class Grant:
     epoch: int
+    ticket: breaker.Ticket
+
+
+@attrs.frozen
+class Refusal:
+    retry_at: float | None
 
 
 @attrs.frozen
 class Acquire:
-    reply: trio.MemorySendChannel[Grant]
+    reply: trio.MemorySendChannel[Grant | Refusal]
 
 
 @attrs.frozen
@@ -63,6 +83,12 @@ class ProviderStatistics:
     name: str
     kind: str
     state: Literal["up", "down"]
+    breaker: str
+    window_requests: int
+    window_failures: int
+    consecutive_failures: int
+    half_open_in_s: float | None
+    probes_in_flight: int
     in_flight: int
     max_concurrency: int
     waiting: int
@@ -77,8 +103,9 @@ class ProviderStatistics:
 @attrs.define
 class _State:
     epoch: int
+    breaker: breaker.BreakerState = breaker.BreakerState()
     in_flight: int = 0
-    waiting: deque[trio.MemorySendChannel[Grant]] = attrs.field(factory=deque)
+    waiting: deque[trio.MemorySendChannel[Grant | Refusal]] = attrs.field(factory=deque)
     requests: int = 0
     successes: int = 0
     failures: int = 0
@@ -87,11 +114,21 @@ class _State:
 
 
 class ProviderHandle:
-    def __init__(self, name: str, kind: str, upstream: Upstream, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        upstream: Upstream,
+        max_concurrency: int,
+        breaker_config: breaker.BreakerConfig | None = None,
+        on_transition: Callable[[breaker.Transition], None] | None = None,
+    ) -> None:
         self.name = name
         self.kind = kind
         self.upstream = upstream
         self.max_concurrency = max_concurrency
+        self.breaker_config = breaker_config or breaker.BreakerConfig()
+        self.on_transition = on_transition or (lambda transition: None)
         self._send, self._receive = trio.open_memory_channel[Acquire | Release](MAILBOX_SIZE)
         self._state = _State(epoch=0)
         self._restarts = -1
@@ -99,27 +136,33 @@ class ProviderHandle:
 
     # --- the caller's side -------------------------------------------------------------------
     async def lease(self) -> Lease:
-        """Wait for a concurrency slot. Raises `ActorUnavailable` if the actor is gone."""
-        reply_send, reply_receive = trio.open_memory_channel[Grant](1)
+        """Wait for a slot. Raises `ProviderRefused` while the breaker refuses, and
+        `ActorUnavailable` if the actor is gone."""
+        reply_send, reply_receive = trio.open_memory_channel[Grant | Refusal](1)
         try:
             await self._send.send(Acquire(reply_send))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ActorUnavailable(f"provider {self.name!r} is down") from None
         with reply_receive:
             try:
-                grant = await reply_receive.receive()
+                answer = await reply_receive.receive()
             except trio.EndOfChannel:
                 raise ActorUnavailable(f"provider {self.name!r} is unavailable (its actor stopped)") from None
             except BaseException:
-                # Cancelled while the grant may already be in the buffer: hand it back.
+                # Cancelled while a grant may already be in the buffer: hand it back.
                 try:
                     early = reply_receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     pass
                 else:
-                    await Lease(self, early).release(CANCELLED)
+                    if isinstance(early, Grant):
+                        await Lease(self, early).release(CANCELLED)
                 raise
-        return Lease(self, grant)
+        if isinstance(answer, Refusal):
+            raise ProviderRefused(
+                f"provider {self.name!r} is not taking requests (circuit open)", retry_at=answer.retry_at
+            )
+        return Lease(self, answer)
 
     async def _release(self, grant: Grant, outcome: Outcome) -> None:
         # BrokenResourceError: the actor was given up, so there is nothing left to account to.
@@ -132,10 +175,18 @@ class ProviderHandle:
 
     def statistics(self) -> ProviderStatistics:
         state = self._state
+        now = trio.current_time()
+        snap = breaker.snapshot(self.breaker_config, state.breaker, now)
         return ProviderStatistics(
             name=self.name,
             kind=self.kind,
             state="down" if self._down else "up",
+            breaker=snap.state,
+            window_requests=snap.requests,
+            window_failures=snap.failures,
+            consecutive_failures=snap.consecutive_failures,
+            half_open_in_s=None if snap.half_open_at is None else round(max(snap.half_open_at - now, 0.0), 3),
+            probes_in_flight=snap.probes_in_flight,
             in_flight=state.in_flight,
             max_concurrency=self.max_concurrency,
             waiting=len(state.waiting),
@@ -149,14 +200,18 @@ class ProviderHandle:
 
     # --- the actor's side ---------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[ProviderHandle] = trio.TASK_STATUS_IGNORED) -> None:
-        """One incarnation of the actor: fresh state, same mailbox."""
+        """One incarnation of the actor: fresh slots (the breaker and counters carry over)."""
         self._restarts += 1
-        state = self._state = _State(epoch=self._restarts, requests=self._state.requests)
+        previous = self._state
+        state = self._state = attrs.evolve(previous, epoch=self._restarts, in_flight=0, waiting=deque())
         task_status.started(self)
         try:
             async for message in self._receive:
                 if isinstance(message, Acquire):
-                    self._on_acquire(state, message.reply)
+                    if state.in_flight < self.max_concurrency:
+                        self._answer(state, message.reply)
+                    else:
+                        state.waiting.append(message.reply)
                 else:
                     self._on_release(state, message)
         finally:
@@ -164,28 +219,46 @@ class ProviderHandle:
                 waiter.close()
             state.waiting.clear()
 
-    def _on_acquire(self, state: _State, reply: trio.MemorySendChannel[Grant]) -> None:
-        if state.in_flight < self.max_concurrency:
-            self._grant(state, reply)
-        else:
-            state.waiting.append(reply)
+    def _transition(self, transition: breaker.Transition | None) -> None:
+        if transition is not None:
+            log.warning(
+                "provider %s: breaker %s → %s (%s)",
+                self.name,
+                transition.from_state,
+                transition.to_state,
+                transition.reason,
+            )
+            try:
+                self.on_transition(transition)
+            except Exception:  # recording must never break the actor
+                log.exception("provider %s: could not record a breaker transition", self.name)
 
-    def _grant(self, state: _State, reply: trio.MemorySendChannel[Grant]) -> bool:
+    def _answer(self, state: _State, reply: trio.MemorySendChannel[Grant | Refusal]) -> None:
+        """Ask the breaker, then grant or refuse. A caller that gave up frees what it was given."""
+        state.breaker, verdict, transition = breaker.admit(self.breaker_config, state.breaker, trio.current_time())
+        self._transition(transition)
+        answer: Grant | Refusal = Grant(state.epoch, verdict.ticket) if verdict.ticket else Refusal(verdict.retry_at)
         try:
-            reply.send_nowait(Grant(state.epoch))
+            reply.send_nowait(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False  # the caller gave up waiting
+            if isinstance(answer, Grant):
+                self._record(state, answer.ticket, CANCELLED)
+            return
         finally:
             reply.close()
-        state.in_flight += 1
-        state.requests += 1
-        return True
+        if isinstance(answer, Grant):
+            state.in_flight += 1
+            state.requests += 1
+
+    def _record(self, state: _State, ticket: breaker.Ticket, outcome: Outcome) -> None:
+        state.breaker, transition = breaker.record(
+            self.breaker_config, state.breaker, trio.current_time(), ticket, outcome.for_breaker
+        )
+        self._transition(transition)
 
     def _on_release(self, state: _State, release: Release) -> None:
-        if release.grant.epoch != state.epoch:
-            return  # granted by an earlier incarnation; its slot died with it
-        state.in_flight -= 1
         outcome = release.outcome
+        self._record(state, release.grant.ticket, outcome)
         if outcome.result == "success":
             state.successes += 1
         elif outcome.result == "failure":
@@ -193,9 +266,10 @@ class ProviderHandle:
             state.last_error = outcome.message
         else:
             state.cancellations += 1
+        if release.grant.epoch == state.epoch:
+            state.in_flight -= 1
         while state.waiting and state.in_flight < self.max_concurrency:
-            if self._grant(state, state.waiting.popleft()):
-                break
+            self._answer(state, state.waiting.popleft())
 
     def give_up(self, error: BaseException) -> None:
         """Called by the supervisor when restarts are exhausted: fail every waiting caller fast."""
@@ -213,7 +287,7 @@ class ProviderHandle:
 
 @attrs.define
 class Lease:
-    """A concurrency slot at one provider; release it exactly once with the attempt's outcome."""
+    """A slot at one provider; release it exactly once with the attempt's outcome."""
 
     handle: ProviderHandle
     grant: Grant

@@ -8,6 +8,8 @@ event. Non-stream requests are settled here; streams are settled by their relay.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -17,7 +19,7 @@ from events.request import Request
 from policies.routing import Deployment
 from providers.errors import ProviderError
 from providers.upstream import Call, Chunk, ChunkStream, Completion, Upstream
-from runtime.errors import ActorUnavailable, ModelNotFound, ProviderUnavailable, UpstreamFailed
+from runtime.errors import ActorUnavailable, ModelNotFound, ProviderRefused, ProviderUnavailable, UpstreamFailed
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
 from runtime.record import RequestRecord, estimate_usage
@@ -36,41 +38,76 @@ def candidates(gateway: Gateway, model: str) -> tuple[Deployment, ...]:
     return found
 
 
+_jitter = random.Random()
+
+
+def backoff(attempt: int, base_s: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, or the provider's own Retry-After when it sent one."""
+    if retry_after is not None:
+        return retry_after
+    return _jitter.uniform(0, base_s * 2**attempt)
+
+
 async def _first_success(
     gateway: Gateway,
     record: RequestRecord,
     exchange: Exchange,
     start: Callable[[Upstream, Call], Awaitable[T]],
 ) -> tuple[T, Lease]:
+    """Try each candidate in order, each up to 1 + max_retries times, until one answers."""
     chat = record.chat
     tried: list[str] = []
     unavailable: list[str] = []
+    open_until: list[float | None] = []
     for deployment in record.admission.candidates:
         handle = gateway.providers[deployment.provider]
-        try:
-            lease = await handle.lease()
-        except ActorUnavailable:
-            unavailable.append(deployment.provider)
-            continue
-        exchange.attempts += 1
-        call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
-        try:
-            with exchange.waiting_upstream():
-                result = await start(handle.upstream, call)
-        except ProviderError as error:
-            await lease.release(Outcome.failed(error))
-            record.attempt_failed(deployment, error)
-            if not error.retryable:
-                exchange.deployment = deployment
+        settings = gateway.config.provider(deployment.provider)
+        retries = settings.max_retries if settings else 0
+        waited = 0.0
+        for attempt in range(retries + 1):
+            try:
+                lease = await handle.lease()
+            except ActorUnavailable:
+                unavailable.append(deployment.provider)
+                break
+            except ProviderRefused as refused:
+                open_until.append(refused.retry_at)
+                break
+            exchange.attempts += 1
+            call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
+            try:
+                with exchange.waiting_upstream():
+                    result = await start(handle.upstream, call)
+            except ProviderError as error:
+                await lease.release(Outcome.failed(error))
+                record.attempt_failed(deployment, error)
+                if not error.retryable:
+                    exchange.deployment = deployment
+                    raise
+                tried.append(deployment.provider)
+                if attempt == retries or settings is None:
+                    break
+                delay = backoff(attempt, settings.retry_backoff_s, error.retry_after)
+                if waited + delay > settings.max_retry_wait_s:
+                    break  # waiting that long here is worse than the next candidate
+                waited += delay
+                await trio.sleep(delay)
+                continue
+            except BaseException:
+                await lease.release(CANCELLED)
                 raise
-            tried.append(deployment.provider)
-            continue
-        except BaseException:
-            await lease.release(CANCELLED)
-            raise
-        exchange.deployment = deployment
-        return result, lease
+            exchange.deployment = deployment
+            return result, lease
     if not tried:
+        if open_until:
+            now = trio.current_time()
+            known = [at for at in open_until if at is not None]
+            wait = max(min(known) - now, 0.0) if known else 1.0
+            raise ProviderUnavailable(
+                f"Every provider for '{chat.model}' is refusing work right now (circuit open); "
+                f"retry in {max(1, math.ceil(wait))}s.",
+                retry_after=wait,
+            )
         raise ProviderUnavailable(
             f"No provider can serve '{chat.model}' right now (down: {', '.join(unavailable)}).", retry_after=1.0
         )

@@ -75,12 +75,14 @@ async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def openai_provider(
     fake_url: str, name: str = "up", models: tuple[str, ...] = ("gpt-test",), **extra: Any
 ) -> dict[str, Any]:
+    """An OpenAI-compatible provider entry; no retries unless a test asks (fallback tests stay exact)."""
     return {
         "name": name,
         "kind": "openai",
         "base_url": fake_url,
         "api_key_env": "FAKE_KEY",
         "models": list(models),
+        "max_retries": 0,
         **extra,
     }
 

@@ -752,6 +752,7 @@ async def test_unreachable_provider_is_connect_failed() -> None:
 
 # --- through the gateway -------------------------------------------------------------------------------
 
+
 def anthropic_provider(fake_url: str, **extra: Any) -> dict[str, Any]:
     provider = {"name": "claude", "kind": "anthropic", "base_url": fake_url, "api_key_env": "FAKE_KEY"}
     return {**provider, "models": ["claude-test"], **extra}
@@ -789,7 +790,7 @@ async def test_gateway_serves_anthropic_non_stream_and_stream() -> None:
 async def test_gateway_falls_back_when_anthropic_is_overloaded() -> None:
     async with fake_anthropic(Behaviour(status=529)) as overloaded, fake_anthropic() as healthy:
         providers = [
-            anthropic_provider(overloaded.url, name="busy"),
+            anthropic_provider(overloaded.url, name="busy", max_retries=0),
             anthropic_provider(healthy.url, name="spare"),
         ]
         async with running_gateway(make_config(providers=providers)) as gw:
