@@ -1,0 +1,247 @@
+"""Scenario 1: non-stream chat at fixed concurrencies, direct vs through each gateway, alternating.
+
+Per (target, concurrency, round): req/s and p50/p90/p99 latency from the load generator; the target's
+CPU time per request (utime+stime of its process tree from /proc, before and after); the upstream's CPU
+use during the run (to show it is not the bottleneck). Rounds alternate the order of the targets
+(direct first, then last) so drift in the machine's load hits both sides. Figures are medians over
+rounds; "added" latency is the median of the per-round differences gateway − direct.
+Then a separate pass with an httpx client collects each gateway's own overhead figure per response.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from bench import probe, procstat
+from bench.scenario import Context, Outcome, Table, fmt
+from bench.stats import median
+from bench.target import Target
+
+
+@dataclass(frozen=True)
+class Run:
+    target: str
+    concurrency: int
+    round: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_ms_per_request: float | None
+    target_cpu_pct: float
+    upstream_cpu_pct: float
+    loadgen_cpu_pct: float
+
+
+class ChatScenario:
+    name = "chat"
+    title = "1. Non-stream chat completions"
+
+    def unavailable(self, ctx: Context | None) -> str | None:
+        return None
+
+    def run(self, ctx: Context) -> Outcome:
+        s = ctx.settings
+        body = probe.chat_body()
+        targets = ctx.targets
+        for target in targets:
+            if s.warmup_s > 0:
+                ctx.log(f"chat: warm-up {target.name} ({s.warmup_s:g} s at c=16)")
+                ctx.load.run(target.url, target.bearer, body, 16, s.warmup_s)
+        runs: list[Run] = []
+        for round_no in range(s.rounds):
+            order = targets if round_no % 2 == 0 else targets[::-1]
+            for concurrency in s.concurrency:
+                for target in order:
+                    run = self._measure(ctx, target, body, concurrency, round_no)
+                    runs.append(run)
+                    ctx.log(
+                        f"chat: round {round_no + 1}/{s.rounds} c={concurrency:<3} {target.name:<9} "
+                        f"{run.rps:9.1f} req/s  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms  "
+                        f"cpu {fmt(run.cpu_ms_per_request, 3)} ms/req"
+                        + (f"  ERRORS {run.errors}" if run.errors else "")
+                    )
+        peak_rss = {t.name: procstat.peak_rss_mib(t.pid) for t in targets}
+        overhead: dict[str, dict[str, object]] = {}
+        for target in ctx.gateways:
+            ctx.log(f"chat: overhead pass, {s.overhead_requests} sequential requests to {target.name}")
+            overhead[target.name] = probe.overhead(target, s.overhead_requests)
+        figures = self._figures(ctx, runs, peak_rss)
+        return Outcome(
+            self.name,
+            self.title,
+            tables=[self._table(ctx, figures), _overhead_table(ctx, overhead, figures)],
+            figures={
+                "summary": figures,
+                "runs": [asdict(r) for r in runs],
+                "peak_rss_mib": peak_rss,
+                "overhead": overhead,
+            },
+        )
+
+    def _measure(self, ctx: Context, target: Target, body: bytes, concurrency: int, round_no: int) -> Run:
+        upstream_pid = ctx.upstream.pid
+        cpu0, up0, wall0 = procstat.cpu_seconds(target.pid), procstat.cpu_seconds(upstream_pid), time.monotonic()
+        result = ctx.load.run(target.url, target.bearer, body, concurrency, ctx.settings.duration_s)
+        cpu1, up1, wall = procstat.cpu_seconds(target.pid), procstat.cpu_seconds(upstream_pid), time.monotonic() - wall0
+        cpu = cpu1 - cpu0
+        return Run(
+            target=target.name,
+            concurrency=concurrency,
+            round=round_no,
+            rps=result.rps,
+            p50_ms=result.p50_ms,
+            p90_ms=result.p90_ms,
+            p99_ms=result.p99_ms,
+            requests=result.requests,
+            errors=result.error_count,
+            cpu_ms_per_request=1000 * cpu / result.requests if result.requests else None,
+            target_cpu_pct=100 * cpu / wall,
+            upstream_cpu_pct=100 * (up1 - up0) / wall,
+            loadgen_cpu_pct=result.loadgen_cpu_pct,
+        )
+
+    def _figures(self, ctx: Context, runs: list[Run], peak_rss: dict[str, float]) -> list[dict[str, object]]:
+        """Medians over rounds per (target, concurrency), with added latency against direct."""
+        rows: list[dict[str, object]] = []
+        for concurrency in ctx.settings.concurrency:
+            direct = {r.round: r for r in runs if r.target == "direct" and r.concurrency == concurrency}
+            for target in ctx.targets:
+                mine = [r for r in runs if r.target == target.name and r.concurrency == concurrency]
+                row: dict[str, object] = {
+                    "target": target.name,
+                    "concurrency": concurrency,
+                    "rounds": len(mine),
+                    "rps": median(r.rps for r in mine),
+                    "p50_ms": median(r.p50_ms for r in mine),
+                    "p90_ms": median(r.p90_ms for r in mine),
+                    "p99_ms": median(r.p99_ms for r in mine),
+                    "cpu_ms_per_request": median(r.cpu_ms_per_request for r in mine),
+                    "target_cpu_pct": median(r.target_cpu_pct for r in mine),
+                    "upstream_cpu_pct": median(r.upstream_cpu_pct for r in mine),
+                    "loadgen_cpu_pct": median(r.loadgen_cpu_pct for r in mine),
+                    "errors": sum(r.errors for r in mine),
+                    "peak_rss_mib": peak_rss.get(target.name),
+                }
+                if target.name != "direct":
+                    row["added_p50_ms"] = median(r.p50_ms - direct[r.round].p50_ms for r in mine if r.round in direct)
+                    row["added_p99_ms"] = median(r.p99_ms - direct[r.round].p99_ms for r in mine if r.round in direct)
+                cpu = row["cpu_ms_per_request"]
+                row["rps_per_core"] = 1000 / cpu if isinstance(cpu, float) and cpu > 0 else None
+                rows.append(row)
+        return rows
+
+    def _table(self, ctx: Context, figures: list[dict[str, object]]) -> Table:
+        labels = {t.name: t.label for t in ctx.targets}
+        rows = []
+        for f in figures:
+
+            def num(key: str, f: dict[str, object] = f) -> float | None:
+                value = f.get(key)
+                return float(value) if isinstance(value, int | float) else None
+
+            rows.append(
+                [
+                    labels[str(f["target"])],
+                    str(f["concurrency"]),
+                    fmt(num("rps"), 0),
+                    fmt(num("p50_ms")),
+                    fmt(num("p90_ms")),
+                    fmt(num("p99_ms")),
+                    fmt(num("added_p50_ms"), 2, sign=True),
+                    fmt(num("added_p99_ms"), 2, sign=True),
+                    fmt(num("cpu_ms_per_request"), 3),
+                    fmt(num("rps_per_core"), 0),
+                    fmt(num("upstream_cpu_pct"), 0),
+                    fmt(num("peak_rss_mib"), 0),
+                    str(f["errors"]),
+                ]
+            )
+        s = ctx.settings
+        notes = [
+            f"{ctx.load.note}; {s.rounds} round(s) of {s.duration_s:g} s per row, medians; targets alternate "
+            "within each round (order reversed every other round).",
+            "added = median over rounds of (gateway − direct) in the same round. CPU ms/req = utime+stime of "
+            "the target's processes per request (from /proc); req/s per core = 1000 / CPU ms/req. "
+            "upstream CPU % = the fake upstream's CPU use during that row (it is not the bottleneck while "
+            "well under 100 %). Peak RSS = VmHWM over the whole scenario.",
+        ]
+        for target in ctx.gateways:
+            notes += [f"{target.label}: {n}" for n in target.notes]
+        if any(f["errors"] for f in figures):
+            notes.append(
+                "ERRORS: some rows had failed requests (non-2xx, timeouts or socket errors); "
+                "their req/s is not meaningful."
+            )
+        return Table(
+            self.title,
+            [
+                "target",
+                "conc",
+                "req/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "added p50",
+                "added p99",
+                "CPU ms/req",
+                "req/s/core",
+                "upstream CPU %",
+                "peak RSS MiB",
+                "errors",
+            ],
+            rows,
+            notes,
+        )
+
+
+def _overhead_table(ctx: Context, overhead: dict[str, dict[str, object]], figures: list[dict[str, object]]) -> Table:
+    rows = []
+    labels = {t.name: t.label for t in ctx.gateways}
+    lowest = min(ctx.settings.concurrency)
+    measured = {f["target"]: f.get("added_p50_ms") for f in figures if f["concurrency"] == lowest}
+    for name, data in overhead.items():
+        added = measured.get(name)
+        for source, key in (("header " + str(data["header"]), "header_ms"), ("body x_gateway.overhead_ms", "body_ms")):
+            dist = data[key]
+            assert isinstance(dist, dict)
+            if dist["n"]:
+                rows.append(
+                    [
+                        labels[name],
+                        source,
+                        str(dist["n"]),
+                        fmt(dist["p50"], 3),
+                        fmt(dist["p90"], 3),
+                        fmt(dist["p99"], 3),
+                        fmt(dist["max"], 3),
+                        fmt(added if isinstance(added, float) else None, 3),
+                    ]
+                )
+        if not rows or rows[-1][0] != labels[name]:
+            rows.append(
+                [
+                    labels[name],
+                    "not reported",
+                    "0",
+                    "–",
+                    "–",
+                    "–",
+                    "–",
+                    fmt(added if isinstance(added, float) else None, 3),
+                ]
+            )
+    return Table(
+        "1b. Overhead reported by the gateway itself (sequential requests, ms)",
+        ["target", "source", "n", "p50", "p90", "p99", "max", f"measured added p50, c={lowest}"],
+        rows,
+        [
+            "Each gateway's own figure for the time it spends outside the upstream call, "
+            "collected from every response of a separate sequential pass with an httpx client. The last "
+            "column is the added latency the load generator measured (table 1): the gap between the two is "
+            "time the gateway's own clock does not see (HTTP server, framework, HTTP client, kernel)."
+        ],
+    )

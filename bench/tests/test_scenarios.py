@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import pytest
+
+from bench.scenarios import SCENARIOS, by_name
+
+
+def test_registry_order_and_names() -> None:
+    assert [s.name for s in SCENARIOS] == ["chat", "stream", "ledger", "repricing"]
+    assert [s.name for s in by_name(["stream", "chat"])] == ["chat", "stream"]
+
+
+def test_unknown_scenario_is_refused() -> None:
+    with pytest.raises(SystemExit, match="unknown scenario"):
+        by_name(["nope"])
+
+
+def test_stub_scenarios_say_why_they_skip() -> None:
+    for scenario in by_name(["ledger", "repricing"]):
+        assert scenario.unavailable(None)
