@@ -41,7 +41,7 @@ import httpx
 
 from events.usage import Usage
 from providers.errors import MalformedResponse, ProviderError, StreamBroken, UpstreamRejected, error_for_status
-from providers.openai import build_client, status_error, translate_errors
+from providers.openai import build_client, status_error, stream_timeout, translate_errors
 from providers.sse import SSEDecoder, SSEEvent
 from providers.tokens import message_text
 from providers.upstream import Call, Chunk, Completion, Timeouts
@@ -439,6 +439,7 @@ class AnthropicUpstream:
         if api_key:
             default_headers["x-api-key"] = api_key
         self._client = build_client(timeouts, max_connections, default_headers)
+        self._stream_timeout = stream_timeout(timeouts)
 
     def _encode(self, call: Call) -> bytes:
         try:
@@ -457,7 +458,9 @@ class AnthropicUpstream:
         return decode_response(self.name, response.content)
 
     async def open_stream(self, call: Call) -> AnthropicChunkStream:
-        request = self._client.build_request("POST", self._url, content=self._encode(call), headers=dict(call.headers))
+        request = self._client.build_request(
+            "POST", self._url, content=self._encode(call), headers=dict(call.headers), timeout=self._stream_timeout
+        )
         with translate_errors(self.name):
             response = await self._client.send(request, stream=True)
         if response.status_code != 200:

@@ -92,6 +92,12 @@ def translate_errors(provider: str) -> Iterator[None]:
         raise UpstreamUnavailable(provider, f"provider {provider!r} failed ({type(error).__name__})") from error
 
 
+def stream_timeout(timeouts: Timeouts) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=timeouts.connect_s, read=timeouts.for_stream(), write=timeouts.write_s, pool=timeouts.pool_s
+    )
+
+
 def build_client(timeouts: Timeouts, max_connections: int, headers: dict[str, str]) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(
@@ -142,6 +148,7 @@ class OpenAIUpstream:
         if api_key:
             default_headers["authorization"] = f"Bearer {api_key}"
         self._client = build_client(timeouts, max_connections, default_headers)
+        self._stream_timeout = stream_timeout(timeouts)
 
     async def complete(self, call: Call) -> Completion:
         with translate_errors(self.name):
@@ -152,7 +159,7 @@ class OpenAIUpstream:
 
     async def open_stream(self, call: Call) -> OpenAIChunkStream:
         request = self._client.build_request(
-            "POST", self._url, content=encode_request(call), headers=dict(call.headers)
+            "POST", self._url, content=encode_request(call), headers=dict(call.headers), timeout=self._stream_timeout
         )
         with translate_errors(self.name):
             response = await self._client.send(request, stream=True)

@@ -99,12 +99,26 @@ def chunk_from_openai(data: dict[str, Any], raw: str | None = None) -> Chunk:
 
 @attrs.frozen
 class Timeouts:
-    """Upstream deadlines in seconds. `read_s` bounds the wait for the response head and for each
-    later piece of the body (so it is also the idle limit between stream chunks); `total_s`, when
-    set, bounds the whole call."""
+    """Upstream deadlines in seconds.
+
+    connect_s      to open a connection
+    read_s         a non-stream answer: the wait for the whole response
+    first_token_s  a stream: from the call to its first content (before it, a stream can still fall back)
+    idle_s         a stream: the longest pause between two pieces
+    total_s        when set, the whole call, stream or not
+    write_s, pool_s  sending the request; waiting for a pooled connection
+
+    None of them is silent: each ends the attempt with an error the client sees and the ledger records.
+    """
 
     connect_s: float = 5.0
     read_s: float = 300.0
+    first_token_s: float = 60.0
+    idle_s: float = 60.0
+    total_s: float | None = None
     write_s: float = 30.0
     pool_s: float = 30.0
-    total_s: float | None = None
+
+    def for_stream(self) -> float:
+        """httpx's own read timeout for streams: a backstop behind the gateway's stream timers."""
+        return max(self.first_token_s, self.idle_s) + 5.0

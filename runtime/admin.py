@@ -352,6 +352,11 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
         stats = gateway.statistics()
         return _json({"journal": attrs.asdict(stats.journal), "projected_position": stats.projected_position})
 
+    @app.get("/admin/statistics")
+    async def get_statistics() -> Response:
+        check_admin()
+        return _json(attrs.asdict(gateway.statistics()))
+
     @app.get("/v1/usage")
     async def usage() -> Response:
         view = books.authenticate(request.headers.get("Authorization"))

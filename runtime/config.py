@@ -52,6 +52,7 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.ge(1024))
     body_timeout_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     tenant_idle_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+    write_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen

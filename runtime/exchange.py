@@ -20,6 +20,7 @@ class Exchange:
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
     attempts: int = 0
+    attempt_started: float = 0.0  # trio time the current attempt began (for a stream's total deadline)
     deployment: Deployment | None = None
 
     @contextmanager

@@ -43,7 +43,7 @@ from runtime.journal import Journal, JournalStatistics
 from runtime.projector import Projector
 from runtime.provider_actor import ProviderHandle, ProviderStatistics
 from runtime.supervisor import supervise
-from runtime.tenant_actor import TenantActors
+from runtime.tenant_actor import TenantActors, TenantStatistics
 
 log = logging.getLogger("tollgate")
 
@@ -83,6 +83,8 @@ class GatewayStatistics:
     providers: tuple[ProviderStatistics, ...]
     journal: JournalStatistics
     projected_position: int
+    http_in_flight: int
+    tenants: tuple[TenantStatistics, ...]
 
 
 @attrs.define
@@ -97,6 +99,7 @@ class Gateway:
     admin: AdminKey
     generated_admin_key: str | None = None
     tenant_actors: TenantActors | None = None
+    http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
     """Wall time for money: received_at, prices in force, budget periods (tests pass a virtual one)."""
     ready: bool = False
@@ -113,6 +116,8 @@ class Gateway:
             providers=tuple(handle.statistics() for handle in self.providers.values()),
             journal=self.journal.statistics(),
             projected_position=self.projector.position,
+            http_in_flight=self.http_in_flight,
+            tenants=tuple(self.tenant_actors.statistics()) if self.tenant_actors else (),
         )
 
     def reserved_usd(self, tenant: str) -> Decimal:

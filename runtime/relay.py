@@ -11,12 +11,15 @@ and records `Cancelled` with the usage delivered so far, shielded and under a de
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+import trio
 
 from events.request import Request
 from events.usage import Usage
-from providers.errors import ProviderError
-from providers.upstream import Chunk, ChunkStream
+from providers.errors import ProviderError, UpstreamTimeout
+from providers.upstream import Chunk, ChunkStream, Timeouts
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
 from runtime.record import RequestRecord, estimate_usage
@@ -32,8 +35,16 @@ def sse_error(message: str, type_: str, code: str) -> bytes:
 
 class StreamRelay:
     def __init__(
-        self, stream: ChunkStream, opening: list[Chunk], lease: Lease, record: RequestRecord, exchange: Exchange
+        self,
+        stream: ChunkStream,
+        opening: list[Chunk],
+        lease: Lease,
+        record: RequestRecord,
+        exchange: Exchange,
+        timeouts: Timeouts,
     ) -> None:
+        self._timeouts = timeouts
+        self._deadline = exchange.attempt_started + timeouts.total_s if timeouts.total_s else math.inf
         self._stream = stream
         self._pending: list[Chunk] | None = opening
         self._lease = lease
@@ -55,19 +66,31 @@ class StreamRelay:
         self._pending = None
         if batch is None:
             try:
-                with self._exchange.waiting_upstream():
-                    batch = await self._stream.next_batch()
+                batch = await self._next_batch()
             except ProviderError as error:
+                deployment = self._exchange.deployment
+                if deployment is not None:
+                    self._record.attempt_failed(deployment, error)
                 await self._finish(Outcome.failed(error), Request.Failed, "truncated")
                 return sse_error(
-                    f"The upstream stream failed after it had started ({error.kind}); the answer is incomplete.",
+                    f"The upstream stream failed after it had started ({error.message}); the answer is incomplete.",
                     "api_error",
-                    "upstream_error",
+                    "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error",
                 )
         if not batch:
             await self._finish(SUCCESS, Request.Completed, "ok")
             return self._closing()
         return self._encode(batch)
+
+    async def _next_batch(self) -> list[Chunk]:
+        """The next batch, within the idle limit and the call's total deadline."""
+        idle = trio.current_time() + self._timeouts.idle_s
+        provider = self._exchange.deployment.provider if self._exchange.deployment else "?"
+        with self._exchange.waiting_upstream(), trio.move_on_at(min(idle, self._deadline)):
+            return await self._stream.next_batch()
+        if idle <= self._deadline:
+            raise UpstreamTimeout(provider, f"provider {provider!r} sent nothing for {self._timeouts.idle_s:g}s")
+        raise UpstreamTimeout(provider, f"provider {provider!r} did not finish within {self._timeouts.total_s:g}s")
 
     def _usage_so_far(self) -> Usage:
         return self.usage or estimate_usage(self._record.chat, self.content_bytes)
@@ -114,6 +137,7 @@ class StreamRelay:
         await self._lease.release(outcome)
         await self._record.settle(kind, result, self._usage_so_far())
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: str = "client_disconnected") -> None:
+        """Close now (called by Quart, then by the request's lifetime guard with the reason)."""
         if not self._finished:
-            await self._finish(CANCELLED, Request.Cancelled, "client_disconnected")
+            await self._finish(CANCELLED, Request.Cancelled, reason)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from events.request import Request
 from policies.routing import Deployment
-from providers.errors import ProviderError
-from providers.upstream import Call, Chunk, ChunkStream, Completion, Upstream
+from providers.errors import ProviderError, UpstreamTimeout
+from providers.upstream import Call, Chunk, ChunkStream, Completion, Timeouts, Upstream
 from runtime.errors import ActorUnavailable, ModelNotFound, ProviderRefused, ProviderUnavailable, UpstreamFailed
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
@@ -41,6 +42,19 @@ def candidates(gateway: Gateway, model: str) -> tuple[Deployment, ...]:
 _jitter = random.Random()
 
 
+@contextmanager
+def upstream_deadline(provider: str, seconds: float | None, what: str) -> Iterator[None]:
+    """Bound a wait on a provider; passing the deadline is an `UpstreamTimeout` (retryable)."""
+    if seconds is None:
+        yield
+        return
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise UpstreamTimeout(provider, f"provider {provider!r}: no {what} within {seconds:g}s") from None
+
+
 def backoff(attempt: int, base_s: float, retry_after: float | None) -> float:
     """Exponential backoff with full jitter, or the provider's own Retry-After when it sent one."""
     if retry_after is not None:
@@ -52,7 +66,7 @@ async def _first_success(
     gateway: Gateway,
     record: RequestRecord,
     exchange: Exchange,
-    start: Callable[[Upstream, Call], Awaitable[T]],
+    start: Callable[[Upstream, Call, Timeouts], Awaitable[T]],
 ) -> tuple[T, Lease]:
     """Try each candidate in order, each up to 1 + max_retries times, until one answers."""
     chat = record.chat
@@ -74,10 +88,11 @@ async def _first_success(
                 open_until.append(refused.retry_at)
                 break
             exchange.attempts += 1
+            exchange.attempt_started = trio.current_time()
             call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
             try:
                 with exchange.waiting_upstream():
-                    result = await start(handle.upstream, call)
+                    result = await start(handle.upstream, call, settings.timeouts if settings else Timeouts())
             except ProviderError as error:
                 await lease.release(Outcome.failed(error))
                 record.attempt_failed(deployment, error)
@@ -121,14 +136,16 @@ async def settle_failure(record: RequestRecord, error: BaseException) -> None:
     elif isinstance(error, ProviderError | UpstreamFailed | ProviderUnavailable):
         await record.settle(Request.Failed, "upstream_error", None)
     elif isinstance(error, trio.Cancelled):
-        await record.settle(Request.Cancelled, "client_disconnected", None)
+        # The provider read the prompt even if nothing came back yet: record its estimate.
+        await record.settle(Request.Cancelled, "client_disconnected", estimate_usage(record.chat, 0))
     else:
         await record.settle(Request.Failed, "gateway_error", None)
 
 
 async def complete(gateway: Gateway, record: RequestRecord, exchange: Exchange) -> Completion:
-    async def call_upstream(upstream: Upstream, call: Call) -> Completion:
-        return await upstream.complete(call)
+    async def call_upstream(upstream: Upstream, call: Call, timeouts: Timeouts) -> Completion:
+        with upstream_deadline(upstream.name, timeouts.total_s, "complete answer"):
+            return await upstream.complete(call)
 
     try:
         completion, lease = await _first_success(gateway, record, exchange, call_upstream)
@@ -156,20 +173,22 @@ async def close_quietly(stream: ChunkStream) -> None:
         await stream.aclose()
 
 
-async def _open_until_content(upstream: Upstream, call: Call) -> tuple[ChunkStream, list[Chunk]]:
+async def _open_until_content(upstream: Upstream, call: Call, timeouts: Timeouts) -> tuple[ChunkStream, list[Chunk]]:
     """Open a stream and buffer its opening events until the first content (or its end), so a
     failure before any content reaches the client can still fall back."""
-    stream = await upstream.open_stream(call)
-    opening: list[Chunk] = []
-    try:
-        while True:
-            batch = await stream.next_batch()
-            opening.extend(batch)
-            if not batch or any(chunk.has_content for chunk in batch):
-                return stream, opening
-    except BaseException:
-        await close_quietly(stream)
-        raise
+    limit = min(timeouts.first_token_s, timeouts.total_s or math.inf)
+    with upstream_deadline(upstream.name, limit, "first token"):
+        stream = await upstream.open_stream(call)
+        opening: list[Chunk] = []
+        try:
+            while True:
+                batch = await stream.next_batch()
+                opening.extend(batch)
+                if not batch or any(chunk.has_content for chunk in batch):
+                    return stream, opening
+        except BaseException:
+            await close_quietly(stream)
+            raise
 
 
 async def open_stream(

@@ -41,7 +41,7 @@ async def serve(
     grace period, and cancel what is left. Reports the bound URLs (the real port when 0 was asked)."""
     server = gateway.config.server
     hyper = hypercorn_config(gateway.config, host or server.host, server.port if port is None else port)
-    app = RequestLifetime(create_app(gateway))
+    app = RequestLifetime(create_app(gateway), gateway)
     await hypercorn.trio.serve(
         app,  # type: ignore[arg-type]
         hyper,

@@ -30,6 +30,7 @@ from policies.errors import (
 from policies.tenant import TenantPolicy
 from policies.validation import parse_chat_request, parse_json
 from providers.errors import ProviderError
+from providers.upstream import Timeouts
 from runtime import router
 from runtime.admin import register_admin
 from runtime.errors import (
@@ -143,32 +144,59 @@ def _loose_json(raw: bytes | str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def closers(scope: Any) -> list[Callable[[], Awaitable[None]]]:
-    """The cleanup list `RequestLifetime` keeps for this request."""
-    found: list[Callable[[], Awaitable[None]]] = scope[CLOSERS]
+def closers(scope: Any) -> list[Callable[[str], Awaitable[None]]]:
+    """The cleanup list `RequestLifetime` keeps for this request; each closer is told why it ended."""
+    found: list[Callable[[str], Awaitable[None]]] = scope[CLOSERS]
     return found
 
 
-class RequestLifetime:
-    """ASGI wrapper: whatever happens to a request (even a disconnect before Quart iterates the
-    body), the closers it registered run, shielded and under a deadline, before it is gone."""
+class ClientStuck(Exception):
+    """The client stopped reading: a write waited longer than `[server].write_timeout_s`."""
 
-    def __init__(self, app: Any) -> None:
+
+class RequestLifetime:
+    """ASGI wrapper around the app, for every HTTP request:
+
+    - whatever happens to it (even a disconnect before Quart iterates the body), the closers it
+      registered run, shielded and under a deadline, before it is gone — told why it ended;
+    - a write that waits longer than `write_timeout_s` (a client that stopped reading) ends it;
+    - `in_flight` counts requests alive, for `statistics()`.
+    """
+
+    def __init__(self, app: Any, gateway: Gateway) -> None:
         self.app = app
+        self.gateway = gateway
+        self.write_timeout_s = gateway.config.server.write_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        closers: list[Callable[[], Awaitable[None]]] = []
+        closers: list[Callable[[str], Awaitable[None]]] = []
         scope[CLOSERS] = closers
+        reason = "client_disconnected"
+
+        async def send_within_deadline(message: Any) -> None:
+            nonlocal reason
+            with trio.move_on_after(self.write_timeout_s) as waiting:
+                await send(message)
+            if waiting.cancelled_caught:
+                reason = "client_stuck"
+                raise ClientStuck(f"the client read nothing for {self.write_timeout_s:g}s")
+
+        self.gateway.http_in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_within_deadline)
+        except* ClientStuck:
+            log.info("%s %s: client stopped reading; response ended", scope.get("method"), scope.get("path"))
         finally:
+            if self.gateway.draining.is_set() and reason == "client_disconnected":
+                reason = "shutdown"
             if closers:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
                     for close in closers:
-                        await close()
+                        await close(reason)
+            self.gateway.http_in_flight -= 1
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -232,7 +260,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         g.rate_headers = admission.headers
         if chat.stream:
             stream, opening, lease = await router.open_stream(gateway, record, exchange)
-            relay = StreamRelay(stream, opening, lease, record, exchange)
+            served = gateway.config.provider(exchange.deployment.provider) if exchange.deployment else None
+            relay = StreamRelay(stream, opening, lease, record, exchange, served.timeouts if served else Timeouts())
             closers(request.scope).append(relay.aclose)
             return Response(
                 relay,

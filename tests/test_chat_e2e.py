@@ -166,4 +166,4 @@ async def test_stream_cut_mid_answer_ends_with_error_event_not_done(fault: str) 
                 json={"model": "gpt-test", "messages": PROMPT, "stream": True},
             )
         assert raw.status_code == 200
-        assert "event: error" in raw.text and "[DONE]" not in raw.text
+        assert "event: error" in raw.text and "data: [DONE]" not in raw.text
