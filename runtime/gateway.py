@@ -356,6 +356,8 @@ async def open_gateway(
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway
+            with trio.move_on_after(5):  # leave the read models caught up with the ledger
+                await projector.wait_for(journal.position)
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):

@@ -2,6 +2,8 @@
 
 Callers hand it events; it commits whatever is waiting as one `save()` (group commit) in a worker
 thread with a limiter of one, then tells each waiting caller and feeds the commit to `on_commit`.
+An entry nobody waits on (an admission) may linger up to `linger_s` for company; the first entry
+somebody waits on (a settlement) commits everything queued at once, so no client waits longer.
 The queue is bounded: `submit` (used at admission) refuses with `Overloaded` when it is full, so new
 requests get 503 while money events already accepted are never dropped; `commit` (used to settle)
 waits for room instead.
@@ -21,6 +23,7 @@ from runtime.errors import GatewayError, Overloaded
 
 log = logging.getLogger("tollgate.journal")
 MAX_BATCH = 4096
+LINGER_S = 0.02
 COMMIT_DEADLINE_S = 30.0
 
 
@@ -47,8 +50,15 @@ class JournalStatistics:
 
 
 class Journal:
-    def __init__(self, store: LedgerStore, on_commit: Callable[[list[Recorded]], None], capacity: int = 8192) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        on_commit: Callable[[list[Recorded]], None],
+        capacity: int = 8192,
+        linger_s: float = LINGER_S,
+    ) -> None:
         self.store = store
+        self.linger_s = linger_s
         self.capacity = capacity
         self._on_commit = on_commit
         self._send, self._receive = trio.open_memory_channel[Entry](capacity)
@@ -108,6 +118,16 @@ class Journal:
         async for first in self._receive:
             batch = [first]
             events = list(first.events)
+            urgent = first.done is not None
+            if not urgent:
+                # Nobody waits on this entry (an admission): linger briefly for one somebody waits
+                # on, so a short request's Admitted and Completed share one transaction.
+                with trio.move_on_after(self.linger_s):
+                    while not urgent and len(events) < MAX_BATCH:
+                        entry = await self._receive.receive()
+                        batch.append(entry)
+                        events.extend(entry.events)
+                        urgent = entry.done is not None
             while len(events) < MAX_BATCH:
                 try:
                     entry = self._receive.receive_nowait()

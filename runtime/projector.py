@@ -1,6 +1,8 @@
 """The Projector keeps the read models (`events.projections`) up to date.
 
-It catches up from the ledger at start, then folds what the Journal hands it after each commit. If
+It catches up from the ledger at start, then folds what the Journal hands it after each commit, in
+batches of at most `batch_s` (a reader that needs the latest folds — `query`, `wait_for` — makes
+it fold at once). If
 it falls behind (its inbox is full) it reads the missed events back from the ledger, so nothing is
 ever skipped. Writes go through a worker thread with a limiter of one.
 """
@@ -19,6 +21,7 @@ from events.store import LedgerStore, Recorded
 log = logging.getLogger("tollgate.projector")
 T = TypeVar("T")
 CATCH_UP_BATCH = 5000
+BATCH_S = 0.05
 
 
 def catch_up(store: LedgerStore, projections: Projections, until: int | None = None) -> int:
@@ -34,7 +37,11 @@ def catch_up(store: LedgerStore, projections: Projections, until: int | None = N
 
 
 class Projector:
-    def __init__(self, store: LedgerStore, projections: Projections, inbox: int = 1024) -> None:
+    def __init__(
+        self, store: LedgerStore, projections: Projections, inbox: int = 1024, batch_s: float = BATCH_S
+    ) -> None:
+        self.batch_s = batch_s
+        self._flush = trio.Event()
         self.store = store
         self.projections = projections
         self._send, self._receive = trio.open_memory_channel[list[Recorded]](inbox)
@@ -60,6 +67,7 @@ class Projector:
     async def wait_for(self, position: int) -> None:
         """Wait until the read models reflect the ledger up to `position` (for read-your-writes)."""
         while self.position < position:
+            self._flush.set()
             event = self._caught_up
             await event.wait()
 
@@ -67,6 +75,9 @@ class Projector:
         self.position = await trio.to_thread.run_sync(catch_up, self.store, self.projections, limiter=self._limiter)
         task_status.started(self)
         async for batch in self._receive:
+            # Fold in batches: wait up to `batch_s` for more commits, unless a reader wants them now.
+            with trio.move_on_after(self.batch_s):
+                await self._flush.wait()
             while True:
                 try:
                     batch.extend(self._receive.receive_nowait())
@@ -81,3 +92,4 @@ class Projector:
                 self.position = await trio.to_thread.run_sync(self.projections.apply, batch, limiter=self._limiter)
             self._caught_up.set()
             self._caught_up = trio.Event()
+            self._flush = trio.Event()

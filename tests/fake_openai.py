@@ -46,6 +46,12 @@ class FakeOpenAI:
     headers: list[dict[str, str]] = attrs.field(factory=list)
     open_streams: int = 0
     streams_closed: trio.Event = attrs.field(factory=trio.Event)
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Wait until `count` requests have arrived in all (an event, never a sleep)."""
+        while len(self.bodies) < count:
+            await self.arrived.wait()
 
     def next_behaviour(self) -> Behaviour:
         return self.queue.popleft() if self.queue else self.behaviour
@@ -124,6 +130,8 @@ class FakeOpenAI:
             body = await request.get_json(force=True)
             self.bodies.append(body)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            self.arrived.set()
+            self.arrived = trio.Event()
             b = self.next_behaviour()
             if b.first_byte_delay_s:
                 await trio.sleep(b.first_byte_delay_s)

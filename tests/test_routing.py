@@ -138,17 +138,22 @@ async def test_retries_honour_retry_after_then_fall_back(mock_clock: trio.testin
             ],
             models={"m": {"deployments": [{"provider": "limited", "model": "x"}, {"provider": "spare", "model": "y"}]}},
         )
-        async with running_gateway(config) as gw, gw.http() as http, trio.open_nursery() as nursery:
+        async with (
+            running_gateway(config) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=None) as http,  # virtual time must not time it out
+            trio.open_nursery() as nursery,
+        ):
             result: list[httpx.Response] = []
 
             async def ask() -> None:
                 result.append(await post(http, {**BODY, "model": "m"}))
 
             nursery.start_soon(ask)
-            for expected in (1, 2, 3):  # each retry waits the provider's Retry-After (2 s of virtual time)
-                while len(limited.bodies) < expected:
-                    await trio.testing.wait_all_tasks_blocked()
-                    mock_clock.jump(2)
+            for expected in (1, 2):  # each retry waits the provider's Retry-After: 2 s of virtual time
+                await limited.wait_for_requests(expected)
+                await trio.testing.wait_all_tasks_blocked()  # the gateway now sleeps in its backoff
+                mock_clock.jump(2)
+            await limited.wait_for_requests(3)
         response = result[0]
     assert response.status_code == 200
     assert response.json()["x_gateway"] == {**response.json()["x_gateway"], "provider": "spare", "attempts": 4}

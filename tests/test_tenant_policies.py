@@ -139,12 +139,13 @@ async def test_budget_alerts_once_per_level_and_period(mock_clock: trio.testing.
 
 
 async def test_period_roll_over_restores_the_budget(mock_clock: trio.testing.MockClock) -> None:
-    wall = virtual_wall(datetime(2026, 1, 31, 23, 59, tzinfo=UTC))
+    # Jumps stay below hypercorn's keep-alive (75 s), so pooled connections stay open across them.
+    wall = virtual_wall(datetime(2026, 1, 31, 23, 59, 30, tzinfo=UTC))
     async with running_gateway(make_config(pricing=FIFTY), clock=wall) as gw, gw.http() as http:
         auth = await new_tenant(http, "monthly", budget_usd="50")
         assert (await chat(http, auth, max_tokens=16)).status_code == 200
         assert (await chat(http, auth, max_tokens=16)).status_code == 402
-        mock_clock.jump(120)  # February
+        mock_clock.jump(40)  # February
         assert (await chat(http, auth, max_tokens=16)).status_code == 200
         stats = gw.gateway.tenants.statistics()
         assert [(s.tenant, s.period_start, s.spent_usd) for s in stats if s.tenant == "monthly"] == [
