@@ -1,6 +1,6 @@
 """Read models of the ledger: SQLite tables written with sqlite-utils, folded from committed events.
 
-    spend          tenant × UTC day × model × provider: requests, tokens, cost (decimal string), unpriced
+    spend          tenant × UTC day × model × provider: requests, tokens, cost (integer nano-dollars), unpriced
     outcomes       provider × outcome: count (terminal outcomes, failed attempts, rejections)
     prices         every price entry (the price book)
     tenants        tenant id → name, enabled, policy, source; tenant_keys: key hash → tenant, valid_until
@@ -30,6 +30,7 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
+SCHEMA_VERSION = 2  # bump when a table changes: projections are rebuilt from the ledger
 SPEND_KEY = ("tenant", "day", "model", "provider")
 TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
 
@@ -46,6 +47,29 @@ class Changes:
     opened: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     closed: set[str] = attrs.field(factory=set)
     position: int = 0
+
+
+NANO = Decimal("1e9")
+
+
+def nano(amount: Decimal) -> int:
+    """USD (quantized to 1e-9) as an integer count of nano-dollars, for exact sums in SQL."""
+    return int(usd(amount) * NANO)
+
+
+def from_nano(count: int) -> Decimal:
+    return usd(Decimal(count) / NANO)
+
+
+def _insert(db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]], *, replace: bool) -> None:
+    if not rows:
+        return
+    columns = list(rows[0])
+    verb = "insert or replace" if replace else "insert"
+    db.conn.executemany(
+        f"{verb} into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})",
+        [tuple(row[c] for c in columns) for row in rows],
+    )
 
 
 def _day(moment: datetime) -> str:
@@ -183,12 +207,31 @@ class Projections:
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self._drop_if_outdated()
         self._create()
+        with self.db.conn:
+            self.db.conn.execute(
+                "insert or replace into tracking (name, position) values (?, ?)", ("schema", SCHEMA_VERSION)
+            )
         self.state = FoldState(
             open_requests={row["id"]: row for row in self.db.table("open_requests").rows},
             tenants={row["id"]: row for row in self.db.table("tenants").rows},
             keys={row["key_sha256"]: row for row in self.db.table("tenant_keys").rows},
         )
+
+    def _drop_if_outdated(self) -> None:
+        """Read models are disposable: tables of another layout are dropped and rebuilt from the log."""
+        existing = set(self.db.table_names()) & set(TABLES)
+        if not existing:
+            return
+        version = None
+        if "tracking" in existing:
+            row = self.db.execute("select position from tracking where name = 'schema'").fetchone()
+            version = row[0] if row else None
+        if version != SCHEMA_VERSION:
+            with self.db.conn:
+                for table in TABLES:
+                    self.db.conn.execute(f"drop table if exists {table}")
 
     def _create(self) -> None:
         db = self.db
@@ -202,7 +245,7 @@ class Projections:
                 "prompt_tokens": int,
                 "completion_tokens": int,
                 "cached_tokens": int,
-                "cost_usd": str,
+                "cost_nanousd": int,
                 "unpriced": int,
             },
             pk=SPEND_KEY,
@@ -274,60 +317,46 @@ class Projections:
         return changes.position
 
     def _write(self, changes: Changes) -> None:
+        """Plain SQL upserts (sqlite-utils' `upsert` re-reads the schema on every call): sums are added
+        by SQLite itself, exactly, since money is stored as integer nano-dollars."""
         db = self.db
-        spend = db.table("spend")
-        for (tenant, day, model, provider), delta in changes.spend.items():
-            current = next(
-                iter(
-                    spend.rows_where(
-                        "tenant = ? and day = ? and model = ? and provider = ?", [tenant, day, model, provider]
+        if changes.spend:
+            db.conn.executemany(
+                """insert into spend (tenant, day, model, provider, requests, prompt_tokens, completion_tokens,
+                       cached_tokens, cost_nanousd, unpriced) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   on conflict (tenant, day, model, provider) do update set
+                       requests = requests + excluded.requests,
+                       prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                       completion_tokens = completion_tokens + excluded.completion_tokens,
+                       cached_tokens = cached_tokens + excluded.cached_tokens,
+                       cost_nanousd = cost_nanousd + excluded.cost_nanousd,
+                       unpriced = unpriced + excluded.unpriced""",
+                [
+                    (
+                        *key,
+                        d["requests"],
+                        d["prompt_tokens"],
+                        d["completion_tokens"],
+                        d["cached_tokens"],
+                        nano(d["cost"]),
+                        d["unpriced"],
                     )
-                ),
-                None,
+                    for key, d in changes.spend.items()
+                ],
             )
-            base = current or {
-                "requests": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "cached_tokens": 0,
-                "cost_usd": "0",
-                "unpriced": 0,
-            }
-            spend.upsert(
-                {
-                    "tenant": tenant,
-                    "day": day,
-                    "model": model,
-                    "provider": provider,
-                    "requests": base["requests"] + delta["requests"],
-                    "prompt_tokens": base["prompt_tokens"] + delta["prompt_tokens"],
-                    "completion_tokens": base["completion_tokens"] + delta["completion_tokens"],
-                    "cached_tokens": base["cached_tokens"] + delta["cached_tokens"],
-                    "cost_usd": usd_str(usd(base["cost_usd"]) + delta["cost"]),
-                    "unpriced": base["unpriced"] + delta["unpriced"],
-                },
-                pk=SPEND_KEY,
+        if changes.outcomes:
+            db.conn.executemany(
+                """insert into outcomes (provider, outcome, count) values (?, ?, ?)
+                   on conflict (provider, outcome) do update set count = count + excluded.count""",
+                [(*key, count) for key, count in changes.outcomes.items()],
             )
-        outcomes = db.table("outcomes")
-        for (provider, outcome), count in changes.outcomes.items():
-            current = next(iter(outcomes.rows_where("provider = ? and outcome = ?", [provider, outcome])), None)
-            outcomes.upsert(
-                {"provider": provider, "outcome": outcome, "count": (current["count"] if current else 0) + count},
-                pk=("provider", "outcome"),
-            )
-        if changes.prices:
-            db.table("prices").insert_all(changes.prices, pk=("key", "effective_from", "position"))
-        if changes.tenants:
-            db.table("tenants").upsert_all(changes.tenants.values(), pk="id")
-        if changes.keys:
-            db.table("tenant_keys").upsert_all(changes.keys.values(), pk="key_sha256")
+        _insert(db, "prices", changes.prices, replace=False)
+        _insert(db, "tenants", list(changes.tenants.values()), replace=True)
+        _insert(db, "tenant_keys", list(changes.keys.values()), replace=True)
         if changes.closed:
-            db.execute(
-                f"delete from open_requests where id in ({','.join('?' * len(changes.closed))})", list(changes.closed)
-            )
-        if changes.opened:
-            db.table("open_requests").upsert_all(changes.opened.values(), pk="id")
-        db.table("tracking").upsert({"name": TRACKING, "position": changes.position}, pk="name")
+            db.conn.executemany("delete from open_requests where id = ?", [(i,) for i in changes.closed])
+        _insert(db, "open_requests", list(changes.opened.values()), replace=True)
+        db.conn.execute("insert or replace into tracking (name, position) values (?, ?)", (TRACKING, changes.position))
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         return sorted((dict(row) for row in self.db.table(table).rows), key=lambda row: json.dumps(row, sort_keys=True))
@@ -393,7 +422,7 @@ def spend_report(
         )
         for field in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "unpriced"):
             total[field] += row[field]
-        total["cost"] += Decimal(row["cost_usd"])
+        total["cost"] += from_nano(row["cost_nanousd"])
     rows = []
     for total in groups.values():
         cost = total.pop("cost")

@@ -211,7 +211,7 @@ def test_replay_verify_reports_a_tampered_projection(tmp_path: Path) -> None:
     finally:
         stop(process)
     projections = Projections(projections_path(str(ledger)))
-    projections.db.execute("update spend set cost_usd = '999'")
+    projections.db.execute("update spend set cost_nanousd = 999")
     projections.db.conn.commit()
     projections.close()
     verified = subprocess.run(
@@ -255,3 +255,41 @@ def test_missing_and_corrupt_ledgers_give_clear_errors(tmp_path: Path) -> None:
     assert verified.returncode == 2
     assert "no ledger at" in verified.stderr and "Traceback" not in verified.stderr
     LedgerStore(str(tmp_path / "new" / "dir" / "ledger.sqlite3")).close()  # a missing file for serving is created
+
+
+def test_projections_of_another_layout_are_rebuilt_from_the_ledger(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from events.request import Request
+    from runtime.projector import catch_up
+
+    store = LedgerStore(str(tmp_path / "ledger.sqlite3"))
+    request = Request.admit("r", "t", "m", False, Decimal(0), datetime.now(UTC))
+    request.settle(
+        Request.Completed,
+        provider="p",
+        served_model="m",
+        prompt_tokens=1,
+        completion_tokens=2,
+        cached_tokens=0,
+        usage_source="provider",
+        cost_usd=Decimal("0.25"),
+        price_ref=None,
+        latency_us=1,
+        overhead_us=1,
+        outcome="ok",
+    )
+    store.append([request])
+    path = str(tmp_path / "ledger.projections.sqlite3")
+    live = Projections(path)
+    catch_up(store, live)
+    live.db.execute("update tracking set position = 1 where name = 'schema'")
+    live.db.conn.commit()
+    live.close()
+    reopened = Projections(path)
+    assert reopened.position == 0 and reopened.rows("spend") == [], "an old layout is dropped"
+    catch_up(store, reopened)
+    assert [row["cost_nanousd"] for row in reopened.rows("spend")] == [250_000_000]
+    reopened.close()
+    store.close()
