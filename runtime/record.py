@@ -52,6 +52,10 @@ class RequestRecord:
         self._aggregate: Request | None = None
         self.priced: Priced | None = None
 
+    def interruption(self) -> str:
+        """Why a request that did not finish ended, when nobody said: the gateway stopping, or its client."""
+        return "shutdown" if self._gateway.draining.is_set() else "client_disconnected"
+
     @property
     def settled(self) -> bool:
         return self.priced is not None

@@ -137,7 +137,7 @@ class StreamRelay:
         await self._lease.release(outcome)
         await self._record.settle(kind, result, self._usage_so_far())
 
-    async def aclose(self, reason: str = "client_disconnected") -> None:
+    async def aclose(self, reason: str | None = None) -> None:
         """Close now (called by Quart, then by the request's lifetime guard with the reason)."""
         if not self._finished:
-            await self._finish(CANCELLED, Request.Cancelled, reason)
+            await self._finish(CANCELLED, Request.Cancelled, reason or self._record.interruption())

@@ -150,16 +150,15 @@ def closers(scope: Any) -> list[Callable[[str], Awaitable[None]]]:
     return found
 
 
-class ClientStuck(Exception):
-    """The client stopped reading: a write waited longer than `[server].write_timeout_s`."""
-
-
 class RequestLifetime:
     """ASGI wrapper around the app, for every HTTP request:
 
     - whatever happens to it (even a disconnect before Quart iterates the body), the closers it
       registered run, shielded and under a deadline, before it is gone — told why it ended;
-    - a write that waits longer than `write_timeout_s` (a client that stopped reading) ends it;
+    - a response write blocked longer than `write_timeout_s` (a client that stopped reading) runs the
+      closers at once: the upstream stream is closed, the lease released, the request settled as
+      `client_stuck`. (Hypercorn shields its socket writes, so the connection itself goes when the
+      kernel gives up on the peer.)
     - `in_flight` counts requests alive, for `statistics()`.
     """
 
@@ -175,27 +174,48 @@ class RequestLifetime:
         closers: list[Callable[[str], Awaitable[None]]] = []
         scope[CLOSERS] = closers
         reason = "client_disconnected"
+        writing = trio.Event()
+        written = trio.Event()
 
-        async def send_within_deadline(message: Any) -> None:
-            nonlocal reason
-            with trio.move_on_after(self.write_timeout_s) as waiting:
+        async def close_all(why: str) -> None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
+                for close in closers:
+                    await close(why)
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal writing, written
+            writing.set()
+            try:
                 await send(message)
-            if waiting.cancelled_caught:
+            finally:
+                written.set()
+                writing, written = trio.Event(), trio.Event()
+
+        async def watchdog(app_scope: trio.CancelScope) -> None:
+            nonlocal reason
+            while True:
+                await writing.wait()
+                done = written
+                with trio.move_on_after(self.write_timeout_s):
+                    await done.wait()
+                    continue
                 reason = "client_stuck"
-                raise ClientStuck(f"the client read nothing for {self.write_timeout_s:g}s")
+                log.info("%s %s: client stopped reading; ending its request", scope.get("method"), scope.get("path"))
+                await close_all(reason)
+                app_scope.cancel()
+                return
 
         self.gateway.http_in_flight += 1
         try:
-            await self.app(scope, receive, send_within_deadline)
-        except* ClientStuck:
-            log.info("%s %s: client stopped reading; response ended", scope.get("method"), scope.get("path"))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watchdog, nursery.cancel_scope)
+                await self.app(scope, receive, tracked_send)
+                nursery.cancel_scope.cancel()
         finally:
             if self.gateway.draining.is_set() and reason == "client_disconnected":
                 reason = "shutdown"
             if closers:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
-                    for close in closers:
-                        await close(reason)
+                await close_all(reason)
             self.gateway.http_in_flight -= 1
 
 

@@ -31,6 +31,7 @@ class Behaviour:
     chunks: int = 4
     chunk_delay_s: float = 0.0
     first_byte_delay_s: float = 0.0
+    first_content_delay_s: float = 0.0  # a stream: after the role chunk, before any content
     retry_after: str | None = None
     error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
     fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content"] = None
@@ -47,6 +48,19 @@ class FakeOpenAI:
     open_streams: int = 0
     streams_closed: trio.Event = attrs.field(factory=trio.Event)
     arrived: trio.Event = attrs.field(factory=trio.Event)
+    open_requests: int = 0  # handlers running, including streams and slow first bytes
+    idle: trio.Event = attrs.field(factory=trio.Event)
+
+    def _request_ended(self) -> None:
+        self.open_requests -= 1
+        if self.open_requests == 0:
+            self.idle.set()
+            self.idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Wait until no request is open at the fake (every connection the gateway held is gone)."""
+        while self.open_requests:
+            await self.idle.wait()
 
     async def wait_for_requests(self, count: int) -> None:
         """Wait until `count` requests have arrived in all (an event, never a sleep)."""
@@ -98,6 +112,8 @@ class FakeOpenAI:
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
             }
             yield self.chunk(model, {"role": "assistant", "content": ""})
+            if b.first_content_delay_s:
+                await trio.sleep(b.first_content_delay_s)
             for index, piece in enumerate(pieces):
                 if b.chunk_delay_s:
                     await trio.sleep(b.chunk_delay_s)
@@ -120,6 +136,7 @@ class FakeOpenAI:
             if self.open_streams == 0:
                 self.streams_closed.set()
                 self.streams_closed = trio.Event()
+            self._request_ended()
 
     def app(self) -> QuartTrio:
         app = QuartTrio("fake-openai")
@@ -127,6 +144,17 @@ class FakeOpenAI:
 
         @app.post("/v1/chat/completions")
         async def chat() -> Response:
+            self.open_requests += 1
+            streaming = False
+            try:
+                response = await answer()
+                streaming = response.mimetype == "text/event-stream"
+                return response
+            finally:
+                if not streaming:  # a stream ends its request when its body generator ends
+                    self._request_ended()
+
+        async def answer() -> Response:
             body = await request.get_json(force=True)
             self.bodies.append(body)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
