@@ -141,12 +141,17 @@ class Journal:
         try:
             with trio.CancelScope(shield=True):
                 recorded = await trio.to_thread.run_sync(self.store.append, events, limiter=self.limiter)
-        except LedgerError as error:
+        except Exception as error:  # the Journal outlives any write failure
+            if len(batch) > 1:
+                # One bad entry (say, a duplicate aggregate) must not fail the others: write them alone.
+                for entry in batch:
+                    await self._write([entry], list(entry.events))
+                return
             log.error("ledger write failed: %s", error)
-            for entry in batch:
-                entry.error = error
-                if entry.done is not None:
-                    entry.done.set()
+            (entry,) = batch
+            entry.error = error if isinstance(error, LedgerError) else LedgerError(f"ledger write failed: {error}")
+            if entry.done is not None:
+                entry.done.set()
             return
         self._commits += 1
         self._committed += len(recorded)

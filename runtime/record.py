@@ -83,10 +83,10 @@ class RequestRecord:
         assert self._aggregate is not None
         deployment = self._exchange.deployment
         usage = usage or Usage(0, 0, 0, "estimated")
-        if deployment is not None:
+        if deployment is not None and usage.total_tokens:
             priced = self._gateway.books.prices.price(deployment.provider, deployment.model, usage, self.received_at)
         else:
-            priced = Priced(ZERO, None)  # no provider served anything: nothing to charge
+            priced = Priced(ZERO, None)  # nothing was consumed: nothing to charge
         self.priced = priced
         await self._gateway.tenants.settle(self.admission, priced.cost_usd, usage.total_tokens)
         self._aggregate.settle(

@@ -89,6 +89,7 @@ async def _first_success(
                 break
             exchange.attempts += 1
             exchange.attempt_started = trio.current_time()
+            exchange.deployment = deployment  # in flight here: a client that leaves now is billed here
             call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
             try:
                 with exchange.waiting_upstream():

@@ -46,6 +46,7 @@ from runtime.errors import (
 )
 from runtime.exchange import Exchange
 from runtime.gateway import Gateway
+from runtime.journal import LedgerUnavailable
 from runtime.record import RequestRecord, reject
 from runtime.relay import StreamRelay
 from runtime.tracing import Trace, request_id
@@ -70,6 +71,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (UpstreamFailed, 502, "api_error", "upstream_error"),
     (ProviderUnavailable, 503, "api_error", "provider_unavailable"),
     (Overloaded, 503, "api_error", "overloaded"),
+    (LedgerUnavailable, 503, "api_error", "ledger_unavailable"),
     (ActorUnavailable, 503, "api_error", "service_unavailable"),
     (GatewayError, 500, "api_error", "internal_error"),
     (ProviderError, 502, "api_error", "upstream_error"),
@@ -276,7 +278,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
                 chat, body={**chat.body, "max_tokens": admission.output_cap}, max_tokens=admission.output_cap
             )
         record = RequestRecord(gateway, exchange, tenant, chat, received_at, admission)
-        record.admit()
+        try:
+            record.admit()
+        except BaseException:  # the Journal is full (503): hand the reservation back
+            await gateway.tenants.settle(admission, None, 0)
+            raise
         g.rate_headers = admission.headers
         if chat.stream:
             stream, opening, lease = await router.open_stream(gateway, record, exchange)

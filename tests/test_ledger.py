@@ -197,3 +197,22 @@ async def test_price_with_past_effective_from_changes_neither_costs_nor_history(
     assert [type(e).__name__ for e in after[len(before) :]] == ["PriceSet"]
     assert settled(after)[0].cost_usd == settled(before)[0].cost_usd
     assert spend["totals"]["cost_usd"] == str(settled(before)[0].cost_usd.normalize())
+
+
+async def test_a_bad_write_fails_alone_and_the_journal_keeps_going() -> None:
+    """Two concurrent creations of one tenant: one wins; the other's write fails alone; the gateway lives."""
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        statuses: list[int] = []
+
+        async def create() -> None:
+            response = await http.post("/admin/tenants", json={"name": "twin"}, headers=ADMIN)
+            statuses.append(response.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(create)
+        assert sorted(statuses)[0] == 201 and sorted(statuses)[1] in (409, 503)
+        after = await http.post("/v1/chat/completions", json={"model": "sim-1", "messages": PROMPT}, headers=AUTH)
+        assert after.status_code == 200, "the Journal survived the failed write"
+        listed = (await http.get("/admin/tenants", headers=ADMIN)).json()["data"]
+        assert [t["name"] for t in listed].count("twin") == 1
