@@ -106,6 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     t.add_argument("--no-gateway", action="store_true", help="measure the direct upstream only")
     t.add_argument(
+        "--no-memory-ledger",
+        action="store_true",
+        help="skip the second Tollgate with an in-memory ledger (scenario 1's measure of what SQLite costs)",
+    )
+    t.add_argument(
         "--peers",
         action="store_true",
         help="also measure the LiteLLM proxy (pinned, own venv in bench/.peers/, no DB, 1 worker)",
@@ -163,6 +168,10 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstream: Target, sk
         skipped["tollgate"] = why
     else:
         wanted.append(("tollgate", lambda: gateway.start(args.gateway_cmd, workdir, upstream)))
+        if args.gateway_cmd == gateway.DEFAULT_CMD and not args.no_memory_ledger:
+            wanted.append(
+                ("tollgate-memory", lambda: gateway.start(args.gateway_cmd, workdir, upstream, ledger="memory"))
+            )
     if args.peers:
         wanted.append(("litellm", lambda: start_litellm(workdir, upstream)))
     for name, start in wanted:

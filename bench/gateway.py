@@ -48,9 +48,11 @@ def unavailable(cmd_template: str) -> str | None:
     return None
 
 
-def write_config(workdir: Path, upstream_base: str) -> Path:
-    path = workdir / "tollgate.toml"
-    path.write_text(CONFIG.format(ledger=workdir / "ledger.sqlite3", upstream_base=upstream_base))
+def write_config(workdir: Path, upstream_base: str, ledger: str = "sqlite") -> Path:
+    """`ledger`: "sqlite" (the default configuration) or "memory" (to measure what the SQLite ledger costs)."""
+    path = workdir / f"tollgate-{ledger}.toml"
+    where = workdir / "ledger.sqlite3" if ledger == "sqlite" else ":memory:"
+    path.write_text(CONFIG.format(ledger=where, upstream_base=upstream_base))
     return path
 
 
@@ -64,10 +66,10 @@ def version() -> str:
         return "tollgate (source tree, not installed)"
 
 
-def start(cmd_template: str, workdir: Path, upstream: Target) -> Target:
+def start(cmd_template: str, workdir: Path, upstream: Target, ledger: str = "sqlite") -> Target:
     """Start the gateway with its generated config; wait for ``listening on`` and ``/readyz``."""
     upstream_base = upstream.url.removesuffix("/chat/completions")
-    config = write_config(workdir, upstream_base)
+    config = write_config(workdir, upstream_base, ledger)
     argv = shlex.split(
         cmd_template.format(
             python=shlex.quote(sys.executable), config=shlex.quote(str(config)), repo=shlex.quote(str(REPO))
@@ -75,9 +77,9 @@ def start(cmd_template: str, workdir: Path, upstream: Target) -> Target:
     )
     tenant_key = "tg-bench-" + secrets.token_hex(16)
     server = Server(
-        "gateway",
+        "gateway" if ledger == "sqlite" else "gateway-memory",
         argv,
-        workdir / "gateway.log",
+        workdir / f"gateway-{ledger}.log",
         cwd=REPO,
         env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "BENCH_TENANT_KEY": tenant_key},
     )
@@ -85,8 +87,11 @@ def start(cmd_template: str, workdir: Path, upstream: Target) -> Target:
     server.wait_http(f"{base}/readyz", 30, ok=(200, 404))
     label = "Tollgate, 1 worker" if cmd_template == DEFAULT_CMD else "gateway (--gateway-cmd)"
     notes = [] if cmd_template == DEFAULT_CMD else [f"gateway command: {cmd_template}"]
+    if ledger == "memory":
+        label += ", in-memory ledger"
+        notes.append('in-memory ledger ([ledger] path = ":memory:"): the same code without SQLite, to measure its cost')
     return Target(
-        "tollgate",
+        "tollgate" if ledger == "sqlite" else "tollgate-memory",
         label,
         f"{base}/v1/chat/completions",
         tenant_key,
