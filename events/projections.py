@@ -1,6 +1,9 @@
 """Read models of the ledger: SQLite tables written with sqlite-utils, folded from committed events.
 
-    spend          tenant × UTC day × model × provider: requests, tokens, cost (integer nano-dollars), unpriced
+    spend          tenant × UTC day × model × provider: requests, tokens, cost (integer nano-dollars), unpriced;
+                   cost_nanousd is the cost as restated (as recorded + every `CostRestated` delta),
+                   restated_nanousd the sum of those deltas, newly_priced the requests a restatement
+                   priced (they are no longer counted in unpriced); as recorded = cost − restated
     outcomes       provider × outcome: count (terminal outcomes, failed attempts, rejections)
     prices         every price entry (the price book)
     tenants        tenant id → name, enabled, policy, source; tenant_keys: key hash → tenant, valid_until
@@ -30,7 +33,7 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 2  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 3  # bump when a table changes: projections are rebuilt from the ledger
 SPEND_KEY = ("tenant", "day", "model", "provider")
 TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
 
@@ -76,6 +79,22 @@ def _day(moment: datetime) -> str:
     return moment.date().isoformat()
 
 
+def _spend_row(changes: Changes, key: tuple[str, str, str, str]) -> dict[str, Any]:
+    return changes.spend.setdefault(
+        key,
+        {
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+            "cost": Decimal(0),
+            "unpriced": 0,
+            "restated": Decimal(0),
+            "newly_priced": 0,
+        },
+    )
+
+
 def _count(changes: Changes, provider: str, outcome: str) -> None:
     key = (provider, outcome)
     changes.outcomes[key] = changes.outcomes.get(key, 0) + 1
@@ -119,17 +138,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             if admitted is None:
                 continue  # settled without admission cannot happen; ignore rather than invent a tenant
             key = (admitted["tenant"], admitted["day"], admitted["model"], event.provider or "-")
-            totals = changes.spend.setdefault(
-                key,
-                {
-                    "requests": 0,
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    "cached_tokens": 0,
-                    "cost": Decimal(0),
-                    "unpriced": 0,
-                },
-            )
+            totals = _spend_row(changes, key)
             totals["requests"] += 1
             totals["prompt_tokens"] += event.prompt_tokens
             totals["completion_tokens"] += event.completion_tokens
@@ -139,6 +148,15 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             else:
                 totals["cost"] += event.cost_usd
             _count(changes, event.provider or "-", event.outcome)
+        elif isinstance(event, Request.CostRestated):
+            # The row of the original request; its fields are repeated in the event for this.
+            totals = _spend_row(changes, (event.tenant, _day(event.received_at), event.model, event.provider))
+            delta = event.new_cost_usd - (event.old_cost_usd or 0)
+            totals["cost"] += delta
+            totals["restated"] += delta
+            if event.old_cost_usd is None:
+                totals["unpriced"] -= 1
+                totals["newly_priced"] += 1
         elif isinstance(event, Request.AttemptFailed):
             _count(changes, event.provider, f"attempt_failed:{event.error_kind}")
         elif isinstance(event, Request.Rejected):
@@ -247,6 +265,8 @@ class Projections:
                 "cached_tokens": int,
                 "cost_nanousd": int,
                 "unpriced": int,
+                "restated_nanousd": int,
+                "newly_priced": int,
             },
             pk=SPEND_KEY,
             if_not_exists=True,
@@ -323,14 +343,17 @@ class Projections:
         if changes.spend:
             db.conn.executemany(
                 """insert into spend (tenant, day, model, provider, requests, prompt_tokens, completion_tokens,
-                       cached_tokens, cost_nanousd, unpriced) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       cached_tokens, cost_nanousd, unpriced, restated_nanousd, newly_priced)
+                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    on conflict (tenant, day, model, provider) do update set
                        requests = requests + excluded.requests,
                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                        completion_tokens = completion_tokens + excluded.completion_tokens,
                        cached_tokens = cached_tokens + excluded.cached_tokens,
                        cost_nanousd = cost_nanousd + excluded.cost_nanousd,
-                       unpriced = unpriced + excluded.unpriced""",
+                       unpriced = unpriced + excluded.unpriced,
+                       restated_nanousd = restated_nanousd + excluded.restated_nanousd,
+                       newly_priced = newly_priced + excluded.newly_priced""",
                 [
                     (
                         *key,
@@ -340,6 +363,8 @@ class Projections:
                         d["cached_tokens"],
                         nano(d["cost"]),
                         d["unpriced"],
+                        nano(d["restated"]),
+                        d["newly_priced"],
                     )
                     for key, d in changes.spend.items()
                 ],
@@ -382,6 +407,7 @@ def diff(live: Projections, rebuilt: Projections, tables: Iterable[str] = TABLES
 
 
 SPEND_GROUPS = ("tenant", "model", "provider", "day")
+SPEND_BASES = ("restated", "as_recorded")
 
 
 def spend_report(
@@ -391,8 +417,13 @@ def spend_report(
     day_from: str | None = None,
     day_to: str | None = None,
     group_by: Sequence[str] = ("tenant", "model", "provider"),
+    basis: str = "restated",
 ) -> list[dict[str, Any]]:
-    """Spend rows summed over `group_by` (a subset of SPEND_GROUPS), days inclusive, money exact."""
+    """Spend rows summed over `group_by` (a subset of SPEND_GROUPS), days inclusive, money exact.
+
+    `basis` "restated" (the default, what budgets use) folds re-pricings in; "as_recorded" gives the
+    costs as first recorded (and counts newly priced requests as unpriced again)."""
+    as_recorded = basis == "as_recorded"
     where, args = [], []
     if tenant is not None:
         where.append("tenant = ?")
@@ -422,7 +453,9 @@ def spend_report(
         )
         for field in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "unpriced"):
             total[field] += row[field]
-        total["cost"] += from_nano(row["cost_nanousd"])
+        if as_recorded:
+            total["unpriced"] += row["newly_priced"]
+        total["cost"] += from_nano(row["cost_nanousd"] - (row["restated_nanousd"] if as_recorded else 0))
     rows = []
     for total in groups.values():
         cost = total.pop("cost")

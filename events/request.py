@@ -1,7 +1,7 @@
 """One `Request` aggregate per client request: the ledger's record of what happened and what it cost.
 
-    Admitted → AttemptFailed* → Completed | Failed | Cancelled      (dispatched to a provider)
-    Rejected                                                        (refused before dispatch)
+    Admitted → AttemptFailed* → Completed | Failed | Cancelled → CostRestated*   (dispatched to a provider)
+    Rejected                                                                      (refused before dispatch)
 
 Usage is a fact; cost is derived from it by `policies.cost` with the price in force when the request
 was received, and recorded with a reference to that price. Money is `Decimal` (quantized to 1e-9
@@ -65,6 +65,27 @@ class Request(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.outcome = self.outcome
 
+    class CostRestated(Aggregate.Event):
+        """A re-pricing changed this request's cost from `old_cost_usd` (None: unpriced) to
+        `new_cost_usd`. It repeats what the projections need (tenant, model, received_at from
+        `Admitted`; provider, served model from the terminal event) so a fold never loads the request.
+        Appended as a bare event after the terminal one; nothing stored before it changes."""
+
+        request_id: str
+        tenant: str
+        model: str
+        received_at: datetime
+        provider: str
+        served_model: str
+        old_cost_usd: Decimal | None
+        new_cost_usd: Decimal
+        price_ref: str
+        fingerprint: str
+        repricing_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.restatements += 1
+
     class Completed(Settled):
         pass
 
@@ -81,6 +102,7 @@ class Request(Aggregate):
         self.stream = stream
         self.attempts = 0
         self.outcome: str | None = None
+        self.restatements = 0
 
     @classmethod
     def admit(
@@ -135,6 +157,12 @@ class Request(Aggregate):
     def settle(self, kind: type[Settled], **fields: Any) -> None:
         """Append the terminal event `kind` (Completed, Failed or Cancelled) with `fields`."""
         self.trigger_event(kind, **fields)
+
+
+def restate(aggregate_id: uuid.UUID, version: int, timestamp: datetime, **fields: Any) -> Request.CostRestated:
+    """A bare `CostRestated` for request `aggregate_id` at `version` (its terminal event's version
+    plus the restatements it already has, plus one), without loading the aggregate."""
+    return Request.CostRestated(originator_id=aggregate_id, originator_version=version, timestamp=timestamp, **fields)
 
 
 TERMINAL = (Request.Completed, Request.Failed, Request.Cancelled, Request.Rejected)

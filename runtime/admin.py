@@ -6,7 +6,8 @@
     POST   /admin/tenants/{id}/rotate-key      {"grace_period_s": N} keeps the old key working N s
     POST   /admin/tenants/{id}/disable|enable
     GET    /admin/pricing, PUT /admin/pricing  the price list; set prices with an effective_from
-    GET    /admin/spend                        ?tenant=&from=&to=&group_by=model,provider,day
+    GET    /admin/spend                        ?tenant=&from=&to=&group_by=model,provider,day&basis=restated|as_recorded
+    POST   /admin/reprice                      a price set + filters; a dry-run report, or commit restatements
     GET    /admin/events                       ?after=&limit=&tenant=&request_id=  (paged audit log)
     GET    /admin/providers, /admin/ledger     actor and journal statistics
     GET    /v1/usage                           the calling tenant's spend this budget period
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,7 +32,7 @@ from quart_trio import QuartTrio
 
 from events.money import ZERO, usd_str
 from events.pricelist import PriceList
-from events.projections import SPEND_GROUPS, spend_report
+from events.projections import SPEND_BASES, SPEND_GROUPS, spend_report
 from events.tenant import Tenant, tenant_id
 from policies.cost import Price
 from policies.errors import InvalidRequest
@@ -41,6 +44,7 @@ from runtime.books import TenantView
 from runtime.config import converter, format_problems
 from runtime.errors import Conflict, NotFound
 from runtime.gateway import Gateway
+from runtime.reprice import Report, parse_request, run_in_gateway, steps_in_gateway
 
 MAX_EVENTS_PAGE = 1000
 SCAN_LIMIT = 20_000
@@ -327,10 +331,42 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
         if tenant is not None:
             tenant = find(tenant).name
         day_from, day_to = _day(args.get("from"), "from"), _day(args.get("to"), "to")
+        basis = args.get("basis") or "restated"
+        if basis not in SPEND_BASES:
+            raise InvalidRequest(f"'basis' is one of {', '.join(SPEND_BASES)}.", param="basis", code="invalid_value")
         rows = await gateway.projector.query(
-            lambda p: spend_report(p, tenant=tenant, day_from=day_from, day_to=day_to, group_by=group_by)
+            lambda p: spend_report(p, tenant=tenant, day_from=day_from, day_to=day_to, group_by=group_by, basis=basis)
         )
-        return _json({"object": "list", "data": rows, "totals": _totals(rows)})
+        return _json({"object": "list", "basis": basis, "data": rows, "totals": _totals(rows)})
+
+    @app.post("/admin/reprice")
+    async def reprice() -> Response:
+        check_admin()
+        body = await _body()
+        commit = body.get("commit", False)
+        if not isinstance(commit, bool):
+            raise InvalidRequest("'commit' must be a boolean.", param="commit", code="invalid_type")
+        by = body.get("by", "admin-api")
+        if not isinstance(by, str) or not by:
+            raise InvalidRequest("'by' must be a non-empty string.", param="by", code="invalid_type")
+        if body.get("tenant") is not None:
+            body["tenant"] = find(str(body["tenant"])).name
+        prices, filters = parse_request(body, books.prices)
+        if "application/x-ndjson" not in request.headers.get("Accept", ""):
+            report = await run_in_gateway(gateway, prices, filters, commit=commit, by=by)
+            return _json(report.document())
+
+        async def lines() -> AsyncIterator[bytes]:
+            # aclosing: a client that hangs up ends the run (and releases the re-pricing lock) at once.
+            async with aclosing(steps_in_gateway(gateway, prices, filters, commit=commit, by=by)) as steps:
+                async for step in steps:
+                    if isinstance(step, Report):
+                        line: dict[str, Any] = {"report": step.document()}
+                    else:
+                        line = {"progress": {"done": step[0], "total": step[1]}}
+                    yield json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+        return Response(lines(), 200, content_type="application/x-ndjson")
 
     @app.get("/admin/events")
     async def get_events() -> Response:

@@ -104,6 +104,8 @@ class Gateway:
     """Wall time for money: received_at, prices in force, budget periods (tests pass a virtual one)."""
     ready: bool = False
     draining: trio.Event = attrs.field(factory=trio.Event)
+    repricing: trio.Lock = attrs.field(factory=trio.Lock)
+    """Held by a re-pricing run (`runtime.reprice`): one at a time, so restatement versions never collide."""
 
     def begin_drain(self) -> None:
         self.ready = False
@@ -323,6 +325,8 @@ async def open_gateway(
     def on_commit(recorded: list[Any]) -> None:
         books.apply(recorded)
         projector.feed(recorded)
+        if gateway.tenant_actors is not None:
+            gateway.tenant_actors.restated(recorded)
 
     journal = Journal(store, on_commit)
     handles = {

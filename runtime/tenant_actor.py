@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,9 @@ import attrs
 import trio
 
 from events.money import ZERO, usd_str
+from events.request import Request
+from events.store import Recorded
+from events.tenant import tenant_id
 from policies import budget, ratelimit
 from policies.errors import BudgetExceeded, ModelNotAllowed, ModelUnpriced, RateLimited, RequestRefused, TenantDisabled
 from policies.periods import period_bounds
@@ -69,6 +72,14 @@ class Settle:
 
 
 @attrs.frozen
+class Restated:
+    """Committed restatements changed this tenant's spend on `day` (UTC midnight) by `delta_usd`."""
+
+    day: datetime
+    delta_usd: Decimal
+
+
+@attrs.frozen
 class TenantStatistics:
     tenant: str
     period_start: str
@@ -102,7 +113,7 @@ class TenantActor:
         self.name = tenant.name
         self._clock = clock
         self._idle_s = idle_s
-        self.send, self._receive = trio.open_memory_channel[Admit | Settle](MAILBOX_SIZE)
+        self.send, self._receive = trio.open_memory_channel[Admit | Settle | Restated](MAILBOX_SIZE)
         self.stopped = trio.Event()
         self._epoch = 0
         self._tickets: dict[int, _Ticket] = {}
@@ -136,6 +147,8 @@ class TenantActor:
                         self._settle(Settle(decision, ZERO, 0))
                 finally:
                     message.reply.close()
+            elif isinstance(message, Restated):
+                self._restated(message)
             else:
                 self._settle(message)
 
@@ -286,6 +299,13 @@ class TenantActor:
             except Exception:  # an alert must never break settlement
                 log.warning("tenant %s: could not record a budget alert", self.name, exc_info=True)
 
+    def _restated(self, message: Restated) -> None:
+        """A re-pricing of a day in the current period corrects what was spent (the period's spend
+        was read from projections that did not have it, or settled here before it)."""
+        start, _ = period_bounds(self._policy().budget_period, message.day)
+        if start == self._budget.period_start:
+            self._budget = attrs.evolve(self._budget, spent=self._budget.spent + message.delta_usd)
+
     def statistics(self) -> TenantStatistics:
         policy = self._policy()
         now = trio.current_time()
@@ -397,6 +417,33 @@ class TenantActors:
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
             await actor.send.send(Settle(admission, cost_usd, tokens))
+
+    def restated(self, recorded: Sequence[Recorded]) -> None:
+        """Route committed `CostRestated` deltas to the running actors of their tenants (called by the
+        Journal's commit hook, in the trio thread). An actor not running reads them from projections."""
+        deltas: dict[tuple[str, datetime], Decimal] = {}
+        for record in recorded:
+            event = record.event
+            if isinstance(event, Request.CostRestated):
+                day = datetime.combine(event.received_at.date(), time(), tzinfo=UTC)
+                key = (str(tenant_id(event.tenant)), day)
+                deltas[key] = deltas.get(key, ZERO) + event.new_cost_usd - (event.old_cost_usd or ZERO)
+        for (tenant, day), delta in deltas.items():
+            actor = self._actors.get(tenant)
+            if actor is None or not delta:
+                continue
+            message = Restated(day, delta)
+            try:
+                actor.send.send_nowait(message)
+            except trio.WouldBlock:
+                self._nursery.start_soon(self._send_later, actor, message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # stopped: its successor reads the period's spend from the projections
+
+    @staticmethod
+    async def _send_later(actor: TenantActor, message: Restated) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await actor.send.send(message)
 
     def statistics(self) -> list[TenantStatistics]:
         return [actor.statistics() for actor in self._actors.values()]

@@ -39,6 +39,7 @@ operation = st.one_of(
     ),
     st.tuples(st.just("rotate"), st.sampled_from(["a", "b", "c"])),
     st.tuples(st.just("upstream"), st.sampled_from([200, 500, 400])),
+    st.tuples(st.just("reprice"), st.sampled_from(["ledger", "flat", "as_of"]), st.integers(0, 50), st.booleans()),
 )
 
 
@@ -71,6 +72,14 @@ async def run_workload(http: httpx.AsyncClient, fake: Any, operations: list[tupl
             await http.post(f"/admin/tenants/{op[1]}/rotate-key", json={"grace_period_s": 60}, headers=ADMIN)
         elif kind == "upstream":
             fake.behaviour = Behaviour(status=op[1])
+        elif kind == "reprice":
+            _, source, cents, commit = op
+            prices = {"sim/sim-1": {"input_per_mtok": str(cents), "output_per_mtok": "3"}}
+            reprice: dict[str, Any] = {"flat": {"prices": prices}, "ledger": {"ledger": True}}.get(
+                source, {"as_of": "2030-01-01T00:00:00Z"}
+            )
+            response = await http.post("/admin/reprice", json={**reprice, "commit": commit}, headers=ADMIN)
+            assert response.status_code == 200, response.text
 
 
 @settings(
