@@ -13,6 +13,7 @@ store (eventsourcing's POPO recorder: tests and the bench's comparison run).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -59,6 +60,11 @@ class Raw:
 def topic_of(kind: type) -> str:
     """The topic an event class is stored under (`module:qualname`)."""
     return f"{kind.__module__}:{kind.__qualname__}"
+
+
+def _unwrap(value: dict[str, Any]) -> Any:
+    """eventsourcing's JSON transcoding keeps a typed value as {"_type_": ..., "_data_": ...}: keep the data."""
+    return value["_data_"] if "_type_" in value and "_data_" in value else value
 
 
 class _Tollgate(Application[uuid.UUID]):
@@ -144,8 +150,10 @@ class LedgerStore:
             f"json_extract(state, '$.{name}{'._data_' if kind in (Decimal, datetime) else ''}')"
             for name, kind in fields.items()
         )
+        # SQLite's JSON functions cut strings at an escaped NUL: such rows come back whole, decoded here.
         query = (
-            f"select rowid, originator_id, originator_version, topic, {columns} from stored_events"
+            "select rowid, originator_id, originator_version, topic,"
+            f" case when instr(state, '\\u0000') > 0 then state end, {columns} from stored_events"
             f" where rowid > ? and rowid <= ? and topic in ({', '.join('?' * len(topics))}) order by rowid limit ?"
         )
         decode: list[Any] = [
@@ -159,7 +167,10 @@ class LedgerStore:
                 if not rows:
                     return
                 page = []
-                for position, originator, version, topic, *values in rows:
+                for position, originator, version, topic, whole, *values in rows:
+                    if whole is not None:
+                        state = json.loads(whole, object_hook=_unwrap)
+                        values = [state.get(name) for name in names]
                     for i in wrapped:
                         if values[i] is not None:
                             values[i] = decode[i](values[i])

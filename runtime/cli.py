@@ -9,18 +9,24 @@
     tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day]
     tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID]
     tollgate replay --verify [--config FILE]
+    tollgate reprice (--prices FILE | --as-of TIME | --ledger-prices) [--from T] [--to T] [--tenant T]
+                     [--model M] [--provider P] [--commit] [--by NAME] [--offline [--config FILE]]
 
 `tenants`, `pricing`, `spend` and `events` talk to a running gateway's admin API (`--url`, default
 http://127.0.0.1:8080; the admin key from `$TOLLGATE_ADMIN_KEY` or `--admin-key`) and print a table,
-JSON or CSV (`--format`). `replay --verify` works on the ledger files directly.
+JSON or CSV (`--format`). `replay --verify` works on the ledger files directly. `reprice` is a dry run
+unless `--commit`; it goes through the admin API (the gateway's Journal stays the only writer), or with
+`--offline` reads the ledger file itself for a dry run without a gateway.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +37,7 @@ from events.store import LedgerError
 from policies.tenant import POLICY_FIELDS
 from runtime.config import Config, ConfigError, load_config
 from runtime.output import FORMATS, write_rows
+from runtime.progress import Progress
 
 POLICY_OPTIONS = {
     "budget_usd": str,
@@ -117,6 +124,24 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=100)
     events.add_argument("--tenant")
     events.add_argument("--request-id")
+
+    reprice = commands.add_parser("reprice", help="re-price history under a price set (a dry run unless --commit)")
+    _client_options(reprice)
+    source = reprice.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prices", metavar="FILE", help="a TOML file with a [pricing] table (config.toml's format)")
+    source.add_argument("--as-of", metavar="TIME", help="the ledger's prices in force at this time, for every request")
+    source.add_argument(
+        "--ledger-prices", action="store_true", help="the ledger's price history, each request at its own time"
+    )
+    reprice.add_argument("--from", dest="start", metavar="DAY|TIME", help="received at or after (a date: its start)")
+    reprice.add_argument("--to", dest="end", metavar="DAY|TIME", help="received before (a date: its end, inclusive)")
+    reprice.add_argument("--tenant")
+    reprice.add_argument("--model", help="requested or served model")
+    reprice.add_argument("--provider")
+    reprice.add_argument("--commit", action="store_true", help="append the restatements (default: a dry run)")
+    reprice.add_argument("--by", default=os.environ.get("USER") or "cli", help="who re-prices (recorded)")
+    reprice.add_argument("--offline", action="store_true", help="a dry run on the ledger file, without a gateway")
+    reprice.add_argument("--config", help="with --offline: config file (default: $TOLLGATE_CONFIG or config.toml)")
 
     replay = commands.add_parser("replay", help="rebuild projections from the ledger")
     replay.add_argument("--config", help="config file (default: $TOLLGATE_CONFIG or config.toml)")
@@ -257,6 +282,106 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reprice_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"commit": args.commit, "by": args.by}
+    if args.prices:
+        try:
+            with open(args.prices, "rb") as file:
+                document = tomllib.load(file)
+        except OSError as error:
+            raise CommandFailed(f"cannot read {args.prices}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise CommandFailed(f"{args.prices}: not valid TOML ({error})") from None
+        if not isinstance(document.get("pricing"), dict):
+            raise CommandFailed(f'{args.prices}: no [pricing] table (write [pricing."PROVIDER/MODEL"] entries)')
+        body["prices"] = document["pricing"]
+    elif args.as_of:
+        body["as_of"] = args.as_of
+    else:
+        body["ledger"] = True
+    for name, value in (
+        ("from", args.start),
+        ("to", args.end),
+        ("tenant", args.tenant),
+        ("model", args.model),
+        ("provider", args.provider),
+    ):
+        if value:
+            body[name] = value
+    return body
+
+
+def _reprice_offline(args: argparse.Namespace, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from events.store import LedgerStore
+    from policies.errors import InvalidRequest
+    from runtime.reprice import dry_run, ledger_price_book, parse_request
+
+    if args.commit:
+        raise CommandFailed("--offline is a dry run; commit through the running gateway (drop --offline)")
+    config = load_config_or_exit(args.config)
+    store = LedgerStore(config.ledger.path)
+    try:
+        try:
+            prices, filters = parse_request(body, ledger_price_book(store))
+        except InvalidRequest as error:
+            raise CommandFailed(str(error)) from None
+        return dry_run(store, prices, filters, progress).document()
+    finally:
+        store.close()
+
+
+def _reprice_online(args: argparse.Namespace, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    key = args.admin_key or os.environ.get("TOLLGATE_ADMIN_KEY")
+    if not key:
+        raise CommandFailed("set TOLLGATE_ADMIN_KEY (or pass --admin-key) to the gateway's admin key")
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/x-ndjson"}
+    try:
+        with httpx.stream(
+            "POST", args.url.rstrip("/") + "/admin/reprice", json=body, headers=headers, timeout=None
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    message = response.json().get("error", {}).get("message")
+                except ValueError:
+                    message = None
+                raise CommandFailed(f"{response.status_code}: {message or response.text}")
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if "progress" in item:
+                    progress(item["progress"]["done"], item["progress"]["total"])
+                elif "report" in item:
+                    return dict(item["report"])
+    except httpx.HTTPError as error:
+        raise CommandFailed(f"cannot reach the gateway at {args.url}: {error}") from None
+    raise CommandFailed("the gateway ended the re-pricing run without a report")
+
+
+def _reprice(args: argparse.Namespace) -> None:
+    body = _reprice_body(args)
+    progress = Progress("reprice")
+    try:
+        report = _reprice_offline(args, body, progress) if args.offline else _reprice_online(args, body, progress)
+    finally:
+        progress.close()
+    rows = report["rows"]
+    if args.format == "table" and rows:
+        rows = [*rows, {"tenant": "TOTAL", **report["totals"]}]
+    write_rows(rows, args.format, document=report)
+    if args.format == "table":
+        if report["newly_priced_requests"]:
+            print(f"newly priced requests: {', '.join(report['newly_priced_requests'])}", file=sys.stderr)
+        print(f"price set {report['fingerprint']} ({report['price_source']})", file=sys.stderr)
+        if report["committed"]:
+            print(f"committed as repricing {report['repricing_id']}", file=sys.stderr)
+        elif args.commit:
+            print("nothing to commit: every selected cost is already at these prices", file=sys.stderr)
+        else:
+            print("dry run: nothing was written (add --commit to append the restatements)", file=sys.stderr)
+
+
 def _ledger_error(error: BaseException) -> LedgerError | None:
     if isinstance(error, LedgerError):
         return error
@@ -294,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return _replay(args)
-        {"tenants": _tenants, "pricing": _pricing, "spend": _spend, "events": _events}[args.command](args)
+        {"tenants": _tenants, "pricing": _pricing, "spend": _spend, "events": _events, "reprice": _reprice}[
+            args.command
+        ](args)
         return 0
     except CommandFailed as error:
         print(f"tollgate {args.command}: {error}", file=sys.stderr)

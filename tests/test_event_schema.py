@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from events.money import usd
 from events.pricelist import PriceList
 from events.provider import Provider
+from events.repricing import Repricing
 from events.request import Request
-from events.store import LedgerStore
+from events.store import LedgerStore, topic_of
 from events.tenant import Tenant
+from runtime.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
 money = st.decimals(min_value=0, max_value=10**6, places=9, allow_nan=False, allow_infinity=False).map(usd)
@@ -57,6 +59,32 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
         request.attempt_failed(draw(text), draw(text), draw(text), status, draw(st.booleans()))
         request.settle(kind, **draw(settle_fields()))
         requests.append(request)
+    requests[0].trigger_event(
+        Request.CostRestated,
+        request_id=draw(text),
+        tenant=draw(text),
+        model=draw(text),
+        received_at=draw(moments),
+        provider=draw(text),
+        served_model=draw(text),
+        old_cost_usd=draw(st.one_of(st.none(), money)),
+        new_cost_usd=draw(money),
+        price_ref=draw(text),
+        fingerprint=draw(text),
+        repricing_id=draw(text),
+    )
+    totals = {name: draw(counts) for name in ("through_position", "requests", "restated", "newly_priced")}
+    repricing = Repricing.record(
+        uuid.uuid4(),
+        by=draw(text),
+        fingerprint=draw(text),
+        price_source=draw(text),
+        filters={"tenant": draw(st.one_of(st.none(), text)), "from": None},
+        old_usd=draw(money),
+        new_usd=draw(money),
+        delta_usd=draw(money),
+        **totals,
+    )
     rejected = Request.reject(
         draw(text),
         draw(text),
@@ -77,7 +105,7 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
     prices.remove_price(draw(text), draw(moments), draw(text))
     provider = Provider.register(draw(text))
     provider.transition("closed", "open", draw(text))
-    return [*requests, rejected, tenant, prices, provider]
+    return [*requests, rejected, tenant, prices, provider, repricing]
 
 
 EVENT_CLASSES = {
@@ -98,6 +126,8 @@ EVENT_CLASSES = {
     PriceList.PriceRemoved,
     Provider.Registered,
     Provider.BreakerTransitioned,
+    Request.CostRestated,
+    Repricing.Committed,
 }
 
 
@@ -112,9 +142,19 @@ def test_every_event_class_round_trips_through_the_sqlite_store(items: list[Any]
             recorded = store.append(items)
             assert [r.position for r in recorded] == list(range(1, len(pending) + 1))
             back = [r.event for r in store.read(0, 100)]
+            # The fast path re-pricing reads with gives the same values as the mapper.
+            fields = {**REQUEST_FIELDS, "new_cost_usd": Decimal, "old_cost_usd": Decimal}
+            topics = [ADMITTED, *SETTLED, RESTATED]
+            scanned = [raw for page in store.scan(topics, fields) for raw in page]
         finally:
             store.close()
     assert back == pending
+    mapped = [e for e in back if topic_of(type(e)) in topics]
+    assert [(r.originator_id, r.version, r.topic) for r in scanned] == [
+        (e.originator_id.hex, e.originator_version, topic_of(type(e))) for e in mapped
+    ]
+    for raw, event in zip(scanned, mapped, strict=True):
+        assert raw.state == {name: getattr(event, name, None) for name in fields}
     for event in back:
         for value in event.__dict__.values():
             assert not isinstance(value, float), "money and counts never travel as floats"

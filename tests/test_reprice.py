@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,10 +27,13 @@ from events.tenant import tenant_id
 from events.usage import Usage
 from policies.cost import Price, PriceBook, PriceEntry
 from policies.repricing import Filters, PriceSet, flat_prices, ledger_history
+from runtime.auth import DEMO_KEY
+from runtime.progress import Progress
 from runtime.replay import verify_open
 from runtime.reprice import Scan, dry_run, restatement_events
-from tests.harness import ADMIN, ledger_events, make_config, running_gateway
+from tests.harness import ADMIN, ADMIN_KEY, ledger_events, make_config, running_gateway
 
+DEMO = {"Authorization": f"Bearer {DEMO_KEY}"}
 PROMPT = [{"role": "user", "content": "hello there"}]
 RIGHT = {"input_per_mtok": "10", "output_per_mtok": "20"}
 TYPO = {"input_per_mtok": "10000", "output_per_mtok": "20000"}  # a 1000× typo
@@ -147,9 +155,7 @@ async def test_reprice_refuses_bad_requests_by_param() -> None:
 async def test_newly_priced_requests_are_listed_and_unpriced_counts_fall() -> None:
     config = make_config()  # sim-1 has no price: its requests are recorded unpriced
     async with running_gateway(config) as gw, gw.http() as http:
-        from runtime.auth import DEMO_KEY
-
-        auth = {"Authorization": f"Bearer {DEMO_KEY}", "X-Request-ID": "r-unpriced"}
+        auth = {**DEMO, "X-Request-ID": "r-unpriced"}
         response = await http.post("/v1/chat/completions", json={"model": "sim-1", "messages": PROMPT}, headers=auth)
         assert response.status_code == 200
         body = {"prices": {"sim/sim-1": RIGHT}, "commit": True}
@@ -289,3 +295,88 @@ def test_filters_restate_only_what_they_select(
             if row["provider"] != "p" or (tenant is not None and row["tenant"] != tenant):
                 assert row["cost_usd"] == before[(row["tenant"], row["day"], row["model"], row["provider"])]
         store.close()
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "reprice", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TOLLGATE_ADMIN_KEY": ADMIN_KEY, **(env or {})},
+        check=False,
+    )
+
+
+async def test_cli_reprices_from_a_toml_file_through_the_admin_api_and_offline(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[pricing."sim/sim-1"]\ninput_per_mtok = "20"\noutput_per_mtok = "40"\n')
+    config = make_config(pricing={"sim/sim-1": RIGHT}, ledger={"path": str(ledger)})
+    async with running_gateway(config) as gw, gw.http() as http:
+        for _ in range(2):
+            body = {"model": "sim-1", "messages": PROMPT}
+            response = await http.post(
+                "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {DEMO_KEY}"}
+            )
+            assert response.status_code == 200
+        old = Decimal((await http.get("/admin/spend", headers=ADMIN)).json()["totals"]["cost_usd"])
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return run_cli("--url", gw.url, *args)
+
+        dry = await trio.to_thread.run_sync(lambda: cli("--prices", str(prices), "--format", "json"))
+        assert dry.returncode == 0, dry.stderr
+        report = json.loads(dry.stdout)
+        assert set(report["totals"]) >= {"requests", "old_usd", "new_usd", "delta_usd", "newly_priced"}
+        assert Decimal(report["totals"]["new_usd"]) == 2 * old and report["committed"] is False
+        table = await trio.to_thread.run_sync(lambda: cli("--prices", str(prices), "--tenant", "demo"))
+        assert "TOTAL" in table.stdout and "dry run" in table.stderr
+        assert "[" not in table.stderr  # not a terminal: no progress bar
+        csv_out = await trio.to_thread.run_sync(lambda: cli("--prices", str(prices), "--format", "csv"))
+        assert csv_out.stdout.splitlines()[0].startswith("tenant,model,provider,requests")
+        committed = await trio.to_thread.run_sync(lambda: cli("--prices", str(prices), "--commit", "--by", "ops"))
+        assert committed.returncode == 0 and "committed as repricing" in committed.stderr
+        again = await trio.to_thread.run_sync(lambda: cli("--prices", str(prices), "--commit"))
+        assert "nothing to commit" in again.stderr
+        new = Decimal((await http.get("/admin/spend", headers=ADMIN)).json()["totals"]["cost_usd"])
+        assert new == 2 * old
+        bad = tmp_path / "bad.toml"
+        bad.write_text('[pricing."sim/sim-1"]\ninput_per_mtok = 1.5\noutput_per_mtok = "4"\n')
+        refused = await trio.to_thread.run_sync(lambda: cli("--prices", str(bad)))
+        assert refused.returncode == 1 and 'prices."sim/sim-1".input_per_mtok' in refused.stderr
+    # Offline: a dry run on the ledger file with the gateway stopped; as of now, the config's prices.
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[ledger]\npath = "{ledger}"\n[[providers]]\nname = "sim"\nkind = "simulator"\nmodels = ["sim-1"]\n'
+    )
+    offline = await trio.to_thread.run_sync(
+        lambda: run_cli("--offline", "--config", str(config_file), "--ledger-prices", "--format", "json")
+    )
+    assert offline.returncode == 0, offline.stderr
+    report = json.loads(offline.stdout)
+    assert Decimal(report["totals"]["old_usd"]) == 2 * old and Decimal(report["totals"]["new_usd"]) == old
+    refused = await trio.to_thread.run_sync(
+        lambda: run_cli("--offline", "--config", str(config_file), "--ledger-prices", "--commit")
+    )
+    assert refused.returncode == 1 and "commit through the running gateway" in refused.stderr
+
+
+def test_the_progress_bar_shows_rate_and_eta_on_a_terminal_and_nothing_elsewhere() -> None:
+    out = io.StringIO()
+    bar = Progress("reprice", out, enabled=True)
+    assert "50/100 events" in bar.line(50, 100, bar._started + 1) and "50/s" in bar.line(50, 100, bar._started + 1)
+    assert "ETA 0:01" in bar.line(50, 100, bar._started + 1)
+    bar(100, 100)
+    bar.close()
+    assert out.getvalue().startswith("\rreprice [") and out.getvalue().endswith("\n")
+    quiet = io.StringIO()
+    silent = Progress("reprice", quiet)  # a StringIO is not a TTY
+    silent(1, 2)
+    silent.close()
+    assert quiet.getvalue() == ""
