@@ -191,6 +191,11 @@ class Stream:
             self.handle = None
 
 
+# x-request-id → time.monotonic() (system-wide on Linux) when a stream's connection was lost mid-stream:
+# the disconnect scenario compares it with the moment its client hung up on the gateway.
+CLOSED: dict[str, float] = {}
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """One client connection: parse requests from the buffer, one response at a time."""
 
@@ -201,6 +206,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.busy = False
         self.close_after = False
         self.stream: Stream | None = None
+        self.stream_id = ""
         self.pending: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -210,6 +216,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.stream is not None:
+            if self.stream_id:
+                CLOSED[self.stream_id] = time.monotonic()
             self.stream.cancel()
         if self.pending is not None:
             self.pending.cancel()
@@ -267,6 +275,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 "data": [{"id": "bench-model", "object": "model", "created": 0, "owned_by": "bench"}],
             }
             self._reply(_response("200 OK", json.dumps(models).encode()))
+        elif method == b"GET" and path == b"/bench/closed":
+            self._reply(_response("200 OK", json.dumps(CLOSED).encode()))
         elif method == b"GET" and path in (b"/healthz", b"/readyz", b"/"):
             self._reply(_response("200 OK", b'{"status":"ok"}'))
         else:
@@ -290,6 +300,7 @@ class UpstreamProtocol(asyncio.Protocol):
             options = request.get("stream_options") or {}
             stream = Stream(self, model, behaviour, prompt_tokens, bool(options.get("include_usage")))
             self.stream = stream
+            self.stream_id = headers.get(b"x-request-id", b"").decode()
             self._later(behaviour.latency_s, lambda: stream.start(self.loop))
             return
         text = "".join(f"w{k} " for k in range(behaviour.chunks))

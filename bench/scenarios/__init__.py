@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from bench.scenario import Scenario
 from bench.scenarios.chat import ChatScenario
+from bench.scenarios.disconnect import DisconnectScenario
 from bench.scenarios.ledger import LedgerScenario
 from bench.scenarios.repricing import RepricingScenario
 from bench.scenarios.stream import StreamScenario
 
-SCENARIOS: list[Scenario] = [ChatScenario(), StreamScenario(), LedgerScenario(), RepricingScenario()]
+SCENARIOS: list[Scenario] = [
+    ChatScenario(),
+    StreamScenario(),
+    DisconnectScenario(),
+    LedgerScenario(),
+    RepricingScenario(),
+]
 
 
 def by_name(names: list[str]) -> list[Scenario]:
