@@ -289,6 +289,9 @@ class TenantActor:
                 trio.current_time(),
                 message.tokens - admission.reserved_tokens,
             )
+        self._alert_crossings(policy)
+
+    def _alert_crossings(self, policy: TenantPolicy) -> None:
         self._budget, levels = budget.crossings(policy.budget_usd, self._budget)
         aggregate = self.gateway.books.tenant_aggregates.get(self.tenant_id)
         if levels and aggregate is not None and policy.budget_usd is not None:
@@ -301,10 +304,13 @@ class TenantActor:
 
     def _restated(self, message: Restated) -> None:
         """A re-pricing of a day in the current period corrects what was spent (the period's spend
-        was read from projections that did not have it, or settled here before it)."""
-        start, _ = period_bounds(self._policy().budget_period, message.day)
+        was read from projections that did not have it, or settled here before it); a correction
+        upward may cross an alert threshold."""
+        policy = self._policy()
+        start, _ = period_bounds(policy.budget_period, message.day)
         if start == self._budget.period_start:
             self._budget = attrs.evolve(self._budget, spent=self._budget.spent + message.delta_usd)
+            self._alert_crossings(policy)
 
     def statistics(self) -> TenantStatistics:
         policy = self._policy()

@@ -23,7 +23,7 @@ from events.projections import Projections, spend_report
 from events.repricing import Repricing
 from events.request import Request
 from events.store import LedgerStore
-from events.tenant import tenant_id
+from events.tenant import Tenant, tenant_id
 from events.usage import Usage
 from policies.cost import Price, PriceBook, PriceEntry
 from policies.repricing import Filters, PriceSet, flat_prices, ledger_history
@@ -130,6 +130,26 @@ async def test_a_1000x_typo_is_fixed_retroactively_and_the_original_costs_stay_i
             lambda: verify_open(gateway.store, gateway.projector.projections), limiter=gateway.projector._limiter
         )
         assert problems == []
+
+
+async def test_a_restatement_upward_crosses_budget_alerts_in_the_running_actor() -> None:
+    async with running_gateway(make_config(pricing={"sim/sim-1": RIGHT})) as gw, gw.http() as http:
+        created = await http.post("/admin/tenants", json={"name": "watched"}, headers=ADMIN)
+        auth = {"Authorization": f"Bearer {created.json()['api_key']}"}
+        body = {"model": "sim-1", "messages": PROMPT, "max_tokens": 20}
+        for _ in range(2):
+            assert (await http.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
+        completed = [e for e in await ledger_events(gw) if isinstance(e, Request.Completed)]
+        corrected = sum((cost(e, TYPO) for e in completed), ZERO)
+        budget = usd(corrected * Decimal("1.5"))  # the corrected spend is two thirds of it: past 50 %, not 80 %
+        await http.patch("/admin/tenants/watched", json={"budget_usd": str(budget)}, headers=ADMIN)
+        reprice = {"prices": {"sim/sim-1": TYPO}, "tenant": "watched", "commit": True}
+        assert (await http.post("/admin/reprice", json=reprice, headers=ADMIN)).json()["totals"]["restated"] == 2
+        # The next admission goes through the actor's mailbox after the restatement, and its commit
+        # carries the alert the actor queued before it.
+        assert (await http.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
+        alerts = [e for e in await ledger_events(gw) if isinstance(e, Tenant.BudgetThresholdCrossed)]
+        assert [(a.level, a.spent_usd, a.budget_usd) for a in alerts] == [(50, corrected, budget)]
 
 
 async def test_reprice_refuses_bad_requests_by_param() -> None:
