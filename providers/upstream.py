@@ -111,13 +111,13 @@ class Timeouts:
     None of them is silent: each ends the attempt with an error the client sees and the ledger records.
     """
 
-    connect_s: float = 5.0
-    read_s: float = 300.0
-    first_token_s: float = 60.0
-    idle_s: float = 60.0
-    total_s: float | None = None
-    write_s: float = 30.0
-    pool_s: float = 30.0
+    connect_s: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    read_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+    first_token_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    idle_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    total_s: float | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+    write_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    pool_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
 
     def for_stream(self) -> float:
         """httpx's own read timeout for streams: a backstop behind the gateway's stream timers."""

@@ -134,3 +134,10 @@ def test_check_config_cli_lists_every_problem(tmp_path: Path) -> None:
         check=False,
     )
     assert good.returncode == 0 and "OK" in good.stdout
+
+
+def test_timeouts_must_be_positive() -> None:
+    data = {"providers": [{"name": "sim", "kind": "simulator", "timeouts": {"connect_s": -1}}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, {})
+    assert caught.value.problems == ["providers[0].timeouts: 'connect_s' must be > 0: -1.0"]

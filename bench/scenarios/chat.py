@@ -18,6 +18,8 @@ from bench.scenario import Context, Outcome, Table, fmt
 from bench.stats import median
 from bench.target import Target
 
+TWIN_CONCURRENCY = 16  # where Tollgate with an in-memory ledger runs beside the default one
+
 
 @dataclass(frozen=True)
 class Run:
@@ -56,6 +58,9 @@ class ChatScenario:
             order = targets if round_no % 2 == 0 else targets[::-1]
             for concurrency in s.concurrency:
                 for target in order:
+                    twin = target.name == "tollgate-memory" and TWIN_CONCURRENCY in s.concurrency
+                    if twin and concurrency != TWIN_CONCURRENCY:
+                        continue  # the in-memory-ledger twin prices the SQLite ledger at one concurrency
                     run = self._measure(ctx, target, body, concurrency, round_no)
                     runs.append(run)
                     ctx.log(
