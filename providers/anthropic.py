@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import httpx
 
 from events.usage import Usage
-from providers.errors import MalformedResponse, ProviderError, StreamBroken, UpstreamRejected, error_for_status
-from providers.openai import build_client, status_error, stream_timeout, translate_errors
-from providers.sse import SSEDecoder, SSEEvent
+from providers.errors import MalformedResponse, ProviderError, UpstreamRejected, error_for_status
+from providers.openai import SSEChunkStream, build_client, status_error, stream_timeout, translate_errors
+from providers.sse import SSEEvent
 from providers.tokens import message_text
 from providers.upstream import Call, Chunk, Completion, Timeouts
 
@@ -457,7 +456,7 @@ class AnthropicUpstream:
             raise await status_error(self.name, response)
         return decode_response(self.name, response.content)
 
-    async def open_stream(self, call: Call) -> AnthropicChunkStream:
+    async def open_stream(self, call: Call) -> SSEChunkStream:
         request = self._client.build_request(
             "POST", self._url, content=self._encode(call), headers=dict(call.headers), timeout=self._stream_timeout
         )
@@ -465,63 +464,8 @@ class AnthropicUpstream:
             response = await self._client.send(request, stream=True)
         if response.status_code != 200:
             raise await status_error(self.name, response)
-        return AnthropicChunkStream(
-            self.name, response, AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()))
-        )
+        decoder = AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()))
+        return SSEChunkStream(self.name, response, decoder, "message_stop")
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-class AnthropicChunkStream:
-    """`ChunkStream` over an Anthropic event stream; the same semantics as `OpenAIChunkStream`."""
-
-    def __init__(self, provider: str, response: httpx.Response, decoder: AnthropicStreamDecoder) -> None:
-        self._provider = provider
-        self._response = response
-        self._raw: AsyncIterator[bytes] = response.aiter_raw()
-        self._sse = SSEDecoder()
-        self._decoder = decoder
-        self._done = False
-
-    async def next_batch(self) -> list[Chunk]:
-        chunks: list[Chunk] = []
-        while not chunks and not self._done:
-            try:
-                with translate_errors(self._provider):
-                    data = await self._raw.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                raise StreamBroken(
-                    self._provider, f"provider {self._provider!r} ended the stream before message_stop"
-                ) from None
-            except ProviderError:
-                self._done = True
-                raise
-            for event in self._sse.feed(data):
-                try:
-                    chunks.extend(self._decoder.feed(event))
-                except ProviderError:
-                    self._done = True
-                    raise
-                if self._decoder.finished:
-                    self._done = True
-                    await self._drain()
-                    break
-        return chunks
-
-    async def _drain(self) -> None:
-        """Read to the end of the body after message_stop, so the connection goes back to the pool."""
-        try:
-            with translate_errors(self._provider):
-                async for _ in self._raw:
-                    pass
-        except ProviderError:
-            pass
-
-    async def aclose(self) -> None:
-        self._done = True
-        aclose = getattr(self._raw, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        await self._response.aclose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Protocol
 
 import httpx
 
@@ -157,7 +157,7 @@ class OpenAIUpstream:
             raise await status_error(self.name, response)
         return decode_response(self.name, response.content)
 
-    async def open_stream(self, call: Call) -> OpenAIChunkStream:
+    async def open_stream(self, call: Call) -> SSEChunkStream:
         request = self._client.build_request(
             "POST", self._url, content=encode_request(call), headers=dict(call.headers), timeout=self._stream_timeout
         )
@@ -165,18 +165,50 @@ class OpenAIUpstream:
             response = await self._client.send(request, stream=True)
         if response.status_code != 200:
             raise await status_error(self.name, response)
-        return OpenAIChunkStream(self.name, response)
+        return SSEChunkStream(self.name, response, OpenAIStreamDecoder(self.name), "[DONE]")
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-class OpenAIChunkStream:
-    def __init__(self, provider: str, response: httpx.Response) -> None:
+class StreamTranslator(Protocol):
+    """A wire format's stream events → OpenAI chunks; `finished` once its closing event was seen."""
+
+    finished: bool
+
+    def feed(self, event: SSEEvent) -> list[Chunk]: ...
+
+
+class OpenAIStreamDecoder:
+    """OpenAI's own stream: one chunk per event, closed by `[DONE]`."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.finished = False
+
+    def feed(self, event: SSEEvent) -> list[Chunk]:
+        chunk = decode_stream_event(self.provider, event)
+        if chunk is None:
+            self.finished = True
+            return []
+        return [chunk]
+
+
+class SSEChunkStream:
+    """`ChunkStream` over an SSE response body, for any wire format (`translator`).
+
+    Everything that has arrived is returned as one batch; a body that ends before the format's
+    closing event (`end`) is a `StreamBroken`; after it, the body is read to its end so the
+    connection goes back to the pool.
+    """
+
+    def __init__(self, provider: str, response: httpx.Response, translator: StreamTranslator, end: str) -> None:
         self._provider = provider
         self._response = response
         self._raw: AsyncIterator[bytes] = response.aiter_raw()
-        self._decoder = SSEDecoder()
+        self._sse = SSEDecoder()
+        self._translator = translator
+        self._end = end
         self._done = False
 
     async def next_batch(self) -> list[Chunk]:
@@ -185,22 +217,24 @@ class OpenAIChunkStream:
             try:
                 with translate_errors(self._provider):
                     data = await self._raw.__anext__()
+                for event in self._sse.feed(data):
+                    chunks.extend(self._translator.feed(event))
+                    if self._translator.finished:
+                        self._done = True
+                        await self._drain()
+                        break
             except StopAsyncIteration:
                 self._done = True
                 raise StreamBroken(
-                    self._provider, f"provider {self._provider!r} ended the stream before [DONE]"
+                    self._provider, f"provider {self._provider!r} ended the stream before {self._end}"
                 ) from None
-            for event in self._decoder.feed(data):
-                chunk = decode_stream_event(self._provider, event)
-                if chunk is None:
-                    self._done = True
-                    await self._drain()
-                    break
-                chunks.append(chunk)
+            except ProviderError:
+                self._done = True
+                raise
         return chunks
 
     async def _drain(self) -> None:
-        """Read to the end of the body after [DONE], so the connection goes back to the pool."""
+        """Read to the end of the body after the closing event, so the connection goes back to the pool."""
         try:
             with translate_errors(self._provider):
                 async for _ in self._raw:
@@ -214,8 +248,3 @@ class OpenAIChunkStream:
         if aclose is not None:
             await aclose()
         await self._response.aclose()
-
-
-def usage_only(data: dict[str, Any]) -> bool:
-    """Whether a chunk is the closing usage chunk (`choices: []`) of an `include_usage` stream."""
-    return not data.get("choices") and data.get("usage") is not None
