@@ -17,11 +17,11 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import attrs
-import hypercorn.trio
 import trio
-from hypercorn.config import Config as HypercornConfig
 from quart import Response, request
 from quart_trio import QuartTrio
+
+from tests.fake_openai import serving
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -234,13 +234,6 @@ class FakeAnthropic:
 @asynccontextmanager
 async def fake_anthropic(behaviour: Behaviour = Behaviour()) -> AsyncIterator[FakeAnthropic]:
     fake = FakeAnthropic(behaviour=behaviour)
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.1
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(hypercorn.trio.serve, fake.app(), config)
-        fake.url = binds[0] + "/v1"
+    async with serving(fake.app()) as url:
+        fake.url = url
         yield fake
-        nursery.cancel_scope.cancel()

@@ -178,15 +178,22 @@ class FakeOpenAI:
 
 
 @asynccontextmanager
-async def fake_openai(behaviour: Behaviour = Behaviour()) -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI(behaviour=behaviour)
+async def serving(app: QuartTrio) -> AsyncIterator[str]:
+    """Serve a fake's app on a loopback port until the block ends; yields its base URL (…/v1)."""
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.1
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(hypercorn.trio.serve, fake.app(), config)
-        fake.url = binds[0] + "/v1"
-        yield fake
+        binds = await nursery.start(hypercorn.trio.serve, app, config)
+        yield binds[0] + "/v1"
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def fake_openai(behaviour: Behaviour = Behaviour()) -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI(behaviour=behaviour)
+    async with serving(fake.app()) as url:
+        fake.url = url
+        yield fake
