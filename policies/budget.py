@@ -75,10 +75,6 @@ def settle(state: BudgetState, reserved: Decimal, actual: Decimal | None) -> Bud
     return attrs.evolve(state, reserved=max(state.reserved - reserved, ZERO), spent=state.spent + (actual or ZERO))
 
 
-def release(state: BudgetState, reserved: Decimal) -> BudgetState:
-    return attrs.evolve(state, reserved=max(state.reserved - reserved, ZERO))
-
-
 def crossings(budget: Decimal | None, state: BudgetState) -> tuple[BudgetState, list[int]]:
     """Levels newly reached by settled spend, each reported once per period. Nothing is ever
     spent under a zero budget, so it raises no alerts."""
