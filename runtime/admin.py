@@ -280,8 +280,7 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
                 param="prices",
                 code="invalid_value",
             )
-        price_list = books.price_list or PriceList.open()
-        books.price_list = price_list
+        parsed: dict[str, Price | None] = {}  # every entry is checked before any is applied
         for key, value in prices.items():
             provider, slash, model = key.partition("/")
             if not slash or not model or provider not in gateway.providers:
@@ -290,19 +289,22 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
                     param=f"prices.{key}",
                     code="invalid_value",
                 )
-            if value is None:
-                price_list.remove_price(key, effective_from, "api")
-                continue
             try:
-                price = converter.structure(value, Price)
+                parsed[key] = None if value is None else converter.structure(value, Price)
             except (cattrs.BaseValidationError, ValueError, TypeError) as error:
                 problems = format_problems(error) if isinstance(error, cattrs.BaseValidationError) else [str(error)]
                 raise InvalidRequest(
                     f"prices.{key}: {'; '.join(problems)}", param=f"prices.{key}", code="invalid_value"
                 ) from None
-            price_list.set_price(
-                key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, effective_from, "api"
-            )
+        price_list = books.price_list or PriceList.open()
+        books.price_list = price_list
+        for key, price in parsed.items():
+            if price is None:
+                price_list.remove_price(key, effective_from, "api")
+            else:
+                price_list.set_price(
+                    key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, effective_from, "api"
+                )
         await commit(price_list)
         return _json(
             {

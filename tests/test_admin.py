@@ -162,6 +162,18 @@ async def test_pricing_api() -> None:
             response = await http.put("/admin/pricing", json=body, headers=ADMIN)
             assert response.status_code == 400, body
             assert response.json()["error"]["param"] == param
+        half_bad = {
+            "sim/sim-1": {"input_per_mtok": "7", "output_per_mtok": "7"},
+            "nope/x": {"input_per_mtok": "1", "output_per_mtok": "1"},
+        }
+        assert (await http.put("/admin/pricing", json={"prices": half_bad}, headers=ADMIN)).status_code == 400
+        await http.put(
+            "/admin/pricing",
+            json={"prices": {"sim/sim-1": {"input_per_mtok": "1", "output_per_mtok": "2"}}},
+            headers=ADMIN,
+        )
+        history = (await http.get("/admin/pricing", params={"history": "true"}, headers=ADMIN)).json()["data"]
+        assert "7" not in [p["input_per_mtok"] for p in history], "a refused PUT applies nothing, now or later"
         removed = await http.put("/admin/pricing", json={"prices": {"sim/sim-1": None}}, headers=ADMIN)
         assert removed.status_code == 200
         unpriced = await in_thread(gw.client().chat.completions.create, model="sim-1", messages=PROMPT)
