@@ -129,6 +129,18 @@ def serve(config_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str]
     return process, line.split()[-1]
 
 
+def replay_verify(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`tollgate replay --verify` on a config's ledger, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def stop(process: subprocess.Popen[str]) -> str:
     if process.poll() is None:
         process.kill()
@@ -188,14 +200,7 @@ def test_sigkill_right_after_answering_keeps_the_answered_request(tmp_path: Path
     assert [e["type"] for e in events] == ["Request.Admitted", "Request.Completed"]
     assert events[1]["data"]["cost_usd"] == answers[4].json()["x_gateway"]["cost_usd"]
     assert spend_after == spend_before
-    verified = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    verified = replay_verify(config, env)
     assert verified.returncode == 0, verified.stderr
     assert "match" in verified.stdout
 
@@ -223,14 +228,7 @@ def test_replay_verify_reports_a_tampered_projection(tmp_path: Path) -> None:
     projections.db.execute("update spend set cost_nanousd = 999")
     projections.db.conn.commit()
     projections.close()
-    verified = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    verified = replay_verify(config, env)
     assert verified.returncode == 1
     assert "spend" in verified.stderr and "999" in verified.stderr
 
@@ -253,14 +251,7 @@ def test_missing_and_corrupt_ledgers_give_clear_errors(tmp_path: Path) -> None:
     assert served.returncode == 2
     assert "is not a SQLite database" in served.stderr and "Traceback" not in served.stderr
     config.write_text(CONFIG.replace("LEDGER", str(tmp_path / "absent.sqlite3")))
-    verified = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "replay", "--verify", "--config", str(config)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    verified = replay_verify(config, env)
     assert verified.returncode == 2
     assert "no ledger at" in verified.stderr and "Traceback" not in verified.stderr
     LedgerStore(str(tmp_path / "new" / "dir" / "ledger.sqlite3")).close()  # a missing file for serving is created
