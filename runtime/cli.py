@@ -27,15 +27,15 @@ import logging
 import os
 import sys
 import tomllib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
 from events.store import LedgerError
 from policies.tenant import POLICY_FIELDS
-from runtime.config import Config, ConfigError, load_config
+from runtime.config import Config, ConfigError, LedgerConfig, load_config, load_ledger_config
 from runtime.output import FORMATS, write_rows
 from runtime.progress import Progress
 
@@ -49,6 +49,7 @@ POLICY_OPTIONS = {
     "default_provider": str,
 }
 LIST_OPTIONS = ("allowed_models", "fallback_providers")
+T = TypeVar("T")
 
 
 class CommandFailed(Exception):
@@ -150,8 +151,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_config_or_exit(path: str | None) -> Config:
+    return _or_exit(load_config, path)
+
+
+def load_ledger_config_or_exit(path: str | None) -> LedgerConfig:
+    """The offline commands read only `[ledger]` (no provider or tenant secret need be set)."""
+    return _or_exit(load_ledger_config, path)
+
+
+def _or_exit(load: Callable[[str | None], T], path: str | None) -> T:
     try:
-        return load_config(path)
+        return load(path)
     except ConfigError as error:
         print("tollgate: the configuration has problems:", file=sys.stderr)
         for problem in error.problems:
@@ -267,9 +277,9 @@ def _replay(args: argparse.Namespace) -> int:
     if not args.verify:
         print("tollgate replay: only --verify is available", file=sys.stderr)
         return 2
-    config = load_config_or_exit(args.config)
+    ledger = load_ledger_config_or_exit(args.config)
     try:
-        problems = verify(config.ledger.path)
+        problems = verify(ledger.path)
     except LedgerError as error:
         print(f"tollgate replay: {error}", file=sys.stderr)
         return 2
@@ -318,8 +328,8 @@ def _reprice_offline(args: argparse.Namespace, body: dict[str, Any], progress: P
 
     if args.commit:
         raise CommandFailed("--offline is a dry run; commit through the running gateway (drop --offline)")
-    config = load_config_or_exit(args.config)
-    store = LedgerStore(config.ledger.path)
+    ledger = load_ledger_config_or_exit(args.config)
+    store = LedgerStore(ledger.path)
     try:
         try:
             prices, filters = parse_request(body, ledger_price_book(store))

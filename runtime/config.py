@@ -204,19 +204,37 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str], source: st
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    environ = os.environ if environ is None else environ
+def _read(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, dict[str, Any]]:
     path = Path(path or environ.get("TOLLGATE_CONFIG") or DEFAULT_PATH)
     try:
         with path.open("rb") as file:
-            data = tomllib.load(file)
+            return path, tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except OSError as error:
         raise ConfigError([f"{path}: cannot read ({error.strerror})"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path}: not valid TOML ({error})"]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    path, data = _read(path, environ)
     return parse_config(data, environ, str(path))
+
+
+def load_ledger_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> LedgerConfig:
+    """Only the `[ledger]` table, checked: all that the offline commands (`replay --verify`,
+    `reprice --offline`) read. The rest of the file is not checked — they call no provider and
+    authenticate no tenant, so they need none of its secrets in the environment."""
+    environ = os.environ if environ is None else environ
+    path, data = _read(path, environ)
+    try:
+        return converter.structure({"ledger": data.get("ledger", {})}, Config).ledger
+    except (cattrs.BaseValidationError, ValueError, TypeError) as error:
+        raise ConfigError(format_problems(error)) from None
 
 
 def _check_url(url: str) -> str | None:
