@@ -51,6 +51,13 @@ class RoutingIndex:
     def models(self) -> list[str]:
         return list(self._routes)
 
+    def serves(self, model: str) -> bool:
+        """A request for `model` has somewhere to go (a listed name, an alias or `PROVIDER/MODEL`)."""
+        return bool(self.lookup(model))
+
+    def knows_provider(self, name: str) -> bool:
+        return name in self._providers
+
 
 def order_candidates(
     deployments: Sequence[Deployment], default_provider: str | None, fallback_providers: Sequence[str]

@@ -7,12 +7,14 @@ where 0 silently meant unlimited).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, Literal
 
 import attrs
 
 from events.money import usd, usd_str
+from policies.routing import RoutingIndex
 
 
 def _optional_ge(minimum: int) -> Any:
@@ -60,3 +62,33 @@ class TenantPolicy:
 
 
 POLICY_FIELDS = tuple(field.name for field in attrs.fields(TenantPolicy))
+
+
+def reference_problems(
+    policy: TenantPolicy, routes: RoutingIndex, fields: Iterable[str] = POLICY_FIELDS
+) -> list[tuple[str, str]]:
+    """`(field, problem)` for each name among `fields` of `policy` that `routes` does not know, in
+    field order: `default_provider` and `fallback_providers` must name configured providers, and each
+    of `allowed_models` a model the gateway serves (a provider's model, an alias, or `PROVIDER/MODEL`
+    of a configured provider). One check for `check-config` and the admin API alike. It catches typos;
+    admission does not depend on it (a stale name simply matches nothing)."""
+    wanted = set(fields)
+    problems: list[tuple[str, str]] = []
+    providers = {
+        "default_provider": [] if policy.default_provider is None else [policy.default_provider],
+        "fallback_providers": list(policy.fallback_providers),
+    }
+    for field, names in providers.items():
+        if field in wanted:
+            problems.extend((field, f"no provider named {name!r}") for name in names if not routes.knows_provider(name))
+    if "allowed_models" in wanted:
+        problems.extend(
+            (
+                "allowed_models",
+                f"no model named {model!r} is served (not a provider's model, an alias, or PROVIDER/MODEL"
+                " of a configured provider)",
+            )
+            for model in policy.allowed_models
+            if not routes.serves(model)
+        )
+    return problems

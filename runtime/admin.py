@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -37,7 +37,8 @@ from events.tenant import Tenant, tenant_id
 from policies.cost import Price
 from policies.errors import InvalidRequest
 from policies.periods import period_bounds
-from policies.tenant import POLICY_FIELDS, TenantPolicy
+from policies.routing import RoutingIndex
+from policies.tenant import POLICY_FIELDS, TenantPolicy, reference_problems
 from policies.validation import parse_json
 from runtime.auth import hash_key, new_key
 from runtime.books import TenantView
@@ -60,6 +61,17 @@ def tenant_json(view: TenantView) -> dict[str, Any]:
         "updated_at": view.updated_at,
         **TenantPolicy.from_record(view.policy).to_record(),
     }
+
+
+def check_references(policy: TenantPolicy, routes: RoutingIndex, fields: Iterable[str]) -> None:
+    """400 naming every unknown provider or model among `fields` (the rule `check-config` applies)."""
+    problems = reference_problems(policy, routes, fields)
+    if problems:
+        raise InvalidRequest(
+            "; ".join(f"{field}: {problem}" for field, problem in problems) + ".",
+            param=problems[0][0],
+            code="invalid_value",
+        )
 
 
 def structure_policy(data: dict[str, Any]) -> TenantPolicy:
@@ -173,6 +185,7 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
         if not isinstance(enabled, bool):
             raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
         policy = structure_policy(body)
+        check_references(policy, gateway.routes, body)
         if books.tenant(str(tenant_id(name))) is not None:
             raise Conflict(f"A tenant named {name!r} exists already.")
         key = new_key("tg-")
@@ -212,7 +225,9 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
             raise InvalidRequest(
                 f"Unknown tenant field(s): {', '.join(unknown)}.", param=unknown[0], code="invalid_value"
             )
-        record = structure_policy({**current, **body}).to_record()
+        policy = structure_policy({**current, **body})
+        check_references(policy, gateway.routes, body)  # only what this PATCH sets: a stale name may stay
+        record = policy.to_record()
         tenant = await aggregate(view)
         tenant.update({k: v for k, v in record.items() if current.get(k) != v})
         if enabled is True:

@@ -6,17 +6,19 @@
                      | disable T | enable T
     tollgate pricing list [--history] | set PROVIDER/MODEL --input X --output Y [--cached-input Z]
                      [--effective-from TIME] | remove PROVIDER/MODEL [--effective-from TIME]
-    tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day]
+    tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day] [--basis B]
     tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID]
+    tollgate providers
     tollgate replay --verify [--config FILE]
     tollgate reprice (--prices FILE | --as-of TIME | --ledger-prices) [--from T] [--to T] [--tenant T]
                      [--model M] [--provider P] [--commit] [--by NAME] [--offline [--config FILE]]
 
-`tenants`, `pricing`, `spend` and `events` talk to a running gateway's admin API (`--url`, default
-http://127.0.0.1:8080; the admin key from `$TOLLGATE_ADMIN_KEY` or `--admin-key`) and print a table,
-JSON or CSV (`--format`). `replay --verify` works on the ledger files directly. `reprice` is a dry run
-unless `--commit`; it goes through the admin API (the gateway's Journal stays the only writer), or with
-`--offline` reads the ledger file itself for a dry run without a gateway.
+`tenants`, `pricing`, `spend`, `events` and `providers` talk to a running gateway's admin API (`--url`,
+default http://127.0.0.1:8080; the admin key from `$TOLLGATE_ADMIN_KEY` or `--admin-key`) and print a
+table, JSON or CSV (`--format`; `--json` is `--format json`, the API's whole document).
+`replay --verify` works on the ledger files directly, and reads only the config's `[ledger]`.
+`reprice` is a dry run unless `--commit`; it goes through the admin API (the gateway's Journal stays
+the only writer), or with `--offline` reads the ledger file itself for a dry run without a gateway.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import logging
 import os
 import sys
 import tomllib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
+from events.projections import SPEND_BASES
 from events.store import LedgerError
 from policies.tenant import POLICY_FIELDS
-from runtime.config import Config, ConfigError, load_config
+from runtime.config import Config, ConfigError, LedgerConfig, load_config, load_ledger_config
 from runtime.output import FORMATS, write_rows
 from runtime.progress import Progress
 
@@ -49,6 +53,7 @@ POLICY_OPTIONS = {
     "default_provider": str,
 }
 LIST_OPTIONS = ("allowed_models", "fallback_providers")
+T = TypeVar("T")
 
 
 class CommandFailed(Exception):
@@ -59,6 +64,7 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("TOLLGATE_URL", "http://127.0.0.1:8080"), help="the gateway")
     parser.add_argument("--admin-key", default=None, help="admin key (default: $TOLLGATE_ADMIN_KEY)")
     parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
 
 
 def _policy_options(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     spend.add_argument("--from", dest="day_from")
     spend.add_argument("--to", dest="day_to")
     spend.add_argument("--group-by", default="tenant,model,provider")
+    spend.add_argument(
+        "--basis", choices=SPEND_BASES, help="costs as recorded, or as restated by re-pricing (the API's default)"
+    )
 
     events = commands.add_parser("events", help="the audit log")
     _client_options(events)
@@ -124,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=100)
     events.add_argument("--tenant")
     events.add_argument("--request-id")
+
+    providers = commands.add_parser("providers", help="each provider's state, breaker and load")
+    _client_options(providers)
 
     reprice = commands.add_parser("reprice", help="re-price history under a price set (a dry run unless --commit)")
     _client_options(reprice)
@@ -150,8 +162,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_config_or_exit(path: str | None) -> Config:
+    return _or_exit(load_config, path)
+
+
+def load_ledger_config_or_exit(path: str | None) -> LedgerConfig:
+    """The offline commands read only `[ledger]` (no provider or tenant secret need be set)."""
+    return _or_exit(load_ledger_config, path)
+
+
+def _or_exit(load: Callable[[str | None], T], path: str | None) -> T:
     try:
-        return load_config(path)
+        return load(path)
     except ConfigError as error:
         print("tollgate: the configuration has problems:", file=sys.stderr)
         for problem in error.problems:
@@ -229,7 +250,7 @@ def _pricing(args: argparse.Namespace) -> None:
 
 def _spend(args: argparse.Namespace) -> None:
     params = {"group_by": args.group_by}
-    for name, value in (("tenant", args.tenant), ("from", args.day_from), ("to", args.day_to)):
+    for name, value in (("tenant", args.tenant), ("from", args.day_from), ("to", args.day_to), ("basis", args.basis)):
         if value:
             params[name] = value
     body = _call(args, "GET", "/admin/spend", params=params)
@@ -237,6 +258,8 @@ def _spend(args: argparse.Namespace) -> None:
     if args.format == "table" and rows:
         rows = [*rows, {next(iter(rows[0])): "TOTAL", **{k: v for k, v in body["totals"].items()}}]
     write_rows(rows, args.format, document=body)
+    if args.format == "table":
+        print(f"basis: {body['basis']}", file=sys.stderr)
 
 
 def _events(args: argparse.Namespace) -> None:
@@ -246,19 +269,79 @@ def _events(args: argparse.Namespace) -> None:
     if args.request_id:
         params["request_id"] = args.request_id
     body = _call(args, "GET", "/admin/events", params=params)
-    rows = [
-        {
-            "position": e["position"],
-            "type": e["type"],
-            "timestamp": e["timestamp"],
-            "aggregate_id": e["aggregate_id"],
-            **e["data"],
-        }
-        for e in body["data"]
-    ]
-    write_rows(rows, args.format, document=body)
+    write_rows(event_rows(body["data"]), args.format, document=body)
     if args.format == "table":
         print(f"next: --after {body['next_after']}", file=sys.stderr)
+
+
+SUMMARY_CHARS = 120
+SUMMARY_FIRST = ("outcome", "reason", "status", "error_kind", "cost_usd", "new_cost_usd")  # what a reader looks for
+
+
+def event_rows(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per event, the same columns for every type: position, time, type, tenant, request id
+    and `key=value` pairs of the remaining fields, `SUMMARY_FIRST` first (cut at `SUMMARY_CHARS`;
+    `--json` has them whole).
+    Events that carry no tenant or request id (a request's terminal event, a tenant's update) are
+    named from an earlier event of their aggregate on the same page."""
+    names: dict[str, tuple[str | None, str | None]] = {}  # aggregate id → (tenant, request id)
+    rows = []
+    for event in events:
+        data = dict(event["data"])
+        tenant = data.pop("tenant", None)
+        if event["type"].startswith("Tenant."):
+            tenant = data.pop("name", tenant)
+        request_id = data.pop("request_id", None)
+        known = names.get(event["aggregate_id"], (None, None))
+        tenant, request_id = tenant or known[0], request_id or known[1]
+        names[event["aggregate_id"]] = (tenant, request_id)
+        order = [key for key in SUMMARY_FIRST if key in data] + [key for key in data if key not in SUMMARY_FIRST]
+        pairs = " ".join(f"{key}={_summary_value(key, data[key])}" for key in order)
+        rows.append(
+            {
+                "position": event["position"],
+                "time": _event_time(event["timestamp"]),
+                "type": event["type"],
+                "tenant": tenant,
+                "request_id": request_id,
+                "summary": pairs if len(pairs) <= SUMMARY_CHARS else pairs[: SUMMARY_CHARS - 1] + "…",
+            }
+        )
+    return rows
+
+
+def _summary_value(key: str, value: Any) -> str:
+    if key.endswith("_sha256") and isinstance(value, str):
+        return value[:8] + "…"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _event_time(timestamp: str) -> str:
+    """`2026-11-01T12:00:00.123Z` (UTC, milliseconds)."""
+    moment = datetime.fromisoformat(timestamp).astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+PROVIDER_COLUMNS = (
+    "kind",
+    "state",
+    "breaker",
+    "half_open_in_s",
+    "in_flight",
+    "max_concurrency",
+    "waiting",
+    "requests",
+    "failures",
+    "last_error",
+)
+
+
+def _providers(args: argparse.Namespace) -> None:
+    body = _call(args, "GET", "/admin/providers")
+    rows = [{"provider": p["name"], **{c: p.get(c) for c in PROVIDER_COLUMNS}} for p in body["providers"]]
+    write_rows(rows, args.format, document=body)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -267,9 +350,9 @@ def _replay(args: argparse.Namespace) -> int:
     if not args.verify:
         print("tollgate replay: only --verify is available", file=sys.stderr)
         return 2
-    config = load_config_or_exit(args.config)
+    ledger = load_ledger_config_or_exit(args.config)
     try:
-        problems = verify(config.ledger.path)
+        problems = verify(ledger.path)
     except LedgerError as error:
         print(f"tollgate replay: {error}", file=sys.stderr)
         return 2
@@ -318,8 +401,8 @@ def _reprice_offline(args: argparse.Namespace, body: dict[str, Any], progress: P
 
     if args.commit:
         raise CommandFailed("--offline is a dry run; commit through the running gateway (drop --offline)")
-    config = load_config_or_exit(args.config)
-    store = LedgerStore(config.ledger.path)
+    ledger = load_ledger_config_or_exit(args.config)
+    store = LedgerStore(ledger.path)
     try:
         try:
             prices, filters = parse_request(body, ledger_price_book(store))
@@ -396,6 +479,8 @@ def _ledger_error(error: BaseException) -> LedgerError | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in ("httpx", "httpcore"):  # one INFO line per HTTP call says nothing a command's output does not
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         if args.command == "check-config":
             config = load_config_or_exit(args.config)
@@ -419,9 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return _replay(args)
-        {"tenants": _tenants, "pricing": _pricing, "spend": _spend, "events": _events, "reprice": _reprice}[
-            args.command
-        ](args)
+        {
+            "tenants": _tenants,
+            "pricing": _pricing,
+            "spend": _spend,
+            "events": _events,
+            "providers": _providers,
+            "reprice": _reprice,
+        }[args.command](args)
         return 0
     except CommandFailed as error:
         print(f"tollgate {args.command}: {error}", file=sys.stderr)

@@ -21,8 +21,8 @@ import httpx
 from events.money import usd
 from policies.breaker import BreakerConfig
 from policies.cost import Price
-from policies.routing import Deployment
-from policies.tenant import POLICY_FIELDS, TenantPolicy
+from policies.routing import Deployment, RoutingIndex
+from policies.tenant import POLICY_FIELDS, TenantPolicy, reference_problems
 from providers.anthropic import AnthropicSettings
 from providers.simulator import SimulatorSettings
 from providers.upstream import Timeouts
@@ -119,6 +119,13 @@ class Config:
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
 
+    def routing_index(self) -> RoutingIndex:
+        """The public model names this config serves: each provider's `models`, then the aliases."""
+        return RoutingIndex.build(
+            [(p.name, p.models) for p in self.providers],
+            {name: alias.deployments for name, alias in self.models.items()},
+        )
+
 
 def _structure_decimal(value: Any, _: type) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -204,19 +211,37 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str], source: st
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    environ = os.environ if environ is None else environ
+def _read(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, dict[str, Any]]:
     path = Path(path or environ.get("TOLLGATE_CONFIG") or DEFAULT_PATH)
     try:
         with path.open("rb") as file:
-            data = tomllib.load(file)
+            return path, tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except OSError as error:
         raise ConfigError([f"{path}: cannot read ({error.strerror})"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path}: not valid TOML ({error})"]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    path, data = _read(path, environ)
     return parse_config(data, environ, str(path))
+
+
+def load_ledger_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> LedgerConfig:
+    """Only the `[ledger]` table, checked: all that the offline commands (`replay --verify`,
+    `reprice --offline`) read. The rest of the file is not checked — they call no provider and
+    authenticate no tenant, so they need none of its secrets in the environment."""
+    environ = os.environ if environ is None else environ
+    path, data = _read(path, environ)
+    try:
+        return converter.structure({"ledger": data.get("ledger", {})}, Config).ledger
+    except (cattrs.BaseValidationError, ValueError, TypeError) as error:
+        raise ConfigError(format_problems(error)) from None
 
 
 def _check_url(url: str) -> str | None:
@@ -276,6 +301,7 @@ def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
         elif provider_name not in seen:
             problems.append(f'pricing."{key}": no provider named {provider_name!r}')
     names: set[str] = set()
+    routes = config.routing_index()
     for index, tenant in enumerate(config.tenants):
         where = f"tenants[{index}]"
         if not tenant.name:
@@ -289,14 +315,7 @@ def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
             problems.append(f"{where}.api_key_sha256: expected 64 lowercase hex digits")
         if tenant.api_key_env is not None and not environ.get(tenant.api_key_env):
             problems.append(f"{where}.api_key_env: environment variable {tenant.api_key_env} is not set")
-        preferred: dict[str, list[str | None]] = {
-            "default_provider": [tenant.default_provider],
-            "fallback_providers": list(tenant.fallback_providers),
-        }
-        for field, providers in preferred.items():
-            for wanted in providers:
-                if wanted is not None and wanted not in seen:
-                    problems.append(f"{where}.{field}: no provider named {wanted!r}")
+        problems.extend(f"{where}.{field}: {problem}" for field, problem in reference_problems(tenant.policy(), routes))
     if not config.admin.api_key_env:
         problems.append("admin.api_key_env: must name an environment variable")
     return problems

@@ -338,10 +338,7 @@ async def open_gateway(
     gateway = Gateway(
         config=config,
         providers=handles,
-        routes=RoutingIndex.build(
-            [(p.name, p.models) for p in config.providers],
-            {name: alias.deployments for name, alias in config.models.items()},
-        ),
+        routes=config.routing_index(),
         books=books,
         journal=journal,
         projector=projector,

@@ -137,6 +137,11 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
     return json_response(error_body(message, type_, code, param), status, headers)
 
 
+def model_json(name: str) -> dict[str, Any]:
+    """OpenAI's model object."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"}
+
+
 def _loose_json(raw: bytes | str) -> dict[str, Any]:
     """The body as an object if it is one (for recording what a refused request asked for)."""
     try:
@@ -308,8 +313,16 @@ def create_app(gateway: Gateway) -> QuartTrio:
         tenant = gateway.books.authenticate(request.headers.get("Authorization"))
         allowed = TenantPolicy.from_record(tenant.policy).allowed_models
         names = [name for name in gateway.routes.models() if not allowed or name in allowed]
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in names]
-        return json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": [model_json(name) for name in names]})
+
+    @app.get("/v1/models/<path:model>")  # ids may hold '/': an alias, or PROVIDER/MODEL
+    async def retrieve_model(model: str) -> Response:
+        """Any name the chat route would serve this tenant; otherwise 404 `model_not_found`, as OpenAI."""
+        tenant = gateway.books.authenticate(request.headers.get("Authorization"))
+        allowed = TenantPolicy.from_record(tenant.policy).allowed_models
+        if not gateway.routes.serves(model) or (allowed and model not in allowed):
+            raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.")
+        return json_response(model_json(model))
 
     @app.get("/healthz")
     async def healthz() -> Response:

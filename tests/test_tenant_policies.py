@@ -100,7 +100,7 @@ async def test_budget_seed_cases(mock_clock: trio.testing.MockClock) -> None:
 
 async def test_refusals_and_their_events(mock_clock: trio.testing.MockClock) -> None:
     async with running_gateway(make_config(pricing=FIFTY)) as gw, gw.http() as http:
-        limited = await new_tenant(http, "lim", allowed_models=["other"], rpm=1)
+        limited = await new_tenant(http, "lim", allowed_models=["sim/other"], rpm=1)
         not_allowed = await chat(http, limited)
         assert not_allowed.status_code == 403 and not_allowed.json()["error"]["code"] == "model_not_allowed"
         models = (await http.get("/v1/models", headers=limited)).json()["data"]
