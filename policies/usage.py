@@ -58,8 +58,10 @@ def _within(usage: Usage, bounds: UsageBounds) -> Usage:
 def billed_usage(reported: Usage | None, estimate: Usage, bounds: UsageBounds) -> Usage:
     """The usage to record and price for a request that reported `reported` (None: nothing), whose
     gateway estimate is `estimate`, under `bounds`."""
-    if reported is None or reported.source == "estimated":
+    if reported is None:
         return _within(attrs.evolve(estimate, source="estimated"), bounds)
+    if reported.source == "estimated":  # the gateway's own estimate, made by the caller
+        return _within(reported, bounds)
     if reported.source == "provider_invalid" or not is_valid(reported):
         return _within(attrs.evolve(estimate, source="provider_invalid"), bounds)
     billed = _within(attrs.evolve(reported, source="provider"), bounds)

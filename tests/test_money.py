@@ -283,7 +283,7 @@ def test_no_hostile_usage_lowers_spend_or_exceeds_a_hard_budget(
         reservation = budget.reserve(budget_usd, "hard", state, worst)
         if reservation.allowed:
             after = budget.settle(reservation.state, worst, cost)
-            assert after.spent <= budget_usd
+            assert state.spent <= after.spent <= budget_usd
             assert after.reserved == 0
 
 
