@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ from policies.usage import ABSURD_TOKENS, UsageBounds, billed_usage
 from policies.validation import MAX_N, parse_chat_request
 from providers.anthropic import normalise_usage
 from runtime.auth import DEMO_KEY
+from runtime.replay import verify_open
 from tests.fake_openai import Behaviour, fake_openai
 from tests.harness import ADMIN, ledger_events, make_config, openai_provider, running_gateway
 
@@ -213,7 +215,12 @@ async def test_hostile_upstream_usage_never_lowers_spend_nor_breaks_a_hard_budge
                 Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
                 Price(Decimal(10), Decimal(10)),
             ), "the recorded cost is recomputable from the recorded counts"
-        assert fake.bodies
+        gateway = gw.gateway
+        await gateway.projector.wait_for(gateway.journal.position)
+        problems = await trio.to_thread.run_sync(
+            lambda: verify_open(gateway.store, gateway.projector.projections), limiter=gateway.projector._limiter
+        )
+        assert problems == [], "replay --verify stays clean"
 
 
 counts = st.one_of(
