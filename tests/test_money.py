@@ -332,3 +332,36 @@ async def test_a_zero_rpm_refusal_names_no_token_count_and_quotes_once() -> None
         tokens = await new_tenant(http, "tpm-1", tpm=1)
         too_big = (await http.post("/v1/chat/completions", json=body, headers=tokens)).json()["error"]["message"]
         assert "tokens-per-minute limit of tenant 'tpm-1' (1)" in too_big and "''" not in too_big
+
+
+ANTHROPIC_HOSTILE: list[tuple[str, dict[str, Any], str]] = [
+    ("negative_input", {"input_tokens": -1_000_000}, "provider_invalid"),
+    ("string_input", {"input_tokens": "9"}, "provider_invalid"),
+    ("huge_output", {"output_tokens": 10**15}, "provider_capped"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize(("name", "fields", "source"), ANTHROPIC_HOSTILE, ids=[h[0] for h in ANTHROPIC_HOSTILE])
+async def test_hostile_anthropic_usage_is_bounded_too(
+    name: str, fields: dict[str, Any], source: str, stream: bool
+) -> None:
+    from tests.fake_anthropic import Behaviour as AnthropicBehaviour
+    from tests.fake_anthropic import fake_anthropic
+
+    async with fake_anthropic(AnthropicBehaviour(**fields)) as fake:
+        provider = {"name": "claude", "kind": "anthropic", "base_url": fake.url, "api_key_env": "FAKE_KEY"}
+        pricing = {"claude/claude-test": {"input_per_mtok": "10", "output_per_mtok": "10"}}
+        config = make_config(providers=[{**provider, "models": ["claude-test"]}], pricing=pricing)
+        async with running_gateway(config) as gw, gw.http() as http:
+            auth = await new_tenant(http, "victim", budget_usd="0.01")
+            body = {"model": "claude-test", "messages": PROMPT, "max_tokens": 50, "stream": stream}
+            response = await http.post("/v1/chat/completions", json=body, headers=auth)
+            assert response.status_code == 200, response.text
+            assert ZERO <= await spent(http, auth) <= Decimal("0.01")
+            events = await ledger_events(gw)
+            (reserved,) = [e.reserved_usd for e in events if isinstance(e, Request.Admitted)]
+            (done,) = settled(events)
+            assert done.usage_source == source
+            assert done.cost_usd is not None and ZERO <= done.cost_usd <= reserved
+            assert 0 <= done.completion_tokens <= 50 and done.prompt_tokens >= 0
