@@ -3,7 +3,9 @@
     spend          tenant × UTC day × model × provider: requests, tokens, cost (integer nano-dollars), unpriced;
                    cost_nanousd is the cost as restated (as recorded + every `CostRestated` delta),
                    restated_nanousd the sum of those deltas, newly_priced the requests a restatement
-                   priced (they are no longer counted in unpriced); as recorded = cost − restated
+                   priced (they are no longer counted in unpriced); as recorded = cost − restated;
+                   interrupted_unknown_usage the requests crash recovery settled as `interrupted`
+                   (their usage is unknown: their recorded 0 tokens and $0 are not true)
     outcomes       provider × outcome: count (terminal outcomes, failed attempts, rejections)
     prices         every price entry (the price book)
     tenants        tenant id → name, enabled, policy, source; tenant_keys: key hash → tenant, valid_until
@@ -33,8 +35,9 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 3  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 4  # bump when a table changes: projections are rebuilt from the ledger
 SPEND_KEY = ("tenant", "day", "model", "provider")
+INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
 TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
 
 
@@ -91,6 +94,7 @@ def _spend_row(changes: Changes, key: tuple[str, str, str, str]) -> dict[str, An
             "unpriced": 0,
             "restated": Decimal(0),
             "newly_priced": 0,
+            "interrupted_unknown_usage": 0,
         },
     )
 
@@ -143,6 +147,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             totals["prompt_tokens"] += event.prompt_tokens
             totals["completion_tokens"] += event.completion_tokens
             totals["cached_tokens"] += event.cached_tokens
+            totals["interrupted_unknown_usage"] += event.outcome == INTERRUPTED
             if event.cost_usd is None:
                 totals["unpriced"] += 1
             else:
@@ -267,6 +272,7 @@ class Projections:
                 "unpriced": int,
                 "restated_nanousd": int,
                 "newly_priced": int,
+                "interrupted_unknown_usage": int,
             },
             pk=SPEND_KEY,
             if_not_exists=True,
@@ -343,8 +349,9 @@ class Projections:
         if changes.spend:
             db.conn.executemany(
                 """insert into spend (tenant, day, model, provider, requests, prompt_tokens, completion_tokens,
-                       cached_tokens, cost_nanousd, unpriced, restated_nanousd, newly_priced)
-                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       cached_tokens, cost_nanousd, unpriced, restated_nanousd, newly_priced,
+                       interrupted_unknown_usage)
+                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    on conflict (tenant, day, model, provider) do update set
                        requests = requests + excluded.requests,
                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
@@ -353,7 +360,8 @@ class Projections:
                        cost_nanousd = cost_nanousd + excluded.cost_nanousd,
                        unpriced = unpriced + excluded.unpriced,
                        restated_nanousd = restated_nanousd + excluded.restated_nanousd,
-                       newly_priced = newly_priced + excluded.newly_priced""",
+                       newly_priced = newly_priced + excluded.newly_priced,
+                       interrupted_unknown_usage = interrupted_unknown_usage + excluded.interrupted_unknown_usage""",
                 [
                     (
                         *key,
@@ -365,6 +373,7 @@ class Projections:
                         d["unpriced"],
                         nano(d["restated"]),
                         d["newly_priced"],
+                        d["interrupted_unknown_usage"],
                     )
                     for key, d in changes.spend.items()
                 ],
@@ -422,7 +431,8 @@ def spend_report(
     """Spend rows summed over `group_by` (a subset of SPEND_GROUPS), days inclusive, money exact.
 
     `basis` "restated" (the default, what budgets use) folds re-pricings in; "as_recorded" gives the
-    costs as first recorded (and counts newly priced requests as unpriced again)."""
+    costs as first recorded (and counts newly priced requests as unpriced again).
+    `interrupted_unknown_usage` counts requests whose usage is unknown (their $0 is not true)."""
     as_recorded = basis == "as_recorded"
     where, args = [], []
     if tenant is not None:
@@ -449,9 +459,17 @@ def spend_report(
                 "cached_tokens": 0,
                 "cost": Decimal(0),
                 "unpriced": 0,
+                "interrupted_unknown_usage": 0,
             },
         )
-        for field in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "unpriced"):
+        for field in (
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "unpriced",
+            "interrupted_unknown_usage",
+        ):
             total[field] += row[field]
         if as_recorded:
             total["unpriced"] += row["newly_priced"]

@@ -6,7 +6,8 @@ from typing import Literal
 
 import attrs
 
-UsageSource = Literal["provider", "estimated"]
+UsageSource = Literal["provider", "estimated", "provider_invalid", "provider_capped"]
+"""How the counts were obtained; `policies.usage` documents each value."""
 
 
 @attrs.frozen
@@ -39,13 +40,17 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: object) -> Usage | None:
-        """Read an OpenAI `usage` object; None when absent or not shaped like one."""
-        if not isinstance(usage, dict):
+        """Read an OpenAI `usage` object; None when absent. Counts that are not integers make a
+        usage with source `provider_invalid` (counts 0): reported, but unreadable. Whether readable
+        counts are acceptable is `policies.usage`'s decision, not this reader's."""
+        if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
             return None
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens", 0)
-        if not isinstance(prompt, int) or not isinstance(completion, int):
-            return None
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-        return cls(prompt, completion, cached if isinstance(cached, int) else 0)
+        if cached is None:
+            cached = 0
+        if type(prompt) is not int or type(completion) is not int or type(cached) is not int:
+            return cls(0, 0, 0, "provider_invalid")
+        return cls(prompt, completion, cached)

@@ -1,10 +1,28 @@
 """Budgets: reserve the worst case before the call, replace it by the actual cost after.
 
-    worst case = prompt upper bound × input price + max output tokens × output price   (per 1e6 tokens)
+    worst case = prompt upper bound × max(input, cached input) price
+               + max output tokens × n × output price                               (per 1e6 tokens)
 
-The prompt upper bound counts one token per UTF-8 byte of text (no tokenizer produces more) plus a
-per-message allowance. A *hard* budget admits a request only if spent + reserved + worst case stays
-within the budget, so concurrent requests can never overspend it; a *soft* budget admits while
+The prompt upper bound counts one token per UTF-8 byte of the request body as JSON (no tokenizer
+produces more; the body holds every text the provider bills: messages, names, system/developer
+content, tools, functions, tool_choice, response_format schemas), plus allowances for what
+providers add around that text:
+    TOKENS_PER_MESSAGE   per message (role and separators)
+    TOKENS_PER_REQUEST   per request (the reply's priming)
+    TOKENS_FOR_TOOLS     once when tools are declared (Anthropic's tool-use system prompt is
+                         346 tokens; OpenAI's function preamble is smaller), plus TOKENS_PER_TOOL each
+    IMAGE_PART_TOKENS    per image part. A stated bound above the documented maxima: OpenAI's tile
+                         scheme (gpt-4o, gpt-4.1: 85 + 170 × 8 tiles = 1 445 for the largest
+                         high-detail image), its patch scheme (gpt-4.1-mini: 1 536 patches × 1.62 =
+                         2 489) and Anthropic's (≈ 1 600 for 1.15 megapixels). Not covered: models
+                         that bill images at a multiple of these (gpt-4o-mini counts 2 833 + 5 667 per
+                         tile, priced to cost the same as gpt-4o) and files referenced by id.
+A request for `n` choices may produce `n` × max output tokens.
+
+A *hard* budget admits a request only if spent + reserved + worst case stays within the budget, and
+settles the usage `policies.usage` bills, which stays within the reservation's token counts, so
+concurrent requests and hostile upstreams can never overspend it (bound 0, given the price in force
+at admission is the one the request is priced at); a *soft* budget admits while
 spent < budget. No budget means no limit; a budget of 0 means nothing may be spent.
 
 Threshold alerts: crossing 50 %, 80 % and 100 % of a period's budget is reported once per level
@@ -24,14 +42,25 @@ from policies.cost import Price
 LEVELS = (50, 80, 100)
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_REQUEST = 16
+TOKENS_FOR_TOOLS = 1024
+TOKENS_PER_TOOL = 16
+IMAGE_PART_TOKENS = 2560
 
 
-def prompt_upper_bound(prompt_bytes: int, messages: int) -> int:
-    return prompt_bytes + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REQUEST
+def prompt_upper_bound(prompt_bytes: int, messages: int, images: int = 0, tools: int = 0) -> int:
+    """At least as many input tokens as any provider bills for the request (see the module docstring)."""
+    tool_allowance = TOKENS_FOR_TOOLS + TOKENS_PER_TOOL * tools if tools else 0
+    return (
+        prompt_bytes + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REQUEST + IMAGE_PART_TOKENS * images + tool_allowance
+    )
 
 
 def worst_case_cost(prompt_tokens: int, output_tokens: int, price: Price) -> Decimal:
-    return usd((prompt_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / MTOK)
+    """The most `prompt_tokens` in and `output_tokens` out (all choices together) can cost; never
+    below `policies.cost.cost_of` of any usage within those counts."""
+    cached = price.cached_input_per_mtok
+    input_rate = max(price.input_per_mtok, cached) if cached is not None else price.input_per_mtok
+    return usd((prompt_tokens * input_rate + output_tokens * price.output_per_mtok) / MTOK)
 
 
 @attrs.frozen

@@ -30,7 +30,7 @@ in floating point (100 × 1 is exactly 100), where GCRA's 100 × 0.6 s is not.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -153,3 +153,20 @@ def adjust(limit: RateLimit, state: RateState, now: float, delta_cost: float) ->
     """Charge `delta_cost` more (or refund it, if negative) after the fact, without a check."""
     drained = _drained(limit, state, now)
     return attrs.evolve(drained, level=max(0.0, drained.level + delta_cost))
+
+
+def never_message(tenant: str, tokens: int, never: Mapping[str, Quota]) -> str:
+    """Why a request can never pass, by limit kind ("requests", "tokens") of the limits that refuse
+    it forever; the token count is named only where tokens are the reason."""
+    reasons = []
+    if "requests" in never:
+        reasons.append(f"tenant {tenant!r} has a requests-per-minute limit of {never['requests'].limit}")
+    if "tokens" in never:
+        reasons.append(
+            f"this request may use up to {tokens} tokens, more than the tokens-per-minute limit of tenant "
+            f"{tenant!r} ({never['tokens'].limit}) allows at once"
+        )
+    if not reasons:
+        return f"This request can never pass tenant {tenant!r}'s rate limits."
+    text = "; ".join(reasons)
+    return f"{text[0].upper()}{text[1:]}, so no amount of waiting admits it."

@@ -1,4 +1,12 @@
-"""Validate only the fields the gateway reads (DESIGN §3); everything else is forwarded untouched."""
+"""Validate only the fields the gateway reads (DESIGN §3); everything else is forwarded untouched.
+
+`prompt_bytes` is the UTF-8 size of the whole body as compact JSON: every field a provider turns
+into input tokens (messages and their names, system/developer content, tools, functions,
+tool_choice, response_format schemas, ...) is text inside it, and no tokenizer makes more than one
+token of a byte, so it bounds all of them at once, including fields added later. Image parts cost
+tokens their bytes do not show; they are counted apart (`image_parts`, priced by
+`policies.budget.IMAGE_PART_TOKENS`). `n` (choices per request) is an integer in 1..`MAX_N`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ import attrs
 from policies.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+MAX_N = 128
 
 
 @attrs.frozen
@@ -24,6 +34,9 @@ class ChatRequest:
     max_tokens: int | None
     prompt_bytes: int
     message_count: int
+    image_parts: int = 0
+    n: int = 1
+    tool_count: int = 0
 
 
 def parse_json(raw: bytes | str) -> Any:
@@ -47,26 +60,28 @@ def _expect(value: object, kind: type, param: str, wanted: str) -> None:
         raise InvalidRequest(f"'{param}' must be {wanted}, not {_type_name(value)}.", param=param, code="invalid_type")
 
 
-def _content_bytes(content: object, param: str) -> int:
-    if content is None:
+def _image_parts(content: object, param: str) -> int:
+    """Check a message's content; the number of image parts it holds."""
+    if content is None or isinstance(content, str):
         return 0
-    if isinstance(content, str):
-        return len(content.encode())
     if isinstance(content, list):
-        size = 0
+        images = 0
         for index, part in enumerate(content):
             _expect(part, dict, f"{param}[{index}]", "an object (a content part)")
-            text = part.get("text")
-            if isinstance(text, str):
-                size += len(text.encode())
-            else:
-                size += len(json.dumps(part, separators=(",", ":")).encode())
-        return size
+            images += part.get("type") in IMAGE_PARTS
+        return images
     raise InvalidRequest(
         f"'{param}' must be a string or an array of content parts, not {_type_name(content)}.",
         param=param,
         code="invalid_type",
     )
+
+
+def body_bytes(body: Mapping[str, Any]) -> int:
+    """The UTF-8 size of `body` as compact JSON (a lone surrogate counts its 3 bytes; rejecting it is
+    not this function's business)."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
@@ -97,7 +112,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     _expect(messages, list, "messages", "an array")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages", code="invalid_value")
-    prompt_bytes = 0
+    image_parts = 0
     for index, message in enumerate(messages):
         param = f"messages[{index}]"
         _expect(message, dict, param, "an object")
@@ -113,10 +128,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
                 param=f"{param}.role",
                 code="invalid_value",
             )
-        prompt_bytes += _content_bytes(message.get("content"), f"{param}.content")
-        for extra in ("tool_calls", "function_call"):
-            if extra in message:
-                prompt_bytes += len(json.dumps(message[extra], separators=(",", ":")).encode())
+        image_parts += _image_parts(message.get("content"), f"{param}.content")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -129,4 +141,11 @@ def parse_chat_request(body: Any) -> ChatRequest:
         _expect(flag, bool, "stream_options.include_usage", "a boolean")
         include_usage = bool(flag)
     max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
-    return ChatRequest(body, model, stream, include_usage, max_tokens, prompt_bytes, len(messages))
+    n = _positive_int(body, "n") or 1
+    if n > MAX_N:
+        raise InvalidRequest(f"'n' must be at most {MAX_N}, not {n}.", param="n", code="invalid_value")
+    tools = [body.get(key) for key in ("tools", "functions")]
+    tool_count = sum(len(value) for value in tools if isinstance(value, list))
+    return ChatRequest(
+        body, model, stream, include_usage, max_tokens, body_bytes(body), len(messages), image_parts, n, tool_count
+    )

@@ -245,7 +245,12 @@ def finish_reason(stop_reason: Any) -> str:
 
 
 def normalise_usage(usage: Mapping[str, Any]) -> Usage:
-    """Anthropic usage under OpenAI's rule: the prompt includes cache reads and cache writes."""
+    """Anthropic usage under OpenAI's rule: the prompt includes cache reads and cache writes. A count
+    that is not a non-negative integer makes it `provider_invalid` (a sum would hide it; see
+    `policies.usage`)."""
+    keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    if any(usage.get(key) is not None and not (type(usage[key]) is int and usage[key] >= 0) for key in keys):
+        return Usage(0, 0, 0, "provider_invalid")
 
     def count(key: str) -> int:
         value = usage.get(key)
@@ -396,7 +401,7 @@ class AnthropicStreamDecoder:
     def _merge_usage(self, usage: Any) -> None:
         """Usage counts are cumulative: a later event's value replaces an earlier one."""
         if isinstance(usage, dict):
-            fresh = {key: value for key, value in usage.items() if isinstance(value, int)}
+            fresh = {key: value for key, value in usage.items() if value is not None}
             self._usage = {**(self._usage or {}), **fresh}
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> Chunk:

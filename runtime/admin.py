@@ -436,6 +436,7 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
                 "remaining_usd": None if budget is None else usd_str(max(budget - spent - reserved, ZERO)),
                 "requests": rows[0]["requests"] if rows else 0,
                 "unpriced_requests": rows[0]["unpriced"] if rows else 0,
+                "interrupted_unknown_usage": rows[0]["interrupted_unknown_usage"] if rows else 0,
             }
         )
 
@@ -447,6 +448,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "completion_tokens": 0,
         "cached_tokens": 0,
         "unpriced": 0,
+        "interrupted_unknown_usage": 0,
     }
     cost = ZERO
     for row in rows:

@@ -1,13 +1,16 @@
 """The ledger side of one request: its `Request` aggregate, written as the request goes.
 
 `admit` queues `Admitted` without waiting (a full Journal refuses the request with 503);
-`attempt_failed` adds to the aggregate; `settle` prices the usage, appends the one terminal event
-and waits until it is durable — exactly once, whatever path the request ends on. `reject` records a
+`attempt_failed` adds to the aggregate; `settle` checks the reported usage against what the
+admission allowed (`policies.usage`: the counts recorded are the ones billed, flagged in
+`usage_source` when they are not the provider's), prices it, appends the one terminal event and
+waits until it is durable — exactly once, whatever path the request ends on. `reject` records a
 request refused before dispatch.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,7 @@ from events.request import Request
 from events.usage import Usage
 from policies.cost import Priced
 from policies.routing import Deployment
+from policies.usage import billed_usage
 from policies.validation import ChatRequest
 from providers.errors import ProviderError
 from providers.tokens import estimate_prompt_tokens
@@ -25,6 +29,8 @@ from runtime.tenant_actor import Admission
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway
+
+log = logging.getLogger("tollgate.record")
 
 
 def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
@@ -76,13 +82,35 @@ class RequestRecord:
         assert self._aggregate is not None
         self._aggregate.attempt_failed(deployment.provider, deployment.model, error.kind, error.status, error.retryable)
 
-    async def settle(self, kind: type[Request.Settled], outcome: str, usage: Usage | None) -> Priced:
-        """Record the terminal event and wait until it is committed. Idempotent."""
+    async def settle(
+        self, kind: type[Request.Settled], outcome: str, usage: Usage | None, content_bytes: int = 0
+    ) -> Priced:
+        """Record the terminal event and wait until it is committed. Idempotent. `usage` None means
+        nothing was consumed; `content_bytes` (delivered to the client) feeds the estimate that
+        replaces unusable reported usage."""
         if self.priced is not None:
             return self.priced
         assert self._aggregate is not None
         deployment = self._exchange.deployment
-        usage = usage or Usage(0, 0, 0, "estimated")
+        if usage is None:
+            usage = Usage(0, 0, 0, "estimated")
+        else:
+            reported = usage
+            usage = billed_usage(reported, estimate_usage(self.chat, content_bytes), self.admission.usage_bounds)
+            if usage.source in ("provider_invalid", "provider_capped"):
+                log.warning(
+                    "request %s: provider %s reported usage %s (prompt %r, completion %r, cached %r); billed "
+                    "prompt %d, completion %d, cached %d",
+                    self._exchange.request_id,
+                    deployment.provider if deployment else None,
+                    "that is not valid" if usage.source == "provider_invalid" else "beyond what was reserved",
+                    reported.prompt_tokens,
+                    reported.completion_tokens,
+                    reported.cached_tokens,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cached_tokens,
+                )
         if deployment is not None and usage.total_tokens:
             priced = self._gateway.books.prices.price(deployment.provider, deployment.model, usage, self.received_at)
         else:

@@ -135,7 +135,7 @@ class StreamRelay:
         self._finished = True
         await close_quietly(self._stream)
         await self._lease.release(outcome)
-        await self._record.settle(kind, result, self._usage_so_far())
+        await self._record.settle(kind, result, self._usage_so_far(), self.content_bytes)
 
     async def aclose(self, reason: str | None = None) -> None:
         """Close now (called by Quart, then by the request's lifetime guard with the reason)."""

@@ -154,9 +154,8 @@ async def complete(gateway: Gateway, record: RequestRecord, exchange: Exchange) 
         await settle_failure(record, error)
         raise
     await lease.release(SUCCESS)
-    await record.settle(
-        Request.Completed, "ok", completion.usage or estimate_usage(record.chat, _content_bytes(completion))
-    )
+    delivered = _content_bytes(completion)
+    await record.settle(Request.Completed, "ok", completion.usage or estimate_usage(record.chat, delivered), delivered)
     return completion
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -28,6 +29,7 @@ from policies.errors import BudgetExceeded, ModelNotAllowed, ModelUnpriced, Rate
 from policies.periods import period_bounds
 from policies.routing import Deployment, order_candidates
 from policies.tenant import TenantPolicy
+from policies.usage import UsageBounds
 from policies.validation import ChatRequest
 from runtime.books import TenantView
 from runtime.errors import ActorUnavailable
@@ -54,6 +56,7 @@ class Admission:
     candidates: tuple[Deployment, ...]
     output_cap: int | None
     headers: dict[str, str]
+    usage_bounds: UsageBounds = UsageBounds(0, None)
 
 
 @attrs.frozen
@@ -190,8 +193,10 @@ class TenantActor:
         if start != self._budget.period_start:
             await self._load_period(now)  # a new period restores the budget
         candidates = order_candidates(message.candidates, policy.default_provider, policy.fallback_providers)
-        prompt_tokens = budget.prompt_upper_bound(chat.prompt_bytes, chat.message_count)
-        output_tokens = chat.max_tokens or message.output_tokens
+        prompt_tokens = budget.prompt_upper_bound(
+            chat.prompt_bytes, chat.message_count, chat.image_parts, chat.tool_count
+        )
+        output_tokens = (chat.max_tokens or message.output_tokens) * chat.n  # every choice may run to the cap
         worst = ZERO
         if policy.budget_usd is not None:
             priced = []
@@ -228,8 +233,9 @@ class TenantActor:
             refused = [kind for kind, q in quotas.items() if q.retry_after_s > 0]
             if decision.never:
                 return RateLimited(
-                    f"This request ({tokens} tokens at most) exceeds tenant {self.name!r}'s "
-                    f"{'/'.join(refused)} per-minute limit on its own.",
+                    ratelimit.never_message(
+                        self.name, tokens, {k: q for k, q in quotas.items() if math.isinf(q.retry_after_s)}
+                    ),
                     retry_after=None,
                     headers=_headers(quotas),
                 )
@@ -256,10 +262,11 @@ class TenantActor:
         self._next_ticket += 1
         self._admitted += 1
         cap = (
-            output_tokens
+            message.output_tokens  # per choice: the reservation counted it `n` times
             if chat.max_tokens is None and policy.budget_usd is not None and policy.budget_mode == "hard"
             else None
         )
+        output_bound = output_tokens if chat.max_tokens is not None or cap is not None else None
         admission = Admission(
             self.tenant_id,
             self.name,
@@ -271,6 +278,7 @@ class TenantActor:
             candidates,
             cap,
             _headers(quotas),
+            UsageBounds(prompt_tokens, output_bound),
         )
         self._tickets[admission.ticket] = _Ticket(admission)
         return admission

@@ -36,6 +36,7 @@ class Behaviour:
     error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
     fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content"] = None
     send_usage: bool = True
+    usage: Any = None  # when set, the `usage` object sent verbatim (hostile usage tests)
 
 
 @attrs.define
@@ -78,6 +79,8 @@ class FakeOpenAI:
         }
         if b.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
+        if b.usage is not None:
+            usage = b.usage
         return {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -111,6 +114,8 @@ class FakeOpenAI:
                 "completion_tokens": b.completion_tokens,
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
             }
+            if b.usage is not None:
+                usage = b.usage
             yield self.chunk(model, {"role": "assistant", "content": ""})
             if b.first_content_delay_s:
                 await trio.sleep(b.first_content_delay_s)
