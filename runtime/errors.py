@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import trio
+
 
 class GatewayError(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
@@ -64,3 +66,18 @@ class UpstreamFailed(GatewayError):
         names = ", ".join(dict.fromkeys(tried)) or "none"
         super().__init__(f"All upstream attempts failed (providers tried: {names}).", retry_after=retry_after)
         self.tried = tuple(tried)
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether `error` is a trio cancellation, bare or inside (nested) exception groups.
+
+    trio wraps a `Cancelled` raised inside a nursery (e.g. `open_tcp_stream`'s happy eyeballs,
+    while an upstream connect is in progress) in an exception group, which `isinstance` misses.
+    A group holding a `Cancelled` beside other errors is a cancellation too: the other errors are
+    what the cancelled tasks left behind.
+    """
+    if isinstance(error, trio.Cancelled):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(trio.Cancelled) is not None
+    return False

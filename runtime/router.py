@@ -20,7 +20,14 @@ from events.request import Request
 from policies.routing import Deployment
 from providers.errors import ProviderError, UpstreamTimeout
 from providers.upstream import Call, Chunk, ChunkStream, Completion, Timeouts, Upstream
-from runtime.errors import ActorUnavailable, ModelNotFound, ProviderRefused, ProviderUnavailable, UpstreamFailed
+from runtime.errors import (
+    ActorUnavailable,
+    ModelNotFound,
+    ProviderRefused,
+    ProviderUnavailable,
+    UpstreamFailed,
+    is_cancellation,
+)
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
 from runtime.record import RequestRecord, estimate_usage
@@ -136,7 +143,7 @@ async def settle_failure(record: RequestRecord, error: BaseException) -> None:
         await record.settle(Request.Failed, "upstream_rejected", None)
     elif isinstance(error, ProviderError | UpstreamFailed | ProviderUnavailable):
         await record.settle(Request.Failed, "upstream_error", None)
-    elif isinstance(error, trio.Cancelled):
+    elif is_cancellation(error):
         # The provider read the prompt even if nothing came back yet: record its estimate.
         await record.settle(Request.Cancelled, "client_disconnected", estimate_usage(record.chat, 0))
     else:
