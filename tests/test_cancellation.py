@@ -68,10 +68,10 @@ async def test_a_client_leaving_during_the_upstream_connect_is_recorded_cancelle
                         await http.post("/v1/chat/completions", json=body, headers={**AUTH, "X-Request-ID": "gone"})
 
                     nursery.start_soon(ask)
-                    # The gateway's connect is in the kernel's hands: poll the kernel's table, bounded.
+                    # Every task parked and the kernel shows the SYN in flight: the connect is in progress.
                     with trio.fail_after(5):
                         while not connecting_to(port):
-                            await trio.sleep(0.005)
+                            await trio.testing.wait_all_tasks_blocked()
                     nursery.cancel_scope.cancel()  # the client hangs up while the connect is in progress
                 with trio.fail_after(5):
                     while gw.gateway.http_in_flight:
