@@ -14,12 +14,16 @@
 A retryable error counts against the provider's circuit breaker and may fall back to the next
 candidate; a non-retryable one is the client's problem and goes straight back to it. Messages are
 the gateway's own words: upstream bodies are never copied into them, except the short `message`
-of an `UpstreamRejected`, which tells the client what to fix.
+of an `UpstreamRejected`, which tells the client what to fix — and that only through
+`providers.redaction.redact` (no configured secret, nothing shaped like a key or bearer token).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
+
+from providers.redaction import redact
 
 
 class ProviderError(Exception):
@@ -78,8 +82,15 @@ class UpstreamRejected(ProviderError):
     kind = "rejected"
 
 
-def error_for_status(provider: str, status: int, detail: str = "", retry_after: float | None = None) -> ProviderError:
-    """The error for a non-2xx upstream status. `detail` is used only for `UpstreamRejected`."""
+def error_for_status(
+    provider: str,
+    status: int,
+    detail: str = "",
+    retry_after: float | None = None,
+    secrets: Iterable[str] = (),
+) -> ProviderError:
+    """The error for a non-2xx upstream status. `detail` (upstream text) is used only for
+    `UpstreamRejected`, redacted of `secrets` and of anything shaped like a credential, then cut."""
     if status == 429:
         return UpstreamRateLimited(
             provider, f"provider {provider!r} is rate limiting (429)", status=429, retry_after=retry_after
@@ -94,7 +105,7 @@ def error_for_status(provider: str, status: int, detail: str = "", retry_after: 
         )
     message = f"provider {provider!r} rejected the request ({status})"
     if detail:
-        message = f"{message}: {detail[:500]}"
+        message = f"{message}: {redact(detail, secrets)[:500]}"
     return UpstreamRejected(provider, message, status=status)
 
 

@@ -7,7 +7,7 @@ thin httpx caller, one long-lived `httpx.AsyncClient` per provider.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -109,8 +109,9 @@ def build_client(timeouts: Timeouts, max_connections: int, headers: dict[str, st
     )
 
 
-async def status_error(provider: str, response: httpx.Response) -> ProviderError:
-    """Read a bounded amount of a failed response and turn it into a `ProviderError`."""
+async def status_error(provider: str, response: httpx.Response, secrets: Iterable[str] = ()) -> ProviderError:
+    """Read a bounded amount of a failed response and turn it into a `ProviderError` (any upstream
+    text in it redacted of `secrets`)."""
     content = b""
     if response.is_stream_consumed:
         content = response.content[:MAX_ERROR_BODY]
@@ -129,7 +130,13 @@ async def status_error(provider: str, response: httpx.Response) -> ProviderError
         response.status_code,
         error_detail(content) if 400 <= response.status_code < 500 else "",
         parse_retry_after(response.headers.get("retry-after")),
+        secrets,
     )
+
+
+def secrets_of(api_key: str | None, headers: dict[str, str] | None) -> tuple[str, ...]:
+    """What must never leave the gateway in upstream text: the key and every configured header value."""
+    return tuple(value for value in (api_key, *(headers or {}).values()) if value)
 
 
 class OpenAIUpstream:
@@ -147,6 +154,7 @@ class OpenAIUpstream:
         default_headers = {"content-type": "application/json", **(headers or {})}
         if api_key:
             default_headers["authorization"] = f"Bearer {api_key}"
+        self.secrets = secrets_of(api_key, headers)
         self._client = build_client(timeouts, max_connections, default_headers)
         self._stream_timeout = stream_timeout(timeouts)
 
@@ -154,7 +162,7 @@ class OpenAIUpstream:
         with translate_errors(self.name):
             response = await self._client.post(self._url, content=encode_request(call), headers=dict(call.headers))
         if response.status_code != 200:
-            raise await status_error(self.name, response)
+            raise await status_error(self.name, response, self.secrets)
         return decode_response(self.name, response.content)
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
@@ -164,7 +172,7 @@ class OpenAIUpstream:
         with translate_errors(self.name):
             response = await self._client.send(request, stream=True)
         if response.status_code != 200:
-            raise await status_error(self.name, response)
+            raise await status_error(self.name, response, self.secrets)
         return SSEChunkStream(self.name, response, OpenAIStreamDecoder(self.name), "[DONE]")
 
     async def aclose(self) -> None:

@@ -36,6 +36,7 @@ class Behaviour:
     error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
     fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content"] = None
     send_usage: bool = True
+    echo_headers: bool = False  # an error body that quotes every header received (as careless servers do)
 
 
 @attrs.define
@@ -165,7 +166,12 @@ class FakeOpenAI:
                 await trio.sleep(b.first_byte_delay_s)
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             if b.status != 200:
-                return Response(b.error_body, b.status, headers, content_type="application/json")
+                error_body = b.error_body
+                if b.echo_headers:
+                    received = "; ".join(f"{k}: {v}" for k, v in self.headers[-1].items())
+                    message = f"Unrecognized request argument supplied: frobnicate (headers: {received})"
+                    error_body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+                return Response(error_body, b.status, headers, content_type="application/json")
             if b.fault == "malformed_json":
                 return Response("{not json", 200, content_type="application/json")
             model = body.get("model", "")
