@@ -52,6 +52,10 @@ class UpstreamUnavailable(ProviderError):
 class ConnectFailed(UpstreamUnavailable):
     kind = "connect_failed"
 
+    def __init__(self, provider: str, message: str, *, refused: bool = False) -> None:
+        super().__init__(provider, message)
+        self.refused = refused  # the peer actively refused the connection (nothing listens there)
+
 
 class UpstreamTimeout(UpstreamUnavailable):
     kind = "timeout"
@@ -107,6 +111,28 @@ def error_for_status(
     if detail:
         message = f"{message}: {redact(detail, secrets)[:500]}"
     return UpstreamRejected(provider, message, status=status)
+
+
+def describe(error: ProviderError) -> str:
+    """What happened to an attempt, in the gateway's own words (never the upstream's text): for a
+    message naming each provider tried, e.g. "upstream answered 500", "connection refused"."""
+    if isinstance(error, UpstreamRateLimited):
+        return "rate limited (429)"
+    if isinstance(error, UpstreamServerError):
+        return f"upstream answered {error.status}" if error.status else "upstream reported an error"
+    if isinstance(error, UpstreamAuthFailed):
+        return f"refused the gateway's credentials ({error.status})"
+    if isinstance(error, ConnectFailed):
+        return "connection refused" if error.refused else "could not connect"
+    if isinstance(error, UpstreamTimeout):
+        return "timed out"
+    if isinstance(error, StreamBroken):
+        return "closed the connection mid-response"
+    if isinstance(error, MalformedResponse):
+        return "sent a response the gateway cannot read"
+    if isinstance(error, UpstreamRejected):
+        return f"rejected the request ({error.status})" if error.status else "rejected the request"
+    return "failed"
 
 
 def parse_retry_after(value: str | None) -> float | None:

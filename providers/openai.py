@@ -85,11 +85,31 @@ def translate_errors(provider: str) -> Iterator[None]:
     except httpx.TimeoutException as error:
         raise UpstreamTimeout(provider, f"provider {provider!r} timed out ({type(error).__name__})") from error
     except httpx.ConnectError as error:
-        raise ConnectFailed(provider, f"could not connect to provider {provider!r}") from error
+        refused = _refused(error)
+        what = "connection refused" if refused else "could not connect"
+        raise ConnectFailed(provider, f"provider {provider!r}: {what}", refused=refused) from error
     except (httpx.RemoteProtocolError, httpx.ReadError) as error:
         raise StreamBroken(provider, f"provider {provider!r} closed the connection mid-response") from error
     except httpx.HTTPError as error:
         raise UpstreamUnavailable(provider, f"provider {provider!r} failed ({type(error).__name__})") from error
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether a connect error was caused by the peer refusing the connection (ECONNREFUSED),
+    looking through causes and exception groups (trio's happy eyeballs gathers one per address)."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending and len(seen) < 64:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 def stream_timeout(timeouts: Timeouts) -> httpx.Timeout:

@@ -23,7 +23,7 @@ from providers.upstream import Chunk, ChunkStream, Timeouts
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
 from runtime.record import RequestRecord, estimate_usage
-from runtime.router import close_quietly
+from runtime.router import attempt_failed, close_quietly
 
 DONE = b"data: [DONE]\n\n"
 
@@ -70,7 +70,7 @@ class StreamRelay:
             except ProviderError as error:
                 deployment = self._exchange.deployment
                 if deployment is not None:
-                    self._record.attempt_failed(deployment, error)
+                    attempt_failed(self._record, self._exchange, deployment, error)
                 await self._finish(Outcome.failed(error), Request.Failed, "truncated")
                 return sse_error(
                     f"The upstream stream failed after it had started ({error.message}); the answer is incomplete.",

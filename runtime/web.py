@@ -43,6 +43,7 @@ from runtime.errors import (
     ProviderUnavailable,
     Unauthenticated,
     UpstreamFailed,
+    UpstreamsRateLimited,
 )
 from runtime.exchange import Exchange
 from runtime.gateway import Gateway
@@ -68,6 +69,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (BudgetExceeded, 402, "insufficient_quota", "budget_exceeded"),
     (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (RequestRefused, 400, "invalid_request_error", "refused"),
+    (UpstreamsRateLimited, 429, "rate_limit_error", "upstream_rate_limited"),
     (UpstreamFailed, 502, "api_error", "upstream_error"),
     (ProviderUnavailable, 503, "api_error", "provider_unavailable"),
     (Overloaded, 503, "api_error", "overloaded"),
