@@ -34,7 +34,10 @@ class Behaviour:
     first_content_delay_s: float = 0.0  # a stream: after the role chunk, before any content
     retry_after: str | None = None
     error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
-    fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content"] = None
+    fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content", "empty_stream"] = (
+        None
+    )
+    usage_extra: dict[str, Any] = attrs.field(factory=dict)  # more usage fields (details, LiteLLM's extras)
     send_usage: bool = True
     echo_headers: bool = False  # an error body that quotes every header received (as careless servers do)
 
@@ -79,6 +82,7 @@ class FakeOpenAI:
         }
         if b.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
+        usage.update(b.usage_extra)
         return {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -111,7 +115,11 @@ class FakeOpenAI:
                 "prompt_tokens": b.prompt_tokens,
                 "completion_tokens": b.completion_tokens,
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
+                **b.usage_extra,
             }
+            if b.fault == "empty_stream":
+                yield b"data: [DONE]\n\n"
+                return
             yield self.chunk(model, {"role": "assistant", "content": ""})
             if b.first_content_delay_s:
                 await trio.sleep(b.first_content_delay_s)
