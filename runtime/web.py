@@ -242,6 +242,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         exchange: Exchange | None = g.get("exchange")
         if exchange is not None:
             response.headers["x-request-id"] = exchange.request_id
+            if exchange.recorded:
+                response.headers["x-tollgate-ledger-id"] = str(exchange.ledger_id)
             response.headers["traceparent"] = exchange.trace.traceparent
         for name, value in (g.get("rate_headers") or {}).items():
             response.headers[name] = value
