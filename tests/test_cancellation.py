@@ -80,4 +80,4 @@ async def test_a_client_leaving_during_the_upstream_connect_is_recorded_cancelle
             assert request_events(events)["gone"] == ["Admitted", "Cancelled"], stream
             (cancelled,) = [e for e in events if isinstance(e, Request.Cancelled)]
             assert cancelled.outcome == "client_disconnected"
-            assert cancelled.usage_source == "estimated" and cancelled.prompt_tokens > 0
+            assert cancelled.usage_source == "estimated"
