@@ -73,16 +73,17 @@ def backoff(attempt: int, base_s: float, retry_after: float | None) -> float:
 
 
 MAX_RETRY_AFTER_S = 60.0
-"""The longest `Retry-After` passed on to a client for upstream rate limits (a provider asking for
-more is still honoured as 60 s: a client should come back and let the gateway try again)."""
+"""The longest `Retry-After` a client is given for upstream rate limits: a provider asking for longer
+(or for something absurd) is passed on as 60 s — coming back then lets the gateway try again."""
 
 
 def attempt_failed(record: RequestRecord, exchange: Exchange, deployment: Deployment, error: ProviderError) -> None:
     """Record a failed attempt on the request's aggregate and log it at WARNING (the operator's view)."""
     record.attempt_failed(deployment, error)
     log.warning(
-        "request %s: attempt %d at provider %r (%s) failed: %s (%s)",
+        "request %s (ledger %s): attempt %d at provider %r (%s) failed: %s (%s)",
         exchange.request_id,
+        exchange.ledger_id,
         exchange.attempts,
         deployment.provider,
         deployment.model,
