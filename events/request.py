@@ -106,11 +106,20 @@ class Request(Aggregate):
 
     @classmethod
     def admit(
-        cls, request_id: str, tenant: str, model: str, stream: bool, reserved_usd: Decimal, received_at: datetime
+        cls,
+        request_id: str,
+        tenant: str,
+        model: str,
+        stream: bool,
+        reserved_usd: Decimal,
+        received_at: datetime,
+        id: uuid.UUID | None = None,
     ) -> Request:
+        """`request_id` is the client's correlation id (any tenant may send any); `id`, the
+        aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given)."""
         return cls._create(
             cls.Admitted,
-            id=uuid.uuid4(),
+            id=id or uuid.uuid4(),
             request_id=request_id,
             tenant=tenant,
             model=model,
@@ -129,10 +138,11 @@ class Request(Aggregate):
         reason: str,
         status: int,
         received_at: datetime,
+        id: uuid.UUID | None = None,
     ) -> Request:
         return cls._create(
             cls.Rejected,
-            id=uuid.uuid4(),
+            id=id or uuid.uuid4(),
             request_id=request_id,
             tenant=tenant,
             model=model,

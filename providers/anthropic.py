@@ -33,14 +33,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from events.usage import Usage
 from providers.errors import MalformedResponse, ProviderError, UpstreamRejected, error_for_status
-from providers.openai import SSEChunkStream, build_client, status_error, stream_timeout, translate_errors
+from providers.openai import (
+    SSEChunkStream,
+    build_client,
+    secrets_of,
+    status_error,
+    stream_timeout,
+    translate_errors,
+)
 from providers.sse import SSEEvent
 from providers.tokens import message_text
 from providers.upstream import Call, Chunk, Completion, Timeouts
@@ -322,20 +329,22 @@ def decode_response(provider: str, content: bytes, created: int | None = None) -
     return Completion(body, normalise_usage(usage) if usage is not None else None)
 
 
-def event_error(provider: str, data: Mapping[str, Any]) -> ProviderError:
-    """The `ProviderError` for an Anthropic error object (`{"type": "error", "error": {type, message}}`)."""
+def event_error(provider: str, data: Mapping[str, Any], secrets: Iterable[str] = ()) -> ProviderError:
+    """The `ProviderError` for an Anthropic error object (`{"type": "error", "error": {type, message}}`);
+    its message redacted of `secrets`."""
     error = data.get("error")
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     status = ERROR_STATUSES.get(kind, 500) if isinstance(kind, str) else 500
-    return error_for_status(provider, status, message if isinstance(message, str) else "")
+    return error_for_status(provider, status, message if isinstance(message, str) else "", secrets=secrets)
 
 
 class AnthropicStreamDecoder:
     """Pure and stateful: Anthropic stream events in, OpenAI chunks out. `finished` after message_stop."""
 
-    def __init__(self, provider: str, model: str, created: int) -> None:
+    def __init__(self, provider: str, model: str, created: int, secrets: Iterable[str] = ()) -> None:
         self._provider = provider
+        self._secrets = tuple(secrets)
         self._id = ""
         self._model = model
         self._created = created
@@ -377,7 +386,7 @@ class AnthropicStreamDecoder:
                 chunks.append(self._usage_chunk(self._usage))
             return chunks
         if kind == "error":
-            raise event_error(self._provider, data)
+            raise event_error(self._provider, data, self._secrets)
         return []  # ping, content_block_stop, and event types added after this adapter was written
 
     def _block_start(self, index: Any, block: Mapping[str, Any]) -> list[Chunk]:
@@ -442,6 +451,7 @@ class AnthropicUpstream:
         default_headers = {"content-type": "application/json", "anthropic-version": API_VERSION, **(headers or {})}
         if api_key:
             default_headers["x-api-key"] = api_key
+        self.secrets = secrets_of(api_key, headers)
         self._client = build_client(timeouts, max_connections, default_headers)
         self._stream_timeout = stream_timeout(timeouts)
 
@@ -458,7 +468,7 @@ class AnthropicUpstream:
         with translate_errors(self.name):
             response = await self._client.post(self._url, content=content, headers=dict(call.headers))
         if response.status_code != 200:
-            raise await status_error(self.name, response)
+            raise await status_error(self.name, response, self.secrets)
         return decode_response(self.name, response.content)
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
@@ -468,8 +478,8 @@ class AnthropicUpstream:
         with translate_errors(self.name):
             response = await self._client.send(request, stream=True)
         if response.status_code != 200:
-            raise await status_error(self.name, response)
-        decoder = AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()))
+            raise await status_error(self.name, response, self.secrets)
+        decoder = AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()), self.secrets)
         return SSEChunkStream(self.name, response, decoder, "message_stop")
 
     async def aclose(self) -> None:

@@ -14,12 +14,16 @@
 A retryable error counts against the provider's circuit breaker and may fall back to the next
 candidate; a non-retryable one is the client's problem and goes straight back to it. Messages are
 the gateway's own words: upstream bodies are never copied into them, except the short `message`
-of an `UpstreamRejected`, which tells the client what to fix.
+of an `UpstreamRejected`, which tells the client what to fix — and that only through
+`providers.redaction.redact` (no configured secret, nothing shaped like a key or bearer token).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
+
+from providers.redaction import redact
 
 
 class ProviderError(Exception):
@@ -47,6 +51,10 @@ class UpstreamUnavailable(ProviderError):
 
 class ConnectFailed(UpstreamUnavailable):
     kind = "connect_failed"
+
+    def __init__(self, provider: str, message: str, *, refused: bool = False) -> None:
+        super().__init__(provider, message)
+        self.refused = refused  # the peer actively refused the connection (nothing listens there)
 
 
 class UpstreamTimeout(UpstreamUnavailable):
@@ -78,8 +86,15 @@ class UpstreamRejected(ProviderError):
     kind = "rejected"
 
 
-def error_for_status(provider: str, status: int, detail: str = "", retry_after: float | None = None) -> ProviderError:
-    """The error for a non-2xx upstream status. `detail` is used only for `UpstreamRejected`."""
+def error_for_status(
+    provider: str,
+    status: int,
+    detail: str = "",
+    retry_after: float | None = None,
+    secrets: Iterable[str] = (),
+) -> ProviderError:
+    """The error for a non-2xx upstream status. `detail` (upstream text) is used only for
+    `UpstreamRejected`, redacted of `secrets` and of anything shaped like a credential, then cut."""
     if status == 429:
         return UpstreamRateLimited(
             provider, f"provider {provider!r} is rate limiting (429)", status=429, retry_after=retry_after
@@ -94,8 +109,30 @@ def error_for_status(provider: str, status: int, detail: str = "", retry_after: 
         )
     message = f"provider {provider!r} rejected the request ({status})"
     if detail:
-        message = f"{message}: {detail[:500]}"
+        message = f"{message}: {redact(detail, secrets)[:500]}"
     return UpstreamRejected(provider, message, status=status)
+
+
+def describe(error: ProviderError) -> str:
+    """What happened to an attempt, in the gateway's own words (never the upstream's text): for a
+    message naming each provider tried, e.g. "upstream answered 500", "connection refused"."""
+    if isinstance(error, UpstreamRateLimited):
+        return "rate limited (429)"
+    if isinstance(error, UpstreamServerError):
+        return f"upstream answered {error.status}" if error.status else "upstream reported an error"
+    if isinstance(error, UpstreamAuthFailed):
+        return f"refused the gateway's credentials ({error.status})"
+    if isinstance(error, ConnectFailed):
+        return "connection refused" if error.refused else "could not connect"
+    if isinstance(error, UpstreamTimeout):
+        return "timed out"
+    if isinstance(error, StreamBroken):
+        return "closed the connection mid-response"
+    if isinstance(error, MalformedResponse):
+        return "sent a response the gateway cannot read"
+    if isinstance(error, UpstreamRejected):
+        return f"rejected the request ({error.status})" if error.status else "rejected the request"
+    return "failed"
 
 
 def parse_retry_after(value: str | None) -> float | None:

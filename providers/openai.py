@@ -7,7 +7,7 @@ thin httpx caller, one long-lived `httpx.AsyncClient` per provider.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -85,11 +85,31 @@ def translate_errors(provider: str) -> Iterator[None]:
     except httpx.TimeoutException as error:
         raise UpstreamTimeout(provider, f"provider {provider!r} timed out ({type(error).__name__})") from error
     except httpx.ConnectError as error:
-        raise ConnectFailed(provider, f"could not connect to provider {provider!r}") from error
+        refused = _refused(error)
+        what = "connection refused" if refused else "could not connect"
+        raise ConnectFailed(provider, f"provider {provider!r}: {what}", refused=refused) from error
     except (httpx.RemoteProtocolError, httpx.ReadError) as error:
         raise StreamBroken(provider, f"provider {provider!r} closed the connection mid-response") from error
     except httpx.HTTPError as error:
         raise UpstreamUnavailable(provider, f"provider {provider!r} failed ({type(error).__name__})") from error
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether a connect error was caused by the peer refusing the connection (ECONNREFUSED),
+    looking through causes and exception groups (trio's happy eyeballs gathers one per address)."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending and len(seen) < 64:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 def stream_timeout(timeouts: Timeouts) -> httpx.Timeout:
@@ -109,8 +129,9 @@ def build_client(timeouts: Timeouts, max_connections: int, headers: dict[str, st
     )
 
 
-async def status_error(provider: str, response: httpx.Response) -> ProviderError:
-    """Read a bounded amount of a failed response and turn it into a `ProviderError`."""
+async def status_error(provider: str, response: httpx.Response, secrets: Iterable[str] = ()) -> ProviderError:
+    """Read a bounded amount of a failed response and turn it into a `ProviderError` (any upstream
+    text in it redacted of `secrets`)."""
     content = b""
     if response.is_stream_consumed:
         content = response.content[:MAX_ERROR_BODY]
@@ -129,7 +150,13 @@ async def status_error(provider: str, response: httpx.Response) -> ProviderError
         response.status_code,
         error_detail(content) if 400 <= response.status_code < 500 else "",
         parse_retry_after(response.headers.get("retry-after")),
+        secrets,
     )
+
+
+def secrets_of(api_key: str | None, headers: dict[str, str] | None) -> tuple[str, ...]:
+    """What must never leave the gateway in upstream text: the key and every configured header value."""
+    return tuple(value for value in (api_key, *(headers or {}).values()) if value)
 
 
 class OpenAIUpstream:
@@ -147,6 +174,7 @@ class OpenAIUpstream:
         default_headers = {"content-type": "application/json", **(headers or {})}
         if api_key:
             default_headers["authorization"] = f"Bearer {api_key}"
+        self.secrets = secrets_of(api_key, headers)
         self._client = build_client(timeouts, max_connections, default_headers)
         self._stream_timeout = stream_timeout(timeouts)
 
@@ -154,7 +182,7 @@ class OpenAIUpstream:
         with translate_errors(self.name):
             response = await self._client.post(self._url, content=encode_request(call), headers=dict(call.headers))
         if response.status_code != 200:
-            raise await status_error(self.name, response)
+            raise await status_error(self.name, response, self.secrets)
         return decode_response(self.name, response.content)
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
@@ -164,7 +192,7 @@ class OpenAIUpstream:
         with translate_errors(self.name):
             response = await self._client.send(request, stream=True)
         if response.status_code != 200:
-            raise await status_error(self.name, response)
+            raise await status_error(self.name, response, self.secrets)
         return SSEChunkStream(self.name, response, OpenAIStreamDecoder(self.name), "[DONE]")
 
     async def aclose(self) -> None:

@@ -18,9 +18,9 @@ offset derived from the prompt (same prompt, same reply), one word per token; us
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import random
+import secrets
 import time
 from typing import Any, Literal
 
@@ -83,7 +83,10 @@ VOCABULARY = [
     "time",
 ]
 
-_ids = itertools.count(1)
+
+def completion_id() -> str:
+    """A fresh `chatcmpl-sim-…` id, unique across restarts (random, not a counter from 1)."""
+    return f"chatcmpl-sim-{secrets.token_hex(12)}"
 
 
 @attrs.frozen
@@ -146,7 +149,7 @@ class Simulator:
         if delay:
             await trio.sleep(delay / 1000)
         body = {
-            "id": f"chatcmpl-sim-{next(_ids)}",
+            "id": completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": call.upstream_model,
@@ -175,7 +178,7 @@ class Simulator:
 class SimulatedStream:
     def __init__(self, simulator: Simulator, model: str, words: list[str], finish: str, usage: Usage) -> None:
         self._simulator = simulator
-        self._id = f"chatcmpl-sim-{next(_ids)}"
+        self._id = completion_id()
         self._created = int(time.time())
         self._model = model
         self._finish = finish

@@ -8,7 +8,7 @@
     GET    /admin/pricing, PUT /admin/pricing  the price list; set prices with an effective_from
     GET    /admin/spend                        ?tenant=&from=&to=&group_by=model,provider,day&basis=restated|as_recorded
     POST   /admin/reprice                      a price set + filters; a dry-run report, or commit restatements
-    GET    /admin/events                       ?after=&limit=&tenant=&request_id=  (paged audit log)
+    GET    /admin/events                       ?after=&limit=&tenant=&request_id=&ledger_id=  (paged audit log)
     GET    /admin/providers, /admin/ledger     actor and journal statistics
     GET    /v1/usage                           the calling tenant's spend this budget period
 
@@ -122,13 +122,24 @@ def _int(value: str | None, param: str, default: int, minimum: int = 0) -> int:
     return number
 
 
-def event_json(position: int, event: Any) -> dict[str, Any]:
+def _uuid(value: str | None, param: str) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequest(f"'{param}' must be a UUID.", param=param, code="invalid_value") from None
+
+
+def event_json(position: int, event: Any, owner: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One event; a request's events also say whose request it is (`tenant`, the client's
+    `request_id`): `aggregate_id` is the request's unique ledger id, `request_id` need not be unique."""
     data = {
         k: v
         for k, v in event.__dict__.items()
         if k not in ("originator_id", "originator_version", "timestamp", "originator_topic")
     }
-    return {
+    found = {
         "position": position,
         "type": type(event).__qualname__,
         "aggregate_id": str(event.originator_id),
@@ -136,6 +147,9 @@ def event_json(position: int, event: Any) -> dict[str, Any]:
         "timestamp": event.timestamp.isoformat(),
         "data": json.loads(json.dumps(data, default=_plain)),
     }
+    if owner is not None:
+        found["tenant"], found["request_id"] = owner
+    return found
 
 
 def _plain(value: Any) -> Any:
@@ -396,8 +410,10 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
         if tenant is not None:
             tenant = find(tenant).name
         request_id = args.get("request_id")
-        found, next_after = await gateway.events_page(after, limit, tenant, request_id, SCAN_LIMIT)
-        return _json({"object": "list", "data": [event_json(p, e) for p, e in found], "next_after": next_after})
+        ledger_id = _uuid(args.get("ledger_id"), "ledger_id")
+        found, next_after = await gateway.events_page(after, limit, tenant, request_id, SCAN_LIMIT, ledger_id)
+        data = [event_json(f.position, f.event, f.owner) for f in found]
+        return _json({"object": "list", "data": data, "next_after": next_after})
 
     @app.get("/admin/ledger")
     async def get_ledger() -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,8 +16,14 @@ from runtime.tracing import Trace
 
 @attrs.define
 class Exchange:
+    """`request_id` is the client's correlation id (its `X-Request-ID`, shared by anyone who sends
+    the same); `ledger_id` is the gateway's own, unique: the id of the request's `Request` aggregate,
+    returned as `x_gateway.ledger_id` and the `x-tollgate-ledger-id` header once it is recorded."""
+
     request_id: str
     trace: Trace
+    ledger_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    recorded: bool = False  # the ledger holds (or is about to hold) a Request under `ledger_id`
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
     attempts: int = 0
@@ -47,6 +54,7 @@ class Exchange:
             "provider": deployment.provider if deployment else None,
             "served_model": deployment.model if deployment else None,
             "request_id": self.request_id,
+            "ledger_id": str(self.ledger_id),
             "trace_id": self.trace.trace_id,
             "latency_ms": self.latency_ms(),
             "overhead_ms": self.overhead_ms(),

@@ -152,11 +152,18 @@ class Gateway:
         return self.tenant_actors
 
     async def events_page(
-        self, after: int, limit: int, tenant: str | None, request_id: str | None, scan_limit: int
-    ) -> tuple[list[tuple[int, Any]], int]:
+        self,
+        after: int,
+        limit: int,
+        tenant: str | None,
+        request_id: str | None,
+        scan_limit: int,
+        ledger_id: uuid.UUID | None = None,
+    ) -> tuple[list[FoundEvent], int]:
         """Events after `after` matching the filters, at most `limit`; and where to continue."""
         return await trio.to_thread.run_sync(
-            find_events, self.store, after, limit, tenant, request_id, scan_limit, limiter=self.journal.limiter
+            partial(find_events, self.store, after, limit, tenant, request_id, scan_limit, ledger_id),
+            limiter=self.journal.limiter,
         )
 
     async def load(self, aggregate_id: uuid.UUID, kind: type[Any]) -> Any:
@@ -164,14 +171,33 @@ class Gateway:
         return await trio.to_thread.run_sync(self.store.get, aggregate_id, kind, limiter=self.journal.limiter)
 
 
+@attrs.frozen
+class FoundEvent:
+    """An event of the log; `owner` is (tenant, client request id) for a `Request`'s events, else None."""
+
+    position: int
+    event: Any
+    owner: tuple[str, str] | None = None
+
+
 def find_events(
-    store: LedgerStore, after: int, limit: int, tenant: str | None, request_id: str | None, scan_limit: int
-) -> tuple[list[tuple[int, Any]], int]:
-    """Scan the log after `after` (at most `scan_limit` events) for events matching the filters."""
+    store: LedgerStore,
+    after: int,
+    limit: int,
+    tenant: str | None,
+    request_id: str | None,
+    scan_limit: int,
+    ledger_id: uuid.UUID | None = None,
+) -> tuple[list[FoundEvent], int]:
+    """Scan the log after `after` (at most `scan_limit` events) for events matching the filters.
+
+    `request_id` is a client's correlation id: several tenants (or one, twice) may have sent the same,
+    so each request event found carries its owner (tenant, request id) and its aggregate id, the
+    request's unique ledger id; `ledger_id` and `tenant` narrow to one request or one tenant."""
     owners: dict[uuid.UUID, tuple[str, str]] = {}
     wanted_tenant = tenant_id(tenant) if tenant is not None else None
 
-    def owner(event: Any) -> tuple[str | None, str | None]:
+    def owner(event: Any) -> tuple[str, str] | None:
         if isinstance(event, Request.Admitted | Request.Rejected):
             owners[event.originator_id] = (event.tenant, event.request_id)
         if isinstance(event, Request.Event):
@@ -179,21 +205,23 @@ def find_events(
                 found = store.get(event.originator_id, Request)
                 owners[event.originator_id] = (found.tenant, found.request_id) if found else ("", "")
             return owners[event.originator_id]
-        if isinstance(event, Tenant.Event):
-            return (tenant if event.originator_id == wanted_tenant else None), None
-        return None, None
+        return None
 
-    found: list[tuple[int, Any]] = []
+    found: list[FoundEvent] = []
     position = after
     for record in store.read_all(after):
         position = record.position
-        if tenant is not None or request_id is not None:
-            owning_tenant, owning_request = owner(record.event)
-            if tenant is not None and owning_tenant != tenant:
-                continue
-            if request_id is not None and owning_request != request_id:
-                continue
-        found.append((record.position, record.event))
+        event = record.event
+        if ledger_id is None or event.originator_id == ledger_id:
+            owning = owner(event) if isinstance(event, Request.Event) else None
+            if isinstance(event, Tenant.Event):
+                owning_tenant = tenant if event.originator_id == wanted_tenant else None
+            else:
+                owning_tenant = owning[0] if owning else None
+            if (tenant is None or owning_tenant == tenant) and (
+                request_id is None or (owning is not None and owning[1] == request_id)
+            ):
+                found.append(FoundEvent(record.position, event, owning))
         if len(found) >= limit or position - after >= scan_limit:
             break
     return found, position
@@ -368,4 +396,4 @@ async def open_gateway(
         projections.close()
 
 
-__all__ = ["Gateway", "GatewayStatistics", "Price", "build_upstream", "open_gateway", "projections_path"]
+__all__ = ["FoundEvent", "Gateway", "GatewayStatistics", "Price", "build_upstream", "open_gateway", "projections_path"]

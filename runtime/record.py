@@ -74,8 +74,10 @@ class RequestRecord:
             self.chat.stream,
             self.admission.reserved_usd,
             self.received_at,
+            id=self._exchange.ledger_id,
         )
         self._gateway.journal.submit(aggregate.collect_events())
+        self._exchange.recorded = True
         self._aggregate = aggregate
 
     def attempt_failed(self, deployment: Deployment, error: ProviderError) -> None:
@@ -151,5 +153,8 @@ async def reject(
     received_at: datetime,
 ) -> None:
     """Record a request refused before dispatch (authentication failures of unknown keys excepted)."""
-    aggregate = Request.reject(exchange.request_id, tenant.name, model, stream, reason, status, received_at)
+    aggregate = Request.reject(
+        exchange.request_id, tenant.name, model, stream, reason, status, received_at, id=exchange.ledger_id
+    )
     await gateway.journal.commit(aggregate.collect_events())
+    exchange.recorded = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from typing import Any
 
 import trio
@@ -23,7 +24,7 @@ from providers.upstream import Chunk, ChunkStream, Timeouts
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
 from runtime.record import RequestRecord, estimate_usage
-from runtime.router import close_quietly
+from runtime.router import attempt_failed, close_quietly
 
 DONE = b"data: [DONE]\n\n"
 
@@ -52,6 +53,7 @@ class StreamRelay:
         self._exchange = exchange
         self._finished = False
         self._usage_chunk: Chunk | None = None
+        self._usage_object: dict[str, Any] | None = None  # the upstream's own usage, when on a content chunk
         self._last: dict[str, Any] = opening[-1].data if opening else {}
         self.usage: Usage | None = None
         self.content_bytes = 0
@@ -70,7 +72,7 @@ class StreamRelay:
             except ProviderError as error:
                 deployment = self._exchange.deployment
                 if deployment is not None:
-                    self._record.attempt_failed(deployment, error)
+                    attempt_failed(self._record, self._exchange, deployment, error)
                 await self._finish(Outcome.failed(error), Request.Failed, "truncated")
                 return sse_error(
                     f"The upstream stream failed after it had started ({error.message}); the answer is incomplete.",
@@ -106,7 +108,9 @@ class StreamRelay:
                 if not chunk.data.get("choices"):
                     self._usage_chunk = chunk  # sent with [DONE], once settled
                     continue
-                # Usage rides on a content chunk here: strip it; the closing usage chunk carries it.
+                # Usage rides on a content chunk here: strip it; the closing usage chunk carries it,
+                # as the upstream wrote it (details and fields the gateway does not know included).
+                self._usage_object = chunk.data["usage"]
                 text = json.dumps({**chunk.data, "usage": None}, separators=(",", ":"))
             if text is None:
                 text = json.dumps(chunk.data, separators=(",", ":"))
@@ -120,16 +124,29 @@ class StreamRelay:
             data: dict[str, Any] = dict(self._usage_chunk.data)
         else:
             last = self._last
+            usage = self._usage_object
             data = {
                 "id": last.get("id"),
                 "object": "chat.completion.chunk",
                 "created": last.get("created"),
                 "model": last.get("model"),
                 "choices": [],
-                "usage": self._usage_so_far().as_openai(),
+                "usage": dict(usage) if usage is not None else self._usage_so_far().as_openai(),
             }
+        for key, value in self._own_identity().items():  # an upstream that sent none (an empty stream)
+            if data.get(key) is None:
+                data[key] = value
         data["x_gateway"] = self._exchange.x_gateway(self._record.cost_str())
         return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n" + DONE
+
+    def _own_identity(self) -> dict[str, Any]:
+        """The gateway's own `id`, `created` and `model` for a closing chunk the upstream gave none of."""
+        deployment = self._exchange.deployment
+        return {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "created": int(self._record.received_at.timestamp()),
+            "model": deployment.model if deployment else self._record.chat.model,
+        }
 
     async def _finish(self, outcome: Outcome, kind: type[Request.Settled], result: str) -> None:
         self._finished = True

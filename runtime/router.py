@@ -8,6 +8,7 @@ event. Non-stream requests are settled here; streams are settled by their relay.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,9 +19,17 @@ import trio
 
 from events.request import Request
 from policies.routing import Deployment
-from providers.errors import ProviderError, UpstreamTimeout
+from providers.errors import ProviderError, UpstreamRateLimited, UpstreamTimeout, describe
 from providers.upstream import Call, Chunk, ChunkStream, Completion, Timeouts, Upstream
-from runtime.errors import ActorUnavailable, ModelNotFound, ProviderRefused, ProviderUnavailable, UpstreamFailed
+from runtime.errors import (
+    ActorUnavailable,
+    ModelNotFound,
+    ProviderRefused,
+    ProviderUnavailable,
+    UpstreamFailed,
+    UpstreamsRateLimited,
+    is_cancellation,
+)
 from runtime.exchange import Exchange
 from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
 from runtime.record import RequestRecord, estimate_usage
@@ -29,6 +38,7 @@ if TYPE_CHECKING:
     from runtime.gateway import Gateway
 
 T = TypeVar("T")
+log = logging.getLogger("tollgate.router")
 CLOSE_DEADLINE_S = 5.0
 
 
@@ -62,6 +72,32 @@ def backoff(attempt: int, base_s: float, retry_after: float | None) -> float:
     return _jitter.uniform(0, base_s * 2**attempt)
 
 
+MAX_RETRY_AFTER_S = 60.0
+"""The longest `Retry-After` a client is given for upstream rate limits: a provider asking for longer
+(or for something absurd) is passed on as 60 s — coming back then lets the gateway try again."""
+
+
+def attempt_failed(record: RequestRecord, exchange: Exchange, deployment: Deployment, error: ProviderError) -> None:
+    """Record a failed attempt on the request's aggregate and log it at WARNING (the operator's view)."""
+    record.attempt_failed(deployment, error)
+    log.warning(
+        "request %s (ledger %s): attempt %d at provider %r (%s) failed: %s (%s)",
+        exchange.request_id,
+        exchange.ledger_id,
+        exchange.attempts,
+        deployment.provider,
+        deployment.model,
+        error.kind,
+        describe(error),
+    )
+
+
+def _refusal(retry_at: float | None, now: float) -> str:
+    if retry_at is None:
+        return "half-open, a probe request is in flight"
+    return f"circuit open, retry in {max(1, math.ceil(retry_at - now))}s"
+
+
 async def _first_success(
     gateway: Gateway,
     record: RequestRecord,
@@ -70,8 +106,8 @@ async def _first_success(
 ) -> tuple[T, Lease]:
     """Try each candidate in order, each up to 1 + max_retries times, until one answers."""
     chat = record.chat
-    tried: list[str] = []
-    unavailable: list[str] = []
+    errors: list[tuple[str, ProviderError]] = []  # every failed attempt, in order
+    skipped: list[tuple[str, str]] = []  # candidates no attempt was made at, and why
     open_until: list[float | None] = []
     for deployment in record.admission.candidates:
         handle = gateway.providers[deployment.provider]
@@ -82,10 +118,13 @@ async def _first_success(
             try:
                 lease = await handle.lease()
             except ActorUnavailable:
-                unavailable.append(deployment.provider)
+                if attempt == 0:  # after an attempt, what that attempt met says more
+                    skipped.append((deployment.provider, "down"))
                 break
             except ProviderRefused as refused:
-                open_until.append(refused.retry_at)
+                if attempt == 0:
+                    open_until.append(refused.retry_at)
+                    skipped.append((deployment.provider, _refusal(refused.retry_at, trio.current_time())))
                 break
             exchange.attempts += 1
             exchange.attempt_started = trio.current_time()
@@ -96,11 +135,11 @@ async def _first_success(
                     result = await start(handle.upstream, call, settings.timeouts if settings else Timeouts())
             except ProviderError as error:
                 await lease.release(Outcome.failed(error))
-                record.attempt_failed(deployment, error)
+                attempt_failed(record, exchange, deployment, error)
                 if not error.retryable:
                     exchange.deployment = deployment
                     raise
-                tried.append(deployment.provider)
+                errors.append((deployment.provider, error))
                 if attempt == retries or settings is None:
                     break
                 delay = backoff(attempt, settings.retry_backoff_s, error.retry_after)
@@ -114,20 +153,29 @@ async def _first_success(
                 raise
             exchange.deployment = deployment
             return result, lease
-    if not tried:
+    if not errors:
         if open_until:
             now = trio.current_time()
             known = [at for at in open_until if at is not None]
             wait = max(min(known) - now, 0.0) if known else 1.0
+            if not known:
+                state = "half-open, a probe request is in flight"
+            elif len(known) == len(open_until):
+                state = "circuit open"
+            else:
+                state = "circuits open or half-open with a probe in flight"
             raise ProviderUnavailable(
-                f"Every provider for '{chat.model}' is refusing work right now (circuit open); "
+                f"Every provider for '{chat.model}' is refusing work right now ({state}); "
                 f"retry in {max(1, math.ceil(wait))}s.",
                 retry_after=wait,
             )
-        raise ProviderUnavailable(
-            f"No provider can serve '{chat.model}' right now (down: {', '.join(unavailable)}).", retry_after=1.0
-        )
-    raise UpstreamFailed(tried + unavailable)
+        down = ", ".join(dict.fromkeys(provider for provider, _ in skipped))
+        raise ProviderUnavailable(f"No provider can serve '{chat.model}' right now (down: {down}).", retry_after=1.0)
+    failures = [(provider, describe(error)) for provider, error in errors] + skipped
+    if not skipped and all(isinstance(error, UpstreamRateLimited) for _, error in errors):
+        asked = [error.retry_after for _, error in errors if error.retry_after is not None]
+        raise UpstreamsRateLimited(chat.model, failures, retry_after=min(max(asked, default=1.0), MAX_RETRY_AFTER_S))
+    raise UpstreamFailed(failures)
 
 
 async def settle_failure(record: RequestRecord, error: BaseException) -> None:
@@ -136,7 +184,7 @@ async def settle_failure(record: RequestRecord, error: BaseException) -> None:
         await record.settle(Request.Failed, "upstream_rejected", None)
     elif isinstance(error, ProviderError | UpstreamFailed | ProviderUnavailable):
         await record.settle(Request.Failed, "upstream_error", None)
-    elif isinstance(error, trio.Cancelled):
+    elif is_cancellation(error):
         # The provider read the prompt even if nothing came back yet: record its estimate.
         await record.settle(Request.Cancelled, "client_disconnected", estimate_usage(record.chat, 0))
     else:

@@ -43,6 +43,7 @@ from runtime.errors import (
     ProviderUnavailable,
     Unauthenticated,
     UpstreamFailed,
+    UpstreamsRateLimited,
 )
 from runtime.exchange import Exchange
 from runtime.gateway import Gateway
@@ -68,6 +69,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (BudgetExceeded, 402, "insufficient_quota", "budget_exceeded"),
     (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (RequestRefused, 400, "invalid_request_error", "refused"),
+    (UpstreamsRateLimited, 429, "rate_limit_error", "upstream_rate_limited"),
     (UpstreamFailed, 502, "api_error", "upstream_error"),
     (ProviderUnavailable, 503, "api_error", "provider_unavailable"),
     (Overloaded, 503, "api_error", "overloaded"),
@@ -245,6 +247,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         exchange: Exchange | None = g.get("exchange")
         if exchange is not None:
             response.headers["x-request-id"] = exchange.request_id
+            if exchange.recorded:
+                response.headers["x-tollgate-ledger-id"] = str(exchange.ledger_id)
             response.headers["traceparent"] = exchange.trace.traceparent
         for name, value in (g.get("rate_headers") or {}).items():
             response.headers[name] = value

@@ -53,6 +53,7 @@ class Behaviour:
     error_type: str | None = None  # None: the type Anthropic pairs with `status`
     error_message: str = "upstream secret internals"
     fault: Fault = None
+    echo_headers: bool = False  # an error message that quotes every header received (as careless servers do)
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -214,9 +215,10 @@ class FakeAnthropic:
             if b.status != 200:
                 error_type = b.error_type or ERROR_TYPES.get(b.status, "api_error")
                 extra = {"retry-after": b.retry_after} if b.retry_after else {}
-                return Response(
-                    error_body(error_type, b.error_message), b.status, extra, content_type="application/json"
-                )
+                message = b.error_message
+                if b.echo_headers:
+                    message += " (headers: " + "; ".join(f"{k}: {v}" for k, v in headers.items()) + ")"
+                return Response(error_body(error_type, message), b.status, extra, content_type="application/json")
             if b.fault == "malformed_json" and not body.get("stream"):
                 return Response("{not json", 200, content_type="application/json")
             if body.get("stream"):

@@ -34,9 +34,13 @@ class Behaviour:
     first_content_delay_s: float = 0.0  # a stream: after the role chunk, before any content
     retry_after: str | None = None
     error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
-    fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content"] = None
+    fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content", "empty_stream"] = (
+        None
+    )
+    usage_extra: dict[str, Any] = attrs.field(factory=dict)  # more usage fields (details, LiteLLM's extras)
     send_usage: bool = True
     usage: Any = None  # when set, the `usage` object sent verbatim (hostile usage tests)
+    echo_headers: bool = False  # an error body that quotes every header received (as careless servers do)
 
 
 @attrs.define
@@ -79,6 +83,7 @@ class FakeOpenAI:
         }
         if b.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
+        usage.update(b.usage_extra)
         if b.usage is not None:
             usage = b.usage
         return {
@@ -113,9 +118,13 @@ class FakeOpenAI:
                 "prompt_tokens": b.prompt_tokens,
                 "completion_tokens": b.completion_tokens,
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
+                **b.usage_extra,
             }
             if b.usage is not None:
                 usage = b.usage
+            if b.fault == "empty_stream":
+                yield b"data: [DONE]\n\n"
+                return
             yield self.chunk(model, {"role": "assistant", "content": ""})
             if b.first_content_delay_s:
                 await trio.sleep(b.first_content_delay_s)
@@ -170,7 +179,12 @@ class FakeOpenAI:
                 await trio.sleep(b.first_byte_delay_s)
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             if b.status != 200:
-                return Response(b.error_body, b.status, headers, content_type="application/json")
+                error_body = b.error_body
+                if b.echo_headers:
+                    received = "; ".join(f"{k}: {v}" for k, v in self.headers[-1].items())
+                    message = f"Unrecognized request argument supplied: frobnicate (headers: {received})"
+                    error_body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+                return Response(error_body, b.status, headers, content_type="application/json")
             if b.fault == "malformed_json":
                 return Response("{not json", 200, content_type="application/json")
             model = body.get("model", "")

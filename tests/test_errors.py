@@ -142,7 +142,6 @@ async def test_unknown_path_and_method() -> None:
     [
         Behaviour(status=500),
         Behaviour(status=503),
-        Behaviour(status=429, retry_after="3"),
         Behaviour(fault="malformed_json"),
         Behaviour(status=401),
     ],

@@ -56,6 +56,8 @@ async def test_breaker_opens_half_opens_admits_k_probes_and_closes(mock_clock: t
                     await trio.testing.wait_all_tasks_blocked()
                 second = await post(http)  # K = 1: a second request during the probe is refused
                 assert second.status_code == 503
+                said = second.json()["error"]["message"]  # what is true: not "circuit open"
+                assert "half-open, a probe request is in flight" in said and "circuit open" not in said
                 assert (await provider_stats(http))["breaker"] == "half_open"
                 mock_clock.jump(5)
             assert probe[0].status_code == 200
@@ -176,6 +178,8 @@ async def test_all_breakers_open_is_503_with_the_earliest_half_open_time(mock_cl
         async with running_gateway(config) as gw, gw.http() as http:
             first = await post(http, {**BODY, "model": "m"})
             assert first.status_code == 502
-            assert "a, b" in first.json()["error"]["message"] and "secret" not in first.text
+            message = first.json()["error"]["message"]
+            assert "provider 'a': upstream answered 500; provider 'b': upstream answered 500" in message
+            assert "secret" not in first.text
             refused = await post(http, {**BODY, "model": "m"})
             assert refused.status_code == 503 and refused.headers["retry-after"] == "20"
