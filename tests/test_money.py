@@ -215,6 +215,13 @@ async def test_hostile_upstream_usage_never_lowers_spend_nor_breaks_a_hard_budge
                 Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
                 Price(Decimal(10), Decimal(10)),
             ), "the recorded cost is recomputable from the recorded counts"
+        # The provider's own figures are in the ledger as they came (floats as text), flagged by the
+        # source, and shown where a person audits the request.
+        claim = {k: repr(v) if isinstance(v, float) else v for k, v in usage.items()}
+        assert [e.reported_usage for e in done] == [claim] * 3
+        audit = (await http.get("/admin/events", params={"tenant": "victim"}, headers=ADMIN)).json()["data"]
+        shown = [e["data"] for e in audit if e["type"] in ("Request.Completed", "Request.Failed")]
+        assert [(d["usage_source"], d["reported_usage"]) for d in shown] == [(source, claim)] * 3
         gateway = gw.gateway
         await gateway.projector.wait_for(gateway.journal.position)
         problems = await trio.to_thread.run_sync(
