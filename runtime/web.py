@@ -268,7 +268,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             chat = parse_chat_request(parse_json(raw))
             deployments = router.candidates(gateway, chat.model)
             admission = await gateway.tenants.admit(
-                tenant, chat, deployments, gateway.output_limit(chat.model, deployments)
+                tenant, chat, deployments, gateway.output_limit(chat.model, deployments), received_at
             )
         except (RequestRefused, ModelNotFound) as refusal:
             body = _loose_json(raw)
