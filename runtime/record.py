@@ -67,6 +67,13 @@ class RequestRecord:
     def settled(self) -> bool:
         return self.priced is not None
 
+    @property
+    def corrected_usage(self) -> Usage | None:
+        """The usage billed when it is not what the provider reported (invalid or beyond the
+        reservation): what the client must be shown instead of the provider's figures."""
+        billed = self.billed
+        return billed if billed is not None and billed.source in ("provider_invalid", "provider_capped") else None
+
     def admit(self) -> None:
         aggregate = Request.admit(
             self._exchange.request_id,

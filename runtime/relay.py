@@ -128,6 +128,8 @@ class StreamRelay:
                 "choices": [],
                 "usage": self._usage_so_far().as_openai(),
             }
+        if (corrected := self._record.corrected_usage) is not None:
+            data["usage"] = corrected.as_openai()
         data["x_gateway"] = self._exchange.x_gateway(self._record.cost_str())
         return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n" + DONE
 

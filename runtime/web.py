@@ -304,6 +304,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
             )
         completion = await router.complete(gateway, record, exchange)
         body = completion.body
+        if (corrected := record.corrected_usage) is not None:
+            body["usage"] = corrected.as_openai()
         x_gateway = exchange.x_gateway(record.cost_str())
         body["x_gateway"] = x_gateway
         return json_response(body, 200, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"])})

@@ -370,6 +370,8 @@ async def test_hostile_anthropic_usage_is_bounded_too(
             (reserved,) = [e.reserved_usd for e in events if isinstance(e, Request.Admitted)]
             (done,) = settled(events)
             assert done.usage_source == source
+            assert done.reported_usage is not None  # the provider's own figures, as it sent them
+            assert {k: done.reported_usage.get(k) for k in fields} == fields
             assert done.cost_usd is not None and ZERO <= done.cost_usd <= reserved
             assert 0 <= done.completion_tokens <= 50 and done.prompt_tokens >= 0
 
@@ -422,3 +424,33 @@ async def test_a_price_change_between_receipt_and_admission_cannot_overspend_a_h
         assert fake.bodies == []
         (rejected,) = [e for e in await ledger_events(gw) if isinstance(e, Request.Rejected)]
         assert rejected.received_at == received and rejected.reason == "budget_exceeded"
+
+
+@pytest.mark.parametrize("where", ["standalone", "on_content", "complete"])
+@pytest.mark.parametrize(("name", "usage", "source"), HOSTILE[:2], ids=[h[0] for h in HOSTILE[:2]])
+async def test_the_usage_a_client_is_shown_is_what_was_billed(name: str, usage: Any, source: str, where: str) -> None:
+    fault = "usage_on_last_content" if where == "on_content" else None
+    async with (
+        fake_openai(Behaviour(usage=usage, fault=fault)) as fake,
+        running_gateway(make_config(providers=[openai_provider(fake.url)], pricing=TEN)) as gw,
+        gw.http() as http,
+    ):
+        auth = await new_tenant(http, "shown", budget_usd="0.01")
+        if where == "complete":
+            answer = await post_chat(http, auth, max_tokens=50)
+            assert answer.status_code == 200, answer.text
+            (done,) = settled(await ledger_events(gw))
+            assert done.usage_source == source
+            billed = Usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens).as_openai()
+            assert answer.json()["usage"] == billed
+            return
+        response = await post_chat(http, auth, max_tokens=50, stream=True, stream_options={"include_usage": True})
+        assert response.status_code == 200, response.text
+        lines = [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        closing = json.loads(lines[-2])
+        (done,) = settled(await ledger_events(gw))
+        assert done.usage_source == source
+        billed = Usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens).as_openai()
+        assert closing["usage"] == billed
+        assert all(json.loads(line).get("usage") is None for line in lines[:-2])
