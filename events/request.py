@@ -48,7 +48,16 @@ class Request(Aggregate):
             aggregate.attempts += 1
 
     class Settled(Aggregate.Event):
-        """The shape every terminal event shares; never stored itself."""
+        """The shape every terminal event shares; never stored itself.
+
+        The counts are the ones billed (`usage_source` says how they were obtained). `reported_usage`
+        is the provider's own usage object when what was billed differs from it (sources
+        `provider_invalid`, `provider_capped`): kept as it came, JSON-safe and bounded
+        (`policies.usage.reported_record`), for audit only — costs are computed from the counts.
+
+        v2 added `reported_usage`; a stored v1 event loads with it None."""
+
+        class_version = 2
 
         provider: str | None
         served_model: str | None
@@ -61,6 +70,11 @@ class Request(Aggregate):
         latency_us: int
         overhead_us: int
         outcome: str
+        reported_usage: dict[str, Any] | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["reported_usage"] = None
 
         def apply(self, aggregate: Any) -> None:
             aggregate.outcome = self.outcome

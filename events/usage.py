@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -16,12 +16,16 @@ class Usage:
 
     `cached_tokens` counts prompt tokens served from the provider's prompt cache; for OpenAI-style
     providers they are included in `prompt_tokens` (Anthropic's adapter normalises to that rule).
+    `reported` is the provider's usage object as it came, when one was read (not part of equality:
+    two usages with the same counts and source are the same usage); `policies.usage` records it
+    when what is billed differs from it.
     """
 
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
     source: UsageSource = "provider"
+    reported: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def total_tokens(self) -> int:
@@ -52,5 +56,5 @@ class Usage:
         if cached is None:
             cached = 0
         if type(prompt) is not int or type(completion) is not int or type(cached) is not int:
-            return cls(0, 0, 0, "provider_invalid")
-        return cls(prompt, completion, cached)
+            return cls(0, 0, 0, "provider_invalid", usage)
+        return cls(prompt, completion, cached, reported=usage)

@@ -9,8 +9,11 @@ ledger records and prices, with `Usage.source` saying which rule applied:
                       cached > prompt): the gateway's estimate instead; a bad number never lowers spend
     provider_capped   valid, but above what the reservation allowed: each count is billed at its
                       bound (prompt at the reservation's prompt upper bound, completion at the
-                      output cap × n; cached counts dropped when the prompt is capped), and the
-                      provider's figures are logged with the request id
+                      output cap × n; cached counts dropped when the prompt is capped)
+
+For the last two the provider's figures are recorded too, on the terminal event (`reported_usage`,
+from `reported_record`): its usage object as it came, made JSON-safe and bounded in size — an audit
+trail of the claim, never a billing input.
 
 Every billed count is a non-negative int within `UsageBounds`, so the cost of a billed usage never
 exceeds the reservation's worst case at the same price (`policies.budget.worst_case_cost`): a hard
@@ -21,11 +24,17 @@ recorded cost is recomputable from the ledger (re-pricing, `replay --verify`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from events.usage import Usage
 
 ABSURD_TOKENS = 10_000_000  # no single request is billed beyond this many tokens of one kind
+RECORD_ITEMS = 64  # values kept of a reported usage object (nested ones included)
+RECORD_DEPTH = 3  # objects nested deeper are summarised
+RECORD_TEXT = 64  # characters kept of a string (keys included)
+RECORD_DIGITS = 30  # an integer with more digits is kept as a summary string
 
 
 @attrs.frozen
@@ -68,3 +77,58 @@ def billed_usage(reported: Usage | None, estimate: Usage, bounds: UsageBounds) -
     if billed != attrs.evolve(reported, source="provider"):
         return attrs.evolve(billed, source="provider_capped")
     return billed
+
+
+def reported_record(reported: Usage | None, billed: Usage) -> dict[str, Any] | None:
+    """What the ledger keeps of the provider's claim when `billed` is not it (sources
+    `provider_invalid`, `provider_capped`); None otherwise. The usage object as it came when the
+    adapter kept it (else the counts read), JSON-safe and bounded: at most `RECORD_ITEMS` values and
+    `RECORD_DEPTH` levels, strings cut to `RECORD_TEXT` characters (lone surrogates replaced), floats
+    and huge integers as strings (money and counts never travel as floats), and the keys the store's
+    JSON uses for typed values (`_type_`, `_data_`) escaped with a leading `~`, so no claim can make
+    the ledger unreadable."""
+    if reported is None or billed.source not in ("provider_invalid", "provider_capped"):
+        return None
+    claim: Any = reported.reported
+    if not isinstance(claim, dict):
+        counts = (reported.prompt_tokens, reported.completion_tokens, reported.cached_tokens)
+        claim = dict(zip(("prompt_tokens", "completion_tokens", "cached_tokens"), counts, strict=True))
+    budget = [RECORD_ITEMS]
+    safe = _json_safe(claim, RECORD_DEPTH, budget)
+    return safe if isinstance(safe, dict) else {"reported": safe}
+
+
+def _text(value: str) -> str:
+    cut = value if len(value) <= RECORD_TEXT else value[:RECORD_TEXT] + "…"
+    return cut.encode("utf-8", "replace").decode("utf-8")
+
+
+def _json_safe(value: Any, depth: int, budget: list[int]) -> Any:
+    if value is None or type(value) is bool:
+        return value
+    if type(value) is int:
+        return value if abs(value) < 10**RECORD_DIGITS else f"<integer of more than {RECORD_DIGITS} digits>"
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict | list | tuple):
+        if depth <= 0:
+            return f"<{type(value).__name__} of {len(value)}>"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        kept: list[tuple[Any, Any]] = []
+        for key, item in items:
+            if budget[0] <= 0:
+                kept.append(("…", f"{len(value) - len(kept)} more"))
+                break
+            budget[0] -= 1
+            kept.append((key, _json_safe(item, depth - 1, budget)))
+        if isinstance(value, dict):
+            return {_key(key): item for key, item in kept}
+        return [item for _, item in kept]
+    return _text(f"<{type(value).__name__}>")
+
+
+def _key(key: Any) -> str:
+    text = _text(key if isinstance(key, str) else repr(key))
+    return "~" + text if text in ("_type_", "_data_") or text.startswith("~") else text

@@ -257,14 +257,14 @@ def normalise_usage(usage: Mapping[str, Any]) -> Usage:
     `policies.usage`)."""
     keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     if any(usage.get(key) is not None and not (type(usage[key]) is int and usage[key] >= 0) for key in keys):
-        return Usage(0, 0, 0, "provider_invalid")
+        return Usage(0, 0, 0, "provider_invalid", usage)
 
     def count(key: str) -> int:
         value = usage.get(key)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     prompt = count("input_tokens") + count("cache_read_input_tokens") + count("cache_creation_input_tokens")
-    return Usage(prompt, count("output_tokens"), count("cache_read_input_tokens"))
+    return Usage(prompt, count("output_tokens"), count("cache_read_input_tokens"), reported=usage)
 
 
 def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 `admit` queues `Admitted` without waiting (a full Journal refuses the request with 503);
 `attempt_failed` adds to the aggregate; `settle` checks the reported usage against what the
 admission allowed (`policies.usage`: the counts recorded are the ones billed, flagged in
-`usage_source` when they are not the provider's), prices it, appends the one terminal event and
-waits until it is durable — exactly once, whatever path the request ends on. `reject` records a
-request refused before dispatch.
+`usage_source` when they are not the provider's, whose own figures then go to `reported_usage`),
+prices it, appends the one terminal event and waits until it is durable — exactly once, whatever
+path the request ends on. `reject` records a request refused before dispatch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from events.request import Request
 from events.usage import Usage
 from policies.cost import Priced
 from policies.routing import Deployment
-from policies.usage import billed_usage
+from policies.usage import billed_usage, reported_record
 from policies.validation import ChatRequest
 from providers.errors import ProviderError
 from providers.tokens import estimate_prompt_tokens
@@ -57,6 +57,7 @@ class RequestRecord:
         self.received_at = received_at
         self._aggregate: Request | None = None
         self.priced: Priced | None = None
+        self.billed: Usage | None = None  # the usage settled: what the client is shown as its usage
 
     def interruption(self) -> str:
         """Why a request that did not finish ended, when nobody said: the gateway stopping, or its client."""
@@ -65,6 +66,13 @@ class RequestRecord:
     @property
     def settled(self) -> bool:
         return self.priced is not None
+
+    @property
+    def corrected_usage(self) -> Usage | None:
+        """The usage billed when it is not what the provider reported (invalid or beyond the
+        reservation): what the client must be shown instead of the provider's figures."""
+        billed = self.billed
+        return billed if billed is not None and billed.source in ("provider_invalid", "provider_capped") else None
 
     def admit(self) -> None:
         aggregate = Request.admit(
@@ -94,6 +102,7 @@ class RequestRecord:
             return self.priced
         assert self._aggregate is not None
         deployment = self._exchange.deployment
+        reported: Usage | None = None
         if usage is None:
             usage = Usage(0, 0, 0, "estimated")
         else:
@@ -132,7 +141,9 @@ class RequestRecord:
             latency_us=int(self._exchange.latency_ms() * 1000),
             overhead_us=int(self._exchange.overhead_ms() * 1000),
             outcome=outcome,
+            reported_usage=reported_record(reported, usage),
         )
+        self.billed = usage
         await self._gateway.journal.commit(self._aggregate.collect_events())
         return priced
 

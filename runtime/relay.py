@@ -136,6 +136,8 @@ class StreamRelay:
         for key, value in self._own_identity().items():  # an upstream that sent none (an empty stream)
             if data.get(key) is None:
                 data[key] = value
+        if (corrected := self._record.corrected_usage) is not None:
+            data["usage"] = corrected.as_openai()
         data["x_gateway"] = self._exchange.x_gateway(self._record.cost_str())
         return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n" + DONE
 

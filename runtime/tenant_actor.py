@@ -61,9 +61,14 @@ class Admission:
 
 @attrs.frozen
 class Admit:
+    """A request to admit. `received_at` is when the gateway received it: the worst case is priced
+    at that moment because settlement prices the request there too (a price change landing between
+    receipt and admission must not make the cost exceed the reservation)."""
+
     chat: ChatRequest
     candidates: tuple[Deployment, ...]
     output_tokens: int
+    received_at: datetime
     reply: trio.MemorySendChannel[Admission | RequestRefused]
 
 
@@ -201,7 +206,7 @@ class TenantActor:
         if policy.budget_usd is not None:
             priced = []
             for deployment in candidates:
-                entry = self.gateway.books.prices.lookup(deployment.provider, deployment.model, now)
+                entry = self.gateway.books.prices.lookup(deployment.provider, deployment.model, message.received_at)
                 if entry is not None and entry.price is not None:
                     priced.append(deployment)
                     worst = max(worst, budget.worst_case_cost(prompt_tokens, output_tokens, entry.price))
@@ -389,13 +394,19 @@ class TenantActors:
                 del self._actors[actor.tenant_id]
 
     async def admit(
-        self, tenant: TenantView, chat: ChatRequest, candidates: tuple[Deployment, ...], output_tokens: int
+        self,
+        tenant: TenantView,
+        chat: ChatRequest,
+        candidates: tuple[Deployment, ...],
+        output_tokens: int,
+        received_at: datetime,
     ) -> Admission:
+        """Admit `chat` (received at `received_at`, where its worst case is priced) or raise the refusal."""
         for _ in range(3):
             actor = await self.actor(tenant)
             reply_send, reply_receive = trio.open_memory_channel[Admission | RequestRefused](1)
             try:
-                await actor.send.send(Admit(chat, candidates, output_tokens, reply_send))
+                await actor.send.send(Admit(chat, candidates, output_tokens, received_at, reply_send))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # it stopped while idle just now: start another
             with reply_receive:

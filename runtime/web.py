@@ -272,7 +272,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             chat = parse_chat_request(parse_json(raw))
             deployments = router.candidates(gateway, chat.model)
             admission = await gateway.tenants.admit(
-                tenant, chat, deployments, gateway.output_limit(chat.model, deployments)
+                tenant, chat, deployments, gateway.output_limit(chat.model, deployments), received_at
             )
         except (RequestRefused, ModelNotFound) as refusal:
             body = _loose_json(raw)
@@ -308,6 +308,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
             )
         completion = await router.complete(gateway, record, exchange)
         body = completion.body
+        if (corrected := record.corrected_usage) is not None:
+            body["usage"] = corrected.as_openai()
         x_gateway = exchange.x_gateway(record.cost_str())
         body["x_gateway"] = x_gateway
         return json_response(body, 200, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"])})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import tempfile
 import uuid
 from datetime import UTC, datetime
@@ -19,6 +21,8 @@ from events.repricing import Repricing
 from events.request import Request
 from events.store import LedgerStore, topic_of
 from events.tenant import Tenant
+from events.usage import Usage
+from policies.usage import RECORD_ITEMS, reported_record
 from runtime.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
@@ -46,8 +50,24 @@ def settle_fields() -> st.SearchStrategy[dict[str, Any]]:
             "latency_us": counts,
             "overhead_us": counts,
             "outcome": text,
+            "reported_usage": st.one_of(st.none(), claims.map(_recorded)),
         }
     )
+
+
+def _recorded(claim: Any) -> dict[str, Any] | None:
+    return reported_record(Usage(0, 0, 0, "provider_invalid", claim), Usage(0, 0, 0, "provider_invalid"))
+
+
+# A provider's usage object, as hostile as JSON lets it be (including the store's own typed-value keys).
+claims = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(text, st.sampled_from(["_type_", "_data_", "~x"])), inner, max_size=4),
+    ),
+    max_leaves=80,
+)
 
 
 @st.composite
@@ -166,3 +186,74 @@ def test_aggregate_ids_are_stable_by_name() -> None:
     assert Tenant.register("acme", "k", {}, "api").id == Tenant.register("acme", "x", {}, "config").id
     assert Provider.register("sim").id == Provider.register("sim").id
     assert isinstance(Request.admit("r", "t", "m", False, Decimal(0), datetime.now(UTC)).id, uuid.UUID)
+
+
+def _v1_settled_state(kind: type[Request.Settled]) -> bytes:
+    """A terminal event's stored state as version 1 wrote it: no `class_version`, no `reported_usage`."""
+    state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-10-01T12:00:00+00:00"},
+        "provider": "sim",
+        "served_model": "sim-1",
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "cached_tokens": 0,
+        "usage_source": "provider",
+        "cost_usd": {"_type_": "decimal_str", "_data_": "0.000018000"},
+        "price_ref": "sim/sim-1@2026-10-01T00:00:00+00:00",
+        "latency_us": 1000,
+        "overhead_us": 300,
+        "outcome": "ok",
+    }
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def test_stored_v1_terminal_events_still_load(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.sqlite3")
+    store = LedgerStore(path)
+    kinds = (Request.Completed, Request.Failed, Request.Cancelled)
+    requests = [
+        Request.admit(f"r{i}", "t", "sim-1", False, Decimal("0.01"), datetime(2026, 10, 1, tzinfo=UTC))
+        for i in range(3)
+    ]
+    store.append(requests)
+    store.close()
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.executemany(
+            "insert into stored_events values (?, ?, ?, ?)",
+            [(r.id.hex, 2, topic_of(kind), _v1_settled_state(kind)) for r, kind in zip(requests, kinds, strict=True)],
+        )
+    connection.close()
+    store = LedgerStore(path)
+    try:
+        loaded = [r.event for r in store.read(0, 100)][3:]
+        aggregate = store.get(requests[0].id, Request)
+    finally:
+        store.close()
+    assert [type(e) for e in loaded] == list(kinds)
+    for event in loaded:
+        assert event.reported_usage is None and "reported_usage" in event.__dict__
+        assert (event.prompt_tokens, event.cost_usd, event.outcome) == (12, Decimal("0.000018000"), "ok")
+    assert aggregate is not None and aggregate.outcome == "ok"
+    assert Request.Completed.class_version == 2
+
+
+def test_a_reported_claim_is_recorded_json_safe_and_bounded() -> None:
+    hostile = {
+        "prompt_tokens": 1.5,
+        "completion_tokens": float("nan"),
+        "total_tokens": 10**40,
+        "details": {"_type_": "decimal_str", "_data_": "1"},
+        "note": "\ud800" + "x" * 1000,
+        "deep": [[[[[1]]]]],
+        "many": list(range(1000)),
+    }
+    recorded = reported_record(Usage(0, 0, 0, "provider_invalid", hostile), Usage(0, 0, 0, "provider_invalid"))
+    assert recorded is not None
+    assert recorded["prompt_tokens"] == "1.5" and recorded["completion_tokens"] == "nan"
+    assert isinstance(recorded["total_tokens"], str)
+    assert recorded["details"] == {"~_type_": "decimal_str", "~_data_": "1"}
+    assert len(recorded["note"]) <= 65
+    assert len(json.dumps(recorded)) < 4000 and str(RECORD_ITEMS) and len(recorded["many"]) <= RECORD_ITEMS + 1
+    billed = Usage(3, 4, 0, "provider")
+    assert reported_record(Usage(3, 4, 0, "provider", {"prompt_tokens": 3}), billed) is None

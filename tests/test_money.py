@@ -4,7 +4,7 @@ interrupted requests are flagged, and rate-limit refusals say what they mean."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,13 @@ async def test_hostile_upstream_usage_never_lowers_spend_nor_breaks_a_hard_budge
                 Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
                 Price(Decimal(10), Decimal(10)),
             ), "the recorded cost is recomputable from the recorded counts"
+        # The provider's own figures are in the ledger as they came (floats as text), flagged by the
+        # source, and shown where a person audits the request.
+        claim = {k: repr(v) if isinstance(v, float) else v for k, v in usage.items()}
+        assert [e.reported_usage for e in done] == [claim] * 3
+        audit = (await http.get("/admin/events", params={"tenant": "victim"}, headers=ADMIN)).json()["data"]
+        shown = [e["data"] for e in audit if e["type"] in ("Request.Completed", "Request.Failed")]
+        assert [(d["usage_source"], d["reported_usage"]) for d in shown] == [(source, claim)] * 3
         gateway = gw.gateway
         await gateway.projector.wait_for(gateway.journal.position)
         problems = await trio.to_thread.run_sync(
@@ -363,5 +370,87 @@ async def test_hostile_anthropic_usage_is_bounded_too(
             (reserved,) = [e.reserved_usd for e in events if isinstance(e, Request.Admitted)]
             (done,) = settled(events)
             assert done.usage_source == source
+            assert done.reported_usage is not None  # the provider's own figures, as it sent them
+            assert {k: done.reported_usage.get(k) for k in fields} == fields
             assert done.cost_usd is not None and ZERO <= done.cost_usd <= reserved
             assert 0 <= done.completion_tokens <= 50 and done.prompt_tokens >= 0
+
+
+# --- admission prices the worst case where settlement prices the request: at its receipt -------------------
+
+
+class TickingClock:
+    """Wall time that moves one second on every read: each reader sees a later moment than the last."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.reads = 0
+
+    def __call__(self) -> datetime:
+        self.reads += 1
+        return self.start + timedelta(seconds=self.reads - 1)
+
+    def next_read(self) -> datetime:
+        return self.start + timedelta(seconds=self.reads)
+
+
+async def test_a_price_change_between_receipt_and_admission_cannot_overspend_a_hard_budget() -> None:
+    # $1000/M when the request arrives, $10/M from half a second later (a price change scheduled for
+    # then). Settlement prices at receipt; admission, one clock read later, must too: reserving at the
+    # later, lower price let a $0.059 answer through a $0.01 budget.
+    clock = TickingClock(datetime(2026, 10, 1, 12, tzinfo=UTC))
+    behaviour = Behaviour(prompt_tokens=9, completion_tokens=50)
+    async with (
+        fake_openai(behaviour) as fake,
+        running_gateway(make_config(providers=[openai_provider(fake.url)]), clock=clock) as gw,
+        gw.http() as http,
+    ):
+        auth = await new_tenant(http, "scheduled", budget_usd="0.01")
+        high = {"input_per_mtok": "1000", "output_per_mtok": "1000"}
+        low = {"input_per_mtok": "10", "output_per_mtok": "10"}
+        for price, at in ((high, clock.start - timedelta(days=1)), (low, None)):
+            at = at or clock.next_read() + timedelta(seconds=0.5)
+            put = await http.put(
+                "/admin/pricing",
+                json={"prices": {"up/gpt-test": price}, "effective_from": at.isoformat()},
+                headers=ADMIN,
+            )
+            assert put.status_code == 200, put.text
+        received = clock.next_read()
+        response = await post_chat(http, auth, max_tokens=50)
+        assert clock.reads > 1 + (received - clock.start).total_seconds(), "admission read the clock after receipt"
+        assert await spent(http, auth) <= Decimal("0.01")
+        assert response.status_code == 402, response.text  # the worst case at $1000/M: above $0.01
+        assert fake.bodies == []
+        (rejected,) = [e for e in await ledger_events(gw) if isinstance(e, Request.Rejected)]
+        assert rejected.received_at == received and rejected.reason == "budget_exceeded"
+
+
+@pytest.mark.parametrize("where", ["standalone", "on_content", "complete"])
+@pytest.mark.parametrize(("name", "usage", "source"), HOSTILE[:2], ids=[h[0] for h in HOSTILE[:2]])
+async def test_the_usage_a_client_is_shown_is_what_was_billed(name: str, usage: Any, source: str, where: str) -> None:
+    fault = "usage_on_last_content" if where == "on_content" else None
+    async with (
+        fake_openai(Behaviour(usage=usage, fault=fault)) as fake,
+        running_gateway(make_config(providers=[openai_provider(fake.url)], pricing=TEN)) as gw,
+        gw.http() as http,
+    ):
+        auth = await new_tenant(http, "shown", budget_usd="0.01")
+        if where == "complete":
+            answer = await post_chat(http, auth, max_tokens=50)
+            assert answer.status_code == 200, answer.text
+            (done,) = settled(await ledger_events(gw))
+            assert done.usage_source == source
+            billed = Usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens).as_openai()
+            assert answer.json()["usage"] == billed
+            return
+        response = await post_chat(http, auth, max_tokens=50, stream=True, stream_options={"include_usage": True})
+        assert response.status_code == 200, response.text
+        lines = [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        closing = json.loads(lines[-2])
+        (done,) = settled(await ledger_events(gw))
+        assert done.usage_source == source
+        billed = Usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens).as_openai()
+        assert closing["usage"] == billed
+        assert all(json.loads(line).get("usage") is None for line in lines[:-2])
