@@ -63,14 +63,14 @@ class Connection:
         return not self.socket.is_readable()
 
 
-async def connect(origin: Origin, ssl_context: ssl.SSLContext | None, timeout: float) -> Connection:
-    """Open a connection (TCP, then TLS with SNI and certificate checks for https) within `timeout` s.
+async def connect(origin: Origin, ssl_context: ssl.SSLContext | None, limit_s: float) -> Connection:
+    """Open a connection (TCP, then TLS with SNI and certificate checks for https) within `limit_s` s.
 
     Raises httpx.ConnectTimeout or httpx.ConnectError (refused, unreachable, a bad certificate).
     """
     stream: trio.SocketStream | None = None
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit_s):
             stream = await trio.open_tcp_stream(origin.host, origin.port)
             transport: trio.abc.Stream = stream
             if ssl_context is not None:
@@ -80,7 +80,7 @@ async def connect(origin: Origin, ssl_context: ssl.SSLContext | None, timeout: f
     except trio.TooSlowError:
         if stream is not None:
             stream.socket.close()
-        raise httpx.ConnectTimeout(f"connecting to {origin.host}:{origin.port} took longer than {timeout} s") from None
+        raise httpx.ConnectTimeout(f"connecting to {origin.host}:{origin.port} took longer than {limit_s} s") from None
     except (OSError, trio.BrokenResourceError) as error:
         if stream is not None:
             stream.socket.close()

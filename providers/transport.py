@@ -52,33 +52,33 @@ def local_errors() -> Iterator[None]:
         raise httpx.LocalProtocolError(str(error)) from error
 
 
-async def send(stream: trio.abc.Stream, data: bytes, timeout: float) -> None:
+async def send(stream: trio.abc.Stream, data: bytes, limit_s: float) -> None:
     try:
-        if timeout == math.inf:
+        if limit_s == math.inf:
             await stream.send_all(data)
         else:
-            with trio.fail_after(timeout):
+            with trio.fail_after(limit_s):
                 await stream.send_all(data)
     except trio.TooSlowError:
-        raise httpx.WriteTimeout(f"sending the request took longer than {timeout} s") from None
+        raise httpx.WriteTimeout(f"sending the request took longer than {limit_s} s") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise httpx.WriteError(f"the connection broke while sending the request: {error}") from error
 
 
-async def receive_some(stream: trio.abc.Stream, timeout: float) -> bytes:
+async def receive_some(stream: trio.abc.Stream, limit_s: float) -> bytes | bytearray:
     try:
-        if timeout == math.inf:
+        if limit_s == math.inf:
             return await stream.receive_some(READ_BYTES)
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit_s):
             return await stream.receive_some(READ_BYTES)
     except trio.TooSlowError:
-        raise httpx.ReadTimeout(f"no response bytes arrived within {timeout} s") from None
+        raise httpx.ReadTimeout(f"no response bytes arrived within {limit_s} s") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise httpx.ReadError(f"the connection broke while reading the response: {error}") from error
 
 
-async def next_event(connection: Connection, timeout: float) -> h11.Event:
-    """The next h11 event of the response, reading as needed (each read bounded by `timeout`)."""
+async def next_event(connection: Connection, limit_s: float) -> h11.Event:
+    """The next h11 event of the response, reading as needed (each read bounded by `limit_s`)."""
     state = connection.h11
     while True:
         try:
@@ -89,7 +89,7 @@ async def next_event(connection: Connection, timeout: float) -> h11.Event:
                 raise httpx.RemoteProtocolError(message) from error
             raise httpx.RemoteProtocolError(str(error)) from error
         if event is h11.NEED_DATA:
-            data = await receive_some(connection.stream, timeout)
+            data = await receive_some(connection.stream, limit_s)
             if not data and state.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
             state.receive_data(data)
