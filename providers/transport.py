@@ -92,7 +92,7 @@ async def next_event(connection: Connection, limit_s: float) -> h11.Event:
             data = await receive_some(connection.stream, limit_s)
             if not data and state.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-            state.receive_data(data)
+            state.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like (SSLStream gives bytearray)
         elif event is h11.PAUSED:  # pragma: no cover - only after EndOfMessage, which ends our reading
             raise httpx.RemoteProtocolError("h11 paused mid-response")
         else:
