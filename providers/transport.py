@@ -77,15 +77,16 @@ async def receive_some(stream: trio.abc.Stream, limit_s: float) -> bytes | bytea
         raise httpx.ReadError(f"the connection broke while reading the response: {error}") from error
 
 
-async def next_event(connection: Connection, limit_s: float) -> h11.Event:
+async def next_event(connection: Connection, limit_s: float, in_head: bool = False) -> h11.Event:
     """The next h11 event of the response, reading as needed (each read bounded by `limit_s`)."""
     state = connection.h11
     while True:
         try:
             event = state.next_event()
         except h11.RemoteProtocolError as error:
-            if error.error_status_hint == 431 and state.their_state is h11.SEND_RESPONSE:
-                message = f"the upstream's response head (status line and headers) exceeds {MAX_HEAD_BYTES} bytes"
+            if error.error_status_hint == 431:  # h11's buffer limit: MAX_HEAD_BYTES without a complete event
+                part = "response head (status line and headers)" if in_head else "chunk header"
+                message = f"the upstream's {part} exceeds {MAX_HEAD_BYTES} bytes"
                 raise httpx.RemoteProtocolError(message) from error
             raise httpx.RemoteProtocolError(str(error)) from error
         if event is h11.NEED_DATA:
@@ -225,7 +226,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 connection = await pool.fresh(timeouts)
                 await send_request(connection, request, timeouts)
             while True:
-                event = await next_event(connection, read_s)
+                event = await next_event(connection, read_s, in_head=True)
                 if isinstance(event, h11.Response):
                     break
                 if not isinstance(event, h11.InformationalResponse):
