@@ -5,10 +5,13 @@ Invariants:
   FIFO `trio.Semaphore` (waiting for one is the pool timeout), then the most recently used idle
   connection, or a new one when none is idle. A connection is made only when the idle list is empty, so
   the number of connections never exceeds the number of slots taken.
-- Idle connections are a LIFO list: taking one is a `pop()`, and only that one is checked (one
+- Idle connections are a LIFO stack: taking one is a `pop()`, and only that one is checked (one
   `poll()` of its socket). A socket readable while idle means the peer closed it (EOF, a TLS
   close_notify, a reset) or sent bytes nobody asked for: either way it is closed and the next is tried.
   Nothing scans the whole pool per request.
+- A connection idle longer than `keepalive_expiry_s` (httpx's default: 5 s) is never reused, so a
+  server's own idle timeout rarely races a request. The stack is ordered by idle time, so an expired
+  one on top means all below it are expired too; each release also closes the oldest if it expired.
 - An idle connection's h11 state is IDLE/IDLE (`start_next_cycle` was called when it was released).
 - Each slot taken by `acquire` is given back exactly once, by `release`; a released connection is either
   back on the idle list or closed.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections import deque
 from collections.abc import Mapping
 
 import attrs
@@ -46,13 +50,15 @@ class Origin:
 class Connection:
     """One open connection: its stream (a `SocketStream`, or an `SSLStream` over one) and its h11 state.
 
-    `reused` is True once it has served a request (only then can it be stale when taken).
+    `reused` is True once it has served a request (only then can it be stale when taken);
+    `idle_since` is the trio time it was last released.
     """
 
     stream: trio.abc.Stream
     socket: trio.socket.SocketType
     h11: h11.Connection
     reused: bool = False
+    idle_since: float = 0.0
 
     def close(self) -> None:
         """Close the socket at once (no TLS close_notify: the peer is told by the TCP close)."""
@@ -96,11 +102,14 @@ async def connect(origin: Origin, ssl_context: ssl.SSLContext | None, limit_s: f
 class Pool:
     """The connections to one origin; see the module docstring for its invariants."""
 
-    def __init__(self, origin: Origin, ssl_context: ssl.SSLContext | None, max_connections: int) -> None:
+    def __init__(
+        self, origin: Origin, ssl_context: ssl.SSLContext | None, max_connections: int, keepalive_expiry_s: float
+    ) -> None:
         self.origin = origin
         self._ssl_context = ssl_context
         self._slots = trio.Semaphore(max_connections)
-        self._idle: list[Connection] = []
+        self._keepalive_s = keepalive_expiry_s
+        self._idle: deque[Connection] = deque()  # oldest left, newest right
         self._closed = False
         self.connections_made = 0
 
@@ -122,11 +131,16 @@ class Pool:
             if waited.cancelled_caught:
                 raise httpx.PoolTimeout(f"no connection to {self.origin.host} was free within {pool_s} s") from None
         try:
+            now = trio.current_time()
             while self._idle:
                 connection = self._idle.pop()
-                if connection.quiet():
+                if now - connection.idle_since > self._keepalive_s:
+                    connection.close()
+                    self.close_idle()  # all older still
+                elif connection.quiet():
                     return connection
-                connection.close()
+                else:
+                    connection.close()
             return await self.fresh(timeouts)
         except BaseException:
             self._slots.release()
@@ -140,22 +154,34 @@ class Pool:
 
     def release(self, connection: Connection, complete: bool) -> None:
         """Give the slot back. The connection goes on the idle list only when the caller read the
-        response to its end (`complete`) and h11 has both sides DONE (no `Connection: close`, the whole
-        request sent); otherwise it is closed.
+        response to its end (`complete`), h11 has both sides DONE (no `Connection: close`, the whole
+        request sent) and no byte beyond the response arrived; otherwise it is closed.
         """
         state = connection.h11
         try:
-            if complete and not self._closed and state.our_state is h11.DONE and state.their_state is h11.DONE:
+            if (
+                complete
+                and not self._closed
+                and state.our_state is h11.DONE
+                and state.their_state is h11.DONE
+                and not state.trailing_data[0]
+            ):
                 state.start_next_cycle()
                 connection.reused = True
+                connection.idle_since = now = trio.current_time()
+                if self._idle and now - self._idle[0].idle_since > self._keepalive_s:
+                    self._idle.popleft().close()
                 self._idle.append(connection)
             else:
                 connection.close()
         finally:
             self._slots.release()
 
+    def close_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
     def close(self) -> None:
         """Close every idle connection; connections in use are closed when released."""
         self._closed = True
-        while self._idle:
-            self._idle.pop().close()
+        self.close_idle()

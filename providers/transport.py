@@ -183,14 +183,18 @@ class ResponseBody(httpx.AsyncByteStream):
 
 
 class TrioTransport(httpx.AsyncBaseTransport):
-    """One per provider: a `Pool` per origin, each with at most `max_connections` connections.
+    """One per provider: a `Pool` per origin, each with at most `max_connections` connections, idle
+    ones reused for up to `keepalive_expiry_s` (httpx's defaults: 100 and 5 s).
 
     `ssl_context` defaults to `httpx.create_ssl_context()` (certifi roots, hostname checks), made on the
     first https request.
     """
 
-    def __init__(self, max_connections: int = 100, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, max_connections: int = 100, keepalive_expiry_s: float = 5.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._max_connections = max_connections
+        self._keepalive_expiry_s = keepalive_expiry_s
         self._ssl_context = ssl_context
         self._pools: dict[tuple[bytes, bytes, int | None], Pool] = {}
 
@@ -203,7 +207,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 raise httpx.UnsupportedProtocol(f"{url.scheme!r} URLs are not supported (http and https only)")
             https = url.raw_scheme == b"https"
             origin = Origin(url.raw_scheme, url.raw_host.decode("ascii"), url.port or (443 if https else 80))
-            pool = Pool(origin, self._tls() if https else None, self._max_connections)
+            pool = Pool(origin, self._tls() if https else None, self._max_connections, self._keepalive_expiry_s)
             self._pools[key] = pool
         return pool
 

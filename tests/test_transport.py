@@ -110,6 +110,36 @@ async def test_a_body_closed_before_its_end_closes_the_connection() -> None:
             assert transport.pool(httpx.URL(server.url)).idle_count == 1
 
 
+async def test_a_connection_idle_longer_than_the_keepalive_expiry_is_not_reused(clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(600):
+        async with serving() as server, client(TrioTransport(keepalive_expiry_s=5.0)) as http:
+            assert (await http.post(server.url, content=b"1")).status_code == 200
+            clock.jump(4.0)
+            assert (await http.post(server.url, content=b"2")).status_code == 200
+            assert server.connections == 1
+            clock.jump(6.0)
+            assert (await http.post(server.url, content=b"3")).status_code == 200
+            assert server.connections == 2
+            await server.wait_until(lambda: server.ended == 1)  # the expired one was closed
+
+
+async def test_bytes_after_a_response_are_never_read_as_the_next_response() -> None:
+    async def answer_with_junk(exchange: Exchange) -> None:
+        if exchange.body == b"1":
+            smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"
+            body = b"first"
+            head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+            await exchange.stream.send_all(head + body + smuggled)  # one send: one read at the client
+        else:
+            await exchange.respond(b"second")
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(answer_with_junk) as server, client(TrioTransport()) as http:
+            assert (await http.post(server.url, content=b"1")).content == b"first"
+            assert (await http.post(server.url, content=b"2")).content == b"second"
+            assert server.connections == 2
+
+
 # --- bodies ------------------------------------------------------------------------------------
 
 
