@@ -117,6 +117,10 @@ class Pool:
     def idle_count(self) -> int:
         return len(self._idle)
 
+    def idle_connections(self) -> tuple[Connection, ...]:
+        """The idle connections, oldest first (a snapshot, for inspection)."""
+        return tuple(self._idle)
+
     async def acquire(self, timeouts: Mapping[str, float | None]) -> Connection:
         """A slot and a connection to use under it: the newest quiet idle one, else a new one.
 

@@ -110,6 +110,29 @@ async def test_a_request_that_was_sent_and_then_cut_is_an_error_and_not_retried(
             assert (await http.post(server.url, content=b"3")).status_code == 200  # the pool recovers
 
 
+async def test_a_request_whose_first_send_fails_on_a_pooled_connection_is_sent_once_on_a_fresh_one() -> None:
+    # The race the retry covers (a pooled connection found dead only by the first send) is induced
+    # here: the pooled socket's sending side is shut, while the server keeps it open without reading.
+    release = trio.Event()
+
+    async def answer_then_hold(exchange: Exchange) -> None:
+        await exchange.respond(b"ok:" + exchange.body)
+        if exchange.body == b"1":
+            await release.wait()
+
+    with trio.fail_after(DEADLINE_S):
+        transport = TrioTransport()
+        async with serving(answer_then_hold) as server, client(transport) as http:
+            assert (await http.post(server.url, content=b"1")).content == b"ok:1"
+            (pooled,) = transport.pool(httpx.URL(server.url)).idle_connections()
+            pooled.socket.shutdown(socket.SHUT_WR)
+            assert pooled.quiet()  # the take-time check cannot see it
+            assert (await http.post(server.url, content=b"2")).content == b"ok:2"
+            assert [e.body for e in server.exchanges] == [b"1", b"2"]
+            assert server.connections == 2
+            release.set()
+
+
 async def test_a_response_with_connection_close_is_not_pooled(make_transport: MakeTransport) -> None:
     async def answer_and_close(exchange: Exchange) -> None:
         await exchange.respond(b"bye", headers=[("connection", "close")])
