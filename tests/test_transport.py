@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import h11
 import httpx
@@ -384,6 +385,26 @@ async def test_concurrent_requests_never_exceed_max_connections(make_transport: 
             assert results == [200] * 12
             assert server.connections == 3
             assert server.most_open == 3
+
+
+async def test_a_cancelled_request_closes_its_connection_and_frees_its_slot(make_transport: MakeTransport) -> None:
+    release = trio.Event()
+
+    async def hold_the_first(exchange: Exchange) -> None:
+        if exchange.body == b"1":
+            await release.wait()
+        await exchange.respond()
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(hold_the_first) as server, client(make_transport(max_connections=1)) as http:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(http.post, server.url, content=b"1"))
+                    await server.wait_until(lambda: len(server.exchanges) == 1)
+                    scope.cancel()
+            assert (await http.post(server.url, content=b"2")).status_code == 200
+            assert server.connections == 2  # the cancelled one was not pooled
+            release.set()
 
 
 # --- TLS ---------------------------------------------------------------------------------------
