@@ -118,8 +118,15 @@ def stream_timeout(timeouts: Timeouts) -> httpx.Timeout:
     )
 
 
-def build_client(timeouts: Timeouts, max_connections: int, headers: dict[str, str]) -> httpx.AsyncClient:
+def build_client(
+    timeouts: Timeouts,
+    max_connections: int,
+    headers: dict[str, str],
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """httpx's own pool unless a `transport` (e.g. `providers.transport.TrioTransport`) is given."""
     return httpx.AsyncClient(
+        transport=transport,
         timeout=httpx.Timeout(
             connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.write_s, pool=timeouts.pool_s
         ),
@@ -168,6 +175,7 @@ class OpenAIUpstream:
         timeouts: Timeouts,
         max_connections: int,
         headers: dict[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -175,7 +183,7 @@ class OpenAIUpstream:
         if api_key:
             default_headers["authorization"] = f"Bearer {api_key}"
         self.secrets = secrets_of(api_key, headers)
-        self._client = build_client(timeouts, max_connections, default_headers)
+        self._client = build_client(timeouts, max_connections, default_headers, transport)
         self._stream_timeout = stream_timeout(timeouts)
 
     async def complete(self, call: Call) -> Completion:
