@@ -18,7 +18,7 @@ import attrs
 import cattrs
 import httpx
 
-from events.money import usd
+from events.money import usd_input
 from policies.breaker import BreakerConfig
 from policies.cost import Price
 from policies.routing import Deployment
@@ -121,12 +121,7 @@ class Config:
 
 
 def _structure_decimal(value: Any, _: type) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f'expected a decimal string such as "0.50", got {value!r}')
-    amount = usd(value)
-    if amount < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return amount
+    return usd_input(value)
 
 
 def _structure_float(value: Any, _: type) -> float:
