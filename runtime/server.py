@@ -12,6 +12,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from runtime.body_drain import BodyDrain
 from runtime.config import Config
 from runtime.gateway import Gateway, open_gateway
 from runtime.ledger_lock import LedgerBusy, ledger_lock
@@ -63,7 +64,7 @@ async def serve(
     server = gateway.config.server
     if hyper is None:
         hyper = hypercorn_config(gateway.config, host or server.host, server.port if port is None else port)
-    app = RequestLifetime(create_app(gateway), gateway)
+    app = RequestLifetime(BodyDrain(create_app(gateway), server.max_body_bytes, server.body_timeout_s), gateway)
     await hypercorn.trio.serve(
         app,  # type: ignore[arg-type]
         hyper,
