@@ -53,6 +53,7 @@ class ServerConfig:
     body_timeout_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     tenant_idle_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
     write_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    header_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen

@@ -27,7 +27,11 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     hyper.graceful_timeout = config.server.grace_period_s
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
-    hyper.keep_alive_timeout = 75
+    # Hypercorn's keep-alive timer runs from the moment a connection opens (or finished its last
+    # answer) until a complete request head has arrived: exactly a header timeout. So one setting
+    # bounds a client that never sends a byte, one that drips header lines, and an idle keep-alive
+    # connection. (`read_timeout` would only bound the gap between two reads, which a drip defeats.)
+    hyper.keep_alive_timeout = config.server.header_timeout_s
     hyper.include_server_header = False
     return hyper
 
