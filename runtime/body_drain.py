@@ -1,4 +1,8 @@
-"""Answer only after the request body is in, or close the connection: `BodyDrain`, an ASGI wrapper.
+"""Keep Hypercorn's connection bookkeeping whole around each request: `BodyDrain`, an ASGI wrapper.
+
+Two things: answer only after the request body is in, or close the connection (below); and never
+let a cancellation cut the response's last write (see `drained_send`), where Hypercorn recycles
+a keep-alive connection and restarts its idle timer.
 
 Why (Hypercorn 0.18 + Quart-Trio, read in their sources): Hypercorn hands body chunks to the app
 through a memory channel of `max_app_queue_size` (10) slots, from the connection's reader task.
@@ -30,6 +34,7 @@ from typing import Any
 import trio
 
 LEFTOVER_S = 2.0
+LAST_WRITE_S = 10.0
 
 
 class BodyDrain:
@@ -67,6 +72,17 @@ class BodyDrain:
                     await settled.wait()
                 if not ended:
                     message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # The last write is where Hypercorn recycles the connection and restarts its
+                # keep-alive timer; Quart-Trio cancels this task as soon as it has seen the
+                # disconnect Hypercorn sends there, which cancels that restart half-way and
+                # leaves the idle connection without a timer: never closed on drain (the grace
+                # period is waited in full) nor after the keep-alive timeout. So: shielded,
+                # under a deadline (Hypercorn shields its socket writes anyway).
+                with trio.move_on_after(LAST_WRITE_S) as scope:
+                    scope.shield = True
+                    await send(message)
+                return
             await send(message)
 
         await self.app(scope, tracked_receive, drained_send)

@@ -72,6 +72,20 @@ async def test_a_connection_dripping_header_lines_is_closed_after_header_timeout
         await stream.aclose()
 
 
+async def test_an_idle_keep_alive_connection_is_closed_after_header_timeout_s() -> None:
+    config = make_config(server=server_section(header_timeout_s=HEADER_TIMEOUT_S))
+    async with running_gateway(config) as gw:
+        stream = await connect(gw.url)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while b'"ok"' not in answer:
+                answer += await stream.receive_some(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert await closed_by_server(stream)  # the timer restarts after each answer
+        await stream.aclose()
+
+
 async def test_a_prompt_client_on_a_kept_alive_connection_is_not_cut() -> None:
     config = make_config(server=server_section(header_timeout_s=5.0))
     async with running_gateway(config) as gw, httpx.AsyncClient(base_url=gw.url, timeout=5) as http:
@@ -87,3 +101,27 @@ def test_header_timeout_s_must_be_positive(value: float) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(data, {})
     assert caught.value.problems == [f"server: 'header_timeout_s' must be > 0: {float(value)}"]
+
+
+async def test_drain_closes_idle_keep_alive_connections_at_once() -> None:
+    from runtime.gateway import open_gateway
+    from runtime.server import serve
+    from tests.harness import ADMIN_KEY
+
+    config = make_config(server=server_section(grace_period_s=30.0, header_timeout_s=60.0))
+    async with open_gateway(config, {"TOLLGATE_ADMIN_KEY": ADMIN_KEY}) as gateway:
+        stopped = trio.Event()
+
+        async def serve_then_mark(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+            await serve(gateway, task_status=task_status)
+            stopped.set()
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve_then_mark)
+            gateway.ready = True
+            async with httpx.AsyncClient(base_url=binds[0], timeout=5) as http:
+                response = await http.get("/v1/models", headers={"Authorization": f"Bearer {DEMO_KEY}"})
+                assert response.status_code == 200  # its connection now sits idle in the pool
+                gateway.begin_drain()
+                with trio.fail_after(5):  # the grace period is 30 s: the idle connection must not hold it
+                    await stopped.wait()
