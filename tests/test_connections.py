@@ -125,3 +125,48 @@ async def test_drain_closes_idle_keep_alive_connections_at_once() -> None:
                 gateway.begin_drain()
                 with trio.fail_after(5):  # the grace period is 30 s: the idle connection must not hold it
                     await stopped.wait()
+
+
+async def answer_to(url: str, request: bytes) -> bytes:
+    """Everything the server sends back to `request` until it closes the connection."""
+    stream = await connect(url)
+    try:
+        await stream.send_all(request)
+    except trio.BrokenResourceError:
+        pass  # the server may answer and close before reading all of a huge head
+    answer = b""
+    with trio.fail_after(5):
+        try:
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        except trio.BrokenResourceError:
+            pass
+    await stream.aclose()
+    return answer
+
+
+def parsed(answer: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Status line, headers (without `date`), body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    headers.pop("date", None)
+    return status.strip(), headers, body
+
+
+async def test_errors_hypercorn_answers_before_the_app_are_empty_and_close_the_connection() -> None:
+    """Documented behaviour (README, "Errors"): Hypercorn answers a request it cannot parse itself,
+    before the app (and its OpenAI error shape) is reached, with an empty body and closes."""
+    async with running_gateway(make_config()) as gw:
+        malformed = await answer_to(gw.url, b"GARBAGE\r\n\r\n")
+        assert parsed(malformed) == ("HTTP/1.1 400", {"content-length": "0", "connection": "close"}, b"")
+        huge = b"x" * (100 * 1024)
+        too_big = await answer_to(gw.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + huge)
+        assert parsed(too_big) == ("HTTP/1.1 431", {"content-length": "0", "connection": "close"}, b"")
+        # just under Hypercorn's 16 KiB limit for a request head, the app answers in OpenAI's shape
+        big = b"y" * (15 * 1024)
+        app_answer = await answer_to(
+            gw.url,
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " + big + b"\r\n\r\n",
+        )
+        assert app_answer.startswith(b"HTTP/1.1 401") and b'"invalid_api_key"' in app_answer
