@@ -34,7 +34,6 @@ from typing import Any
 import trio
 
 LEFTOVER_S = 2.0
-LAST_WRITE_S = 10.0
 
 
 class BodyDrain:
@@ -77,10 +76,11 @@ class BodyDrain:
                 # keep-alive timer; Quart-Trio cancels this task as soon as it has seen the
                 # disconnect Hypercorn sends there, which cancels that restart half-way and
                 # leaves the idle connection without a timer: never closed on drain (the grace
-                # period is waited in full) nor after the keep-alive timeout. So: shielded,
-                # under a deadline (Hypercorn shields its socket writes anyway).
-                with trio.move_on_after(LAST_WRITE_S) as scope:
-                    scope.shield = True
+                # period is waited in full) nor after the keep-alive timeout. So it is shielded.
+                # No deadline of its own: cutting it half-way is the very bug, and what it awaits
+                # is bounded already (Hypercorn shields its socket writes; Quart is still
+                # reading the disconnect it hands over).
+                with trio.CancelScope(shield=True):
                     await send(message)
                 return
             await send(message)
