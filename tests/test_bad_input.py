@@ -112,3 +112,11 @@ def test_config_refuses_an_absurd_amount_with_a_clear_message() -> None:
     with pytest.raises(ConfigError) as raised:
         make_config(tenants=[{"name": "t", "api_key_sha256": "0" * 64, "budget_usd": "NaN"}])
     assert raised.value.problems == ["tenants[0].budget_usd: expected a finite amount, got 'NaN'"]
+
+
+@pytest.mark.parametrize("value", [[], "cheap", 5])
+async def test_a_reprice_price_that_is_not_an_object_is_a_400(value: Any) -> None:
+    async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
+        for key in ("sim/sim-1", ""):
+            response = await http.post("/admin/reprice", json={"prices": {key: value}}, headers=ADMIN)
+            assert_openai_400(response, f'prices."{key}"')
