@@ -11,6 +11,7 @@ tokens their bytes do not show; they are counted apart (`image_parts`, priced by
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,13 +40,70 @@ class ChatRequest:
     tool_count: int = 0
 
 
+MAX_JSON_DEPTH = 128
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(raw: bytes, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit` (brackets inside strings do not count).
+
+    A loop over the brackets, not a recursion, so a 50 000-deep body costs a scan, never the stack.
+    Most bodies have fewer brackets than the limit and skip the scan altogether."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in _STRING.sub(b"", raw).translate(None, _NOT_BRACKET):
+        if byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json(raw: bytes | str) -> Any:
+    """The one door every JSON body goes through (chat and admin routes alike).
+
+    Refuses, as `InvalidRequest` (400), what would otherwise fail later as a 500: a body that is not
+    UTF-8, nesting deeper than `MAX_JSON_DEPTH` (checked before `json.loads`, which would recurse),
+    `NaN`/`Infinity`, numbers Python will not convert, and lone UTF-16 surrogates (`"\\ud800"`),
+    which cannot be encoded again to forward or record the request. A valid surrogate pair (an
+    escaped emoji) is fine."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError:
+            raise InvalidRequest("The request body is not valid UTF-8.", code="invalid_json") from None
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        return json.loads(raw)
-    except ValueError as error:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8.", code="invalid_json") from None
+    if _too_deep(raw, MAX_JSON_DEPTH):
+        raise InvalidRequest(
+            f"The request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json"
+        )
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"The request body is not valid JSON: {error}.", code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                'The request body contains a lone UTF-16 surrogate (such as "\\ud800"); strings must be valid Unicode.',
+                code="invalid_json",
+            ) from None
+    return value
 
 
 def _type_name(value: object) -> str:

@@ -318,6 +318,13 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
                     param=f"prices.{key}",
                     code="invalid_value",
                 )
+            if value is not None and not isinstance(value, dict):
+                raise InvalidRequest(
+                    f"prices.{key}: expected an object such as"
+                    ' {"input_per_mtok": "0.50", "output_per_mtok": "1.50"} (or null to remove)',
+                    param=f"prices.{key}",
+                    code="invalid_type",
+                )
             try:
                 parsed[key] = None if value is None else converter.structure(value, Price)
             except (cattrs.BaseValidationError, ValueError, TypeError) as error:

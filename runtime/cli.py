@@ -490,11 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "serve":
-            from runtime.server import run
+            from runtime.server import CannotStart, run
 
             config = load_config_or_exit(args.config)
             try:
                 trio.run(lambda: run(config, host=args.host, port=args.port))
+            except CannotStart as error:
+                print(f"tollgate: {error}", file=sys.stderr)
+                return 2
             except (LedgerError, BaseExceptionGroup) as error:
                 ledger_error = _ledger_error(error)
                 if ledger_error is None:

@@ -18,7 +18,7 @@ import attrs
 import cattrs
 import httpx
 
-from events.money import usd
+from events.money import usd_input
 from policies.breaker import BreakerConfig
 from policies.cost import Price
 from policies.routing import Deployment, RoutingIndex
@@ -53,6 +53,7 @@ class ServerConfig:
     body_timeout_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     tenant_idle_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
     write_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    header_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -128,12 +129,7 @@ class Config:
 
 
 def _structure_decimal(value: Any, _: type) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f'expected a decimal string such as "0.50", got {value!r}')
-    amount = usd(value)
-    if amount < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return amount
+    return usd_input(value)
 
 
 def _structure_float(value: Any, _: type) -> float:

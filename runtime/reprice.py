@@ -271,6 +271,9 @@ def parse_prices(data: Any, where: str = "prices") -> dict[str, Price]:
     ]
     prices: dict[str, Price] = {}
     for key, value in data.items():
+        if not isinstance(value, dict):  # cattrs would raise AttributeError on a list or a string
+            problems.append(f'{where}."{key}": expected a table of input_per_mtok, output_per_mtok')
+            continue
         try:
             prices[key] = converter.structure(value, Price)
         except (cattrs.BaseValidationError, ValueError, TypeError) as error:

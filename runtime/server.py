@@ -12,8 +12,10 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from runtime.body_drain import BodyDrain
 from runtime.config import Config
 from runtime.gateway import Gateway, open_gateway
+from runtime.ledger_lock import LedgerBusy, ledger_lock
 from runtime.web import RequestLifetime, create_app
 
 log = logging.getLogger("tollgate")
@@ -25,8 +27,30 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     hyper.graceful_timeout = config.server.grace_period_s
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
-    hyper.keep_alive_timeout = 75
+    # Hypercorn's keep-alive timer runs from the moment a connection opens (or finished its last
+    # answer) until a complete request head has arrived: exactly a header timeout. So one setting
+    # bounds a client that never sends a byte, one that drips header lines, and an idle keep-alive
+    # connection. (`read_timeout` would only bound the gap between two reads, which a drip defeats.)
+    hyper.keep_alive_timeout = config.server.header_timeout_s
     hyper.include_server_header = False
+    return hyper
+
+
+class CannotStart(Exception):
+    """`tollgate serve` cannot start (port taken, ledger in use); the message is one line for the
+    operator, printed as `tollgate: MESSAGE` with exit code 2."""
+
+
+def listen(config: Config, host: str, port: int) -> HypercornConfig:
+    """Bind the listening socket now, before anything else is touched (no ledger created, no admin
+    key printed, when the port is taken), and hand it to Hypercorn as an `fd://` bind."""
+    hyper = hypercorn_config(config, host, port)
+    try:
+        sockets = hyper.create_sockets()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CannotStart(f"cannot listen on {hyper.bind[0]}: {reason[:1].lower()}{reason[1:]}") from None
+    hyper.bind = [f"fd://{sock.detach()}" for sock in sockets.insecure_sockets]
     return hyper
 
 
@@ -35,13 +59,16 @@ async def serve(
     *,
     host: str | None = None,
     port: int | None = None,
+    hyper: HypercornConfig | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP until `gateway.begin_drain()`; then stop accepting, give in-flight requests the
-    grace period, and cancel what is left. Reports the bound URLs (the real port when 0 was asked)."""
+    grace period, and cancel what is left. Reports the bound URLs (the real port when 0 was asked).
+    `hyper` is a config from `listen` (already bound); without it, `host`/`port` are bound here."""
     server = gateway.config.server
-    hyper = hypercorn_config(gateway.config, host or server.host, server.port if port is None else port)
-    app = RequestLifetime(create_app(gateway), gateway)
+    if hyper is None:
+        hyper = hypercorn_config(gateway.config, host or server.host, server.port if port is None else port)
+    app = RequestLifetime(BodyDrain(create_app(gateway), server.max_body_bytes, server.body_timeout_s), gateway)
     await hypercorn.trio.serve(
         app,  # type: ignore[arg-type]
         hyper,
@@ -64,7 +91,19 @@ async def _watch_signals(gateway: Gateway, cancel_scope: trio.CancelScope) -> No
 
 
 async def run(config: Config, *, host: str | None = None, port: int | None = None, out: TextIO = sys.stdout) -> None:
-    """`tollgate serve`: start everything, print `listening on URL`, run until a signal."""
+    """`tollgate serve`: bind the port, lock the ledger, start everything, print `listening on URL`,
+    run until a signal. Raises `CannotStart` (before touching the ledger) when the port is taken or
+    another process serves the same ledger."""
+    server = config.server
+    hyper = listen(config, host or server.host, server.port if port is None else port)
+    try:
+        with ledger_lock(config.ledger.path):
+            await _run(config, hyper, out)
+    except LedgerBusy as error:
+        raise CannotStart(str(error)) from None
+
+
+async def _run(config: Config, hyper: HypercornConfig, out: TextIO) -> None:
     async with open_gateway(config) as gateway:
         if gateway.generated_admin_key:
             print(
@@ -75,7 +114,7 @@ async def run(config: Config, *, host: str | None = None, port: int | None = Non
             )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, gateway, nursery.cancel_scope)
-            binds = await nursery.start(partial(_serve_then_stop, gateway, nursery.cancel_scope, host, port))
+            binds = await nursery.start(partial(_serve_then_stop, gateway, nursery.cancel_scope, hyper))
             gateway.ready = True
             print(f"listening on {binds[0]}", file=out, flush=True)
         log.info("stopped")
@@ -84,9 +123,8 @@ async def run(config: Config, *, host: str | None = None, port: int | None = Non
 async def _serve_then_stop(
     gateway: Gateway,
     cancel_scope: trio.CancelScope,
-    host: str | None,
-    port: int | None,
+    hyper: HypercornConfig,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve(gateway, host=host, port=port, task_status=task_status)
+    await serve(gateway, hyper=hyper, task_status=task_status)
     cancel_scope.cancel()  # drained: stop the signal watcher too

@@ -147,8 +147,8 @@ def model_json(name: str) -> dict[str, Any]:
 def _loose_json(raw: bytes | str) -> dict[str, Any]:
     """The body as an object if it is one (for recording what a refused request asked for)."""
     try:
-        body = json.loads(raw)
-    except ValueError:
+        body = parse_json(raw)  # never json.loads directly: a 50 000-deep body would recurse
+    except InvalidRequest:
         return {}
     return body if isinstance(body, dict) else {}
 
