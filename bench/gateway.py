@@ -43,8 +43,8 @@ api_key_env = "BENCH_TENANT_KEY"
 
 def unavailable(cmd_template: str) -> str | None:
     """Why the gateway cannot be started with this command, or None."""
-    if cmd_template == DEFAULT_CMD and not (REPO / "runtime" / "cli.py").exists():
-        return "the gateway does not exist yet (no runtime/cli.py); pass --gateway-cmd to test another"
+    if cmd_template == DEFAULT_CMD and not (REPO / "runtime" / "cli" / "commands.py").exists():
+        return "the gateway does not exist yet (no runtime/cli/commands.py); pass --gateway-cmd to test another"
     return None
 
 

@@ -1,5 +1,5 @@
 """Keys: hashing, generating, reading bearer tokens, and the admin key check. Keys are hashed with
-SHA-256 on arrival and never stored or logged (tenant lookup by hash lives in `runtime.books`)."""
+SHA-256 on arrival and never stored or logged (tenant lookup by hash lives in `runtime.ledger.books`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Errors the runtime raises while serving a request. `runtime.web` maps each to a status.
+"""Errors the runtime raises while serving a request. `runtime.http.app` maps each to a status.
 
 GatewayError
 ├── Unauthenticated       401  missing or unknown key

@@ -36,14 +36,14 @@ from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
 from providers.simulator import Simulator
 from providers.upstream import Upstream
+from runtime.actors.provider import ProviderHandle, ProviderStatistics
+from runtime.actors.supervisor import supervise
+from runtime.actors.tenant import TenantActors, TenantStatistics
 from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
-from runtime.books import Books
 from runtime.config import Config, ProviderConfig
-from runtime.journal import Journal, JournalStatistics
-from runtime.projector import Projector
-from runtime.provider_actor import ProviderHandle, ProviderStatistics
-from runtime.supervisor import supervise
-from runtime.tenant_actor import TenantActors, TenantStatistics
+from runtime.ledger.books import Books
+from runtime.ledger.journal import Journal, JournalStatistics
+from runtime.ledger.projector import Projector
 
 log = logging.getLogger("tollgate")
 
@@ -105,7 +105,7 @@ class Gateway:
     ready: bool = False
     draining: trio.Event = attrs.field(factory=trio.Event)
     repricing: trio.Lock = attrs.field(factory=trio.Lock)
-    """Held by a re-pricing run (`runtime.reprice`): one at a time, so restatement versions never collide."""
+    """Held by a re-pricing run (`runtime.ledger.reprice`): one at a time, so restatement versions never collide."""
 
     def begin_drain(self) -> None:
         self.ready = False
@@ -328,7 +328,7 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
 
 
 def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
-    from runtime.projector import catch_up
+    from runtime.ledger.projector import catch_up
 
     store = LedgerStore(path)
     projections = Projections(projections_path(path))

@@ -16,7 +16,7 @@ import trio
 from runtime.auth import DEMO_KEY, hash_key
 from runtime.config import Config, parse_config
 from runtime.gateway import Gateway, open_gateway
-from runtime.server import serve
+from runtime.http.server import serve
 
 ADMIN_KEY = "tga-test-admin-key"
 T = TypeVar("T")

@@ -6,9 +6,9 @@ import trio
 import trio.testing
 
 from providers.simulator import Simulator, SimulatorSettings
+from runtime.actors.provider import CANCELLED, SUCCESS, ProviderHandle
+from runtime.actors.supervisor import RestartPolicy, supervise
 from runtime.errors import ActorUnavailable
-from runtime.provider_actor import CANCELLED, SUCCESS, ProviderHandle
-from runtime.supervisor import RestartPolicy, supervise
 
 
 def handle(max_concurrency: int = 2) -> ProviderHandle:

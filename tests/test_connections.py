@@ -106,7 +106,7 @@ def test_header_timeout_s_must_be_positive(value: float) -> None:
 
 async def test_drain_closes_idle_keep_alive_connections_at_once() -> None:
     from runtime.gateway import open_gateway
-    from runtime.server import serve
+    from runtime.http.server import serve
     from tests.harness import ADMIN_KEY
 
     config = make_config(server=server_section(grace_period_s=30.0, header_timeout_s=60.0))

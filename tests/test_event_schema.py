@@ -23,7 +23,7 @@ from events.store import LedgerStore, topic_of
 from events.tenant import Tenant
 from events.usage import Usage
 from policies.usage import RECORD_ITEMS, reported_record
-from runtime.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED
+from runtime.ledger.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
 money = st.decimals(min_value=0, max_value=10**6, places=9, allow_nan=False, allow_infinity=False).map(usd)

@@ -26,7 +26,7 @@ from policies.usage import ABSURD_TOKENS, UsageBounds, billed_usage
 from policies.validation import MAX_N, parse_chat_request
 from providers.anthropic import normalise_usage
 from runtime.auth import DEMO_KEY
-from runtime.replay import verify_open
+from runtime.ledger.replay import verify_open
 from tests.fake_openai import Behaviour, fake_openai
 from tests.harness import ADMIN, ledger_events, make_config, openai_provider, running_gateway
 

@@ -18,7 +18,7 @@ from events.projections import Projections
 from events.store import LedgerStore
 from runtime.auth import DEMO_KEY, hash_key
 from runtime.gateway import projections_path
-from runtime.replay import verify_open
+from runtime.ledger.replay import verify_open
 from tests.fake_openai import Behaviour, fake_openai
 from tests.harness import ADMIN, make_config, openai_provider, running_gateway
 
@@ -262,7 +262,7 @@ def test_projections_of_another_layout_are_rebuilt_from_the_ledger(tmp_path: Pat
     from decimal import Decimal
 
     from events.request import Request
-    from runtime.projector import catch_up
+    from runtime.ledger.projector import catch_up
 
     store = LedgerStore(str(tmp_path / "ledger.sqlite3"))
     request = Request.admit("r", "t", "m", False, Decimal(0), datetime.now(UTC))

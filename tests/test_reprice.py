@@ -28,9 +28,9 @@ from events.usage import Usage
 from policies.cost import Price, PriceBook, PriceEntry
 from policies.repricing import Filters, PriceSet, flat_prices, ledger_history
 from runtime.auth import DEMO_KEY
-from runtime.progress import Progress
-from runtime.replay import verify_open
-from runtime.reprice import Scan, dry_run, restatement_events
+from runtime.cli.progress import Progress
+from runtime.ledger.replay import verify_open
+from runtime.ledger.reprice import Scan, dry_run, restatement_events
 from tests.harness import ADMIN, ADMIN_KEY, ledger_events, make_config, running_gateway
 
 DEMO = {"Authorization": f"Bearer {DEMO_KEY}"}

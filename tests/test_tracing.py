@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from runtime.auth import DEMO_KEY
-from runtime.tracing import Trace
+from runtime.http.tracing import Trace
 from tests.fake_openai import fake_openai
 from tests.harness import make_config, openai_provider, running_gateway
 

@@ -50,7 +50,7 @@ def _entries(count: int) -> list[list[Any]]:
 
 async def _measure(path: str, entries: list[list[Any]], seconds: float) -> dict[str, float]:
     from events.store import LedgerStore
-    from runtime.journal import Journal
+    from runtime.ledger.journal import Journal
 
     store = LedgerStore(path)
     journal = Journal(store, lambda recorded: None)

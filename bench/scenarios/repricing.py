@@ -4,7 +4,7 @@
    100 k with --quick) with a bulk writer: rows in eventsourcing's own stored form, inserted with
    `executemany` (the Journal's path, ≈ 20–30 k events/s, would take minutes for 2 M events). The
    bench's test checks these rows read back through eventsourcing as the real events.
-2. Re-price it: a dry run of `runtime.reprice.dry_run` under a flat price set that changes every cost
+2. Re-price it: a dry run of `runtime.ledger.reprice.dry_run` under a flat price set that changes every cost
    (the same scan the admin API runs), reported as events/s (both events of a request count) and
    requests/s, in a fresh process whose peak RSS is reported (it does not grow with the ledger).
 3. Start `tollgate serve` on that ledger until it prints `listening on`: cold (its projections are
@@ -100,7 +100,7 @@ def _dry_run(path: str) -> dict[str, float]:
     from events.store import LedgerStore
     from policies.cost import Price
     from policies.repricing import Filters, flat_prices
-    from runtime.reprice import dry_run
+    from runtime.ledger.reprice import dry_run
 
     store = LedgerStore(path)
     try:
@@ -162,8 +162,8 @@ class RepricingScenario:
     title = "4. Re-pricing throughput and start-up time with a large ledger"
 
     def unavailable(self, ctx: Context | None) -> str | None:
-        if not (REPO / "runtime" / "reprice.py").exists():
-            return "re-pricing does not exist yet (no runtime/reprice.py)"
+        if not (REPO / "runtime" / "ledger" / "reprice.py").exists():
+            return "re-pricing does not exist yet (no runtime/ledger/reprice.py)"
         return None
 
     def run(self, ctx: Context) -> Outcome:

@@ -12,11 +12,11 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from runtime.body_drain import BodyDrain
 from runtime.config import Config
 from runtime.gateway import Gateway, open_gateway
-from runtime.ledger_lock import LedgerBusy, ledger_lock
-from runtime.web import RequestLifetime, create_app
+from runtime.http.app import RequestLifetime, create_app
+from runtime.http.body_drain import BodyDrain
+from runtime.ledger.lock import LedgerBusy, ledger_lock
 
 log = logging.getLogger("tollgate")
 

@@ -41,11 +41,11 @@ from policies.routing import RoutingIndex
 from policies.tenant import POLICY_FIELDS, TenantPolicy, reference_problems
 from policies.validation import parse_json
 from runtime.auth import hash_key, new_key
-from runtime.books import TenantView
 from runtime.config import converter, format_problems
 from runtime.errors import Conflict, NotFound
 from runtime.gateway import Gateway
-from runtime.reprice import Report, parse_request, run_in_gateway, steps_in_gateway
+from runtime.ledger.books import TenantView
+from runtime.ledger.reprice import Report, parse_request, run_in_gateway, steps_in_gateway
 
 MAX_EVENTS_PAGE = 1000
 SCAN_LIMIT = 20_000

@@ -23,9 +23,9 @@ from policies.usage import billed_usage, reported_record
 from policies.validation import ChatRequest
 from providers.errors import ProviderError
 from providers.tokens import estimate_prompt_tokens
-from runtime.books import TenantView
-from runtime.exchange import Exchange
-from runtime.tenant_actor import Admission
+from runtime.actors.tenant import Admission
+from runtime.chat.exchange import Exchange
+from runtime.ledger.books import TenantView
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway

@@ -31,9 +31,9 @@ from policies.routing import Deployment, order_candidates
 from policies.tenant import TenantPolicy
 from policies.usage import UsageBounds
 from policies.validation import ChatRequest
-from runtime.books import TenantView
+from runtime.actors.supervisor import supervise
 from runtime.errors import ActorUnavailable
-from runtime.supervisor import supervise
+from runtime.ledger.books import TenantView
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway

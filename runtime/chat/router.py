@@ -21,6 +21,9 @@ from events.request import Request
 from policies.routing import Deployment
 from providers.errors import ProviderError, UpstreamRateLimited, UpstreamTimeout, describe
 from providers.upstream import Call, Chunk, ChunkStream, Completion, Timeouts, Upstream
+from runtime.actors.provider import CANCELLED, SUCCESS, Lease, Outcome
+from runtime.chat.exchange import Exchange
+from runtime.chat.record import RequestRecord, estimate_usage
 from runtime.errors import (
     ActorUnavailable,
     ModelNotFound,
@@ -30,9 +33,6 @@ from runtime.errors import (
     UpstreamsRateLimited,
     is_cancellation,
 )
-from runtime.exchange import Exchange
-from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
-from runtime.record import RequestRecord, estimate_usage
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway

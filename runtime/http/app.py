@@ -31,8 +31,10 @@ from policies.tenant import TenantPolicy
 from policies.validation import parse_chat_request, parse_json
 from providers.errors import ProviderError
 from providers.upstream import Timeouts
-from runtime import router
-from runtime.admin import register_admin
+from runtime.chat import router
+from runtime.chat.exchange import Exchange
+from runtime.chat.record import RequestRecord, reject
+from runtime.chat.relay import StreamRelay
 from runtime.errors import (
     ActorUnavailable,
     Conflict,
@@ -45,12 +47,10 @@ from runtime.errors import (
     UpstreamFailed,
     UpstreamsRateLimited,
 )
-from runtime.exchange import Exchange
 from runtime.gateway import Gateway
-from runtime.journal import LedgerUnavailable
-from runtime.record import RequestRecord, reject
-from runtime.relay import StreamRelay
-from runtime.tracing import Trace, request_id
+from runtime.http.admin import register_admin
+from runtime.http.tracing import Trace, request_id
+from runtime.ledger.journal import LedgerUnavailable
 
 log = logging.getLogger("tollgate.web")
 CLOSERS = "tollgate.closers"

@@ -39,9 +39,9 @@ import trio
 from events.projections import SPEND_BASES
 from events.store import LedgerError
 from policies.tenant import POLICY_FIELDS
+from runtime.cli.output import FORMATS, write_rows
+from runtime.cli.progress import Progress
 from runtime.config import Config, ConfigError, LedgerConfig, load_config, load_ledger_config
-from runtime.output import FORMATS, write_rows
-from runtime.progress import Progress
 
 POLICY_OPTIONS = {
     "budget_usd": str,
@@ -345,7 +345,7 @@ def _providers(args: argparse.Namespace) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from runtime.replay import verify
+    from runtime.ledger.replay import verify
 
     if not args.verify:
         print("tollgate replay: only --verify is available", file=sys.stderr)
@@ -397,7 +397,7 @@ def _reprice_body(args: argparse.Namespace) -> dict[str, Any]:
 def _reprice_offline(args: argparse.Namespace, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from events.store import LedgerStore
     from policies.errors import InvalidRequest
-    from runtime.reprice import dry_run, ledger_price_book, parse_request
+    from runtime.ledger.reprice import dry_run, ledger_price_book, parse_request
 
     if args.commit:
         raise CommandFailed("--offline is a dry run; commit through the running gateway (drop --offline)")
@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "serve":
-            from runtime.server import CannotStart, run
+            from runtime.http.server import CannotStart, run
 
             config = load_config_or_exit(args.config)
             try:

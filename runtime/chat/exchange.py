@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from policies.routing import Deployment
-from runtime.tracing import Trace
+from runtime.http.tracing import Trace
 
 
 @attrs.define

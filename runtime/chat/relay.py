@@ -21,10 +21,10 @@ from events.request import Request
 from events.usage import Usage
 from providers.errors import ProviderError, UpstreamTimeout
 from providers.upstream import Chunk, ChunkStream, Timeouts
-from runtime.exchange import Exchange
-from runtime.provider_actor import CANCELLED, SUCCESS, Lease, Outcome
-from runtime.record import RequestRecord, estimate_usage
-from runtime.router import attempt_failed, close_quietly
+from runtime.actors.provider import CANCELLED, SUCCESS, Lease, Outcome
+from runtime.chat.exchange import Exchange
+from runtime.chat.record import RequestRecord, estimate_usage
+from runtime.chat.router import attempt_failed, close_quietly
 
 DONE = b"data: [DONE]\n\n"
 
