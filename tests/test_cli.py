@@ -172,3 +172,15 @@ async def test_events_table_has_fixed_columns_and_a_summary() -> None:
     time = completed.split()[1]
     assert time.endswith("Z") and len(time) == len("2026-01-01T00:00:00.000Z")
     assert max(len(row) for row in rows) < 250, "one line per event, however many fields its type has"
+
+
+async def test_events_by_ledger_id_shows_one_request_and_its_usage_source() -> None:
+    async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
+        await chat(http)
+        answer = await http.post("/v1/chat/completions", json={"model": "sim-1", "messages": PROMPT}, headers=DEMO)
+        ledger_id = answer.json()["x_gateway"]["ledger_id"]
+        table = await trio.to_thread.run_sync(lambda: tollgate("events", "--url", gw.url, "--ledger-id", ledger_id))
+    assert table.returncode == 0, table.stderr
+    _, *rows = table.stdout.splitlines()
+    assert [row.split()[2] for row in rows] == ["Request.Admitted", "Request.Completed"], "that request only"
+    assert "usage_source=provider" in rows[1] or "usage_source=estimated" in rows[1], rows[1]

@@ -7,7 +7,7 @@
     tollgate pricing list [--history] | set PROVIDER/MODEL --input X --output Y [--cached-input Z]
                      [--effective-from TIME] | remove PROVIDER/MODEL [--effective-from TIME]
     tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day] [--basis B]
-    tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID]
+    tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID] [--ledger-id ID]
     tollgate providers
     tollgate replay --verify [--config FILE]
     tollgate reprice (--prices FILE | --as-of TIME | --ledger-prices) [--from T] [--to T] [--tenant T]
@@ -132,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--after", type=int, default=0)
     events.add_argument("--limit", type=int, default=100)
     events.add_argument("--tenant")
-    events.add_argument("--request-id")
+    events.add_argument("--request-id", help="the client's X-Request-ID (several tenants may share one)")
+    events.add_argument("--ledger-id", help="one request's ledger id (x_gateway.ledger_id, x-tollgate-ledger-id)")
 
     providers = commands.add_parser("providers", help="each provider's state, breaker and load")
     _client_options(providers)
@@ -268,6 +269,8 @@ def _events(args: argparse.Namespace) -> None:
         params["tenant"] = args.tenant
     if args.request_id:
         params["request_id"] = args.request_id
+    if args.ledger_id:
+        params["ledger_id"] = args.ledger_id
     body = _call(args, "GET", "/admin/events", params=params)
     write_rows(event_rows(body["data"]), args.format, document=body)
     if args.format == "table":
@@ -275,7 +278,8 @@ def _events(args: argparse.Namespace) -> None:
 
 
 SUMMARY_CHARS = 120
-SUMMARY_FIRST = ("outcome", "reason", "status", "error_kind", "cost_usd", "new_cost_usd")  # what a reader looks for
+# what a reader looks for first
+SUMMARY_FIRST = ("outcome", "reason", "status", "error_kind", "cost_usd", "new_cost_usd", "usage_source")
 
 
 def event_rows(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
