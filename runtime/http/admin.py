@@ -259,12 +259,13 @@ async def patch_tenant(tenant_ref: str) -> Response:
     unknown = sorted(set(body) - set(POLICY_FIELDS))
     if unknown:
         raise InvalidRequest(f"Unknown tenant field(s): {', '.join(unknown)}.", param=unknown[0], code="invalid_value")
-    policy = structure_policy({**current, **body})
-    check_references(policy, gateway.routes, body)  # only what this PATCH sets: a stale name may stay
-    record = policy.to_record()
+    # Only what this PATCH sets is checked: a stale name may stay.
+    check_references(structure_policy({**current, **body}), gateway.routes, body)
 
     def patch(tenant: Tenant) -> None:
-        tenant.update({k: v for k, v in record.items() if current.get(k) != v})
+        committed = TenantPolicy.from_record(tenant.policy).to_record()  # a PATCH just before this one counts
+        record = structure_policy({**committed, **body}).to_record()
+        tenant.update({k: v for k, v in record.items() if committed.get(k) != v})
         if enabled is True:
             tenant.enable()
         elif enabled is False:
