@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import trio
+import trio.testing
 
+from events.request import Request
+from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
 from runtime.auth import hash_key
+from runtime.ledger.journal import Journal, LedgerUnavailable
 from tests.harness import ADMIN, make_config, running_gateway
 
 PROMPT = [{"role": "user", "content": "hi"}]
@@ -17,7 +25,7 @@ PRICE = {"input_per_mtok": "1", "output_per_mtok": "2"}
 
 async def test_the_loser_of_a_concurrent_create_gets_409_and_nothing_of_it_is_kept() -> None:
     async with running_gateway(make_config()) as gw, gw.http() as http:
-        answers: list[tuple[int, dict[str, str]]] = []
+        answers: list[tuple[int, dict[str, Any]]] = []
 
         async def create() -> None:
             response = await http.post("/admin/tenants", json={"name": "twin"}, headers=ADMIN)
@@ -96,3 +104,52 @@ async def test_a_failed_write_leaves_no_trace_the_next_write_applies_and_the_nex
         disabled = await http.post("/admin/tenants/acme/disable", headers=ADMIN)
         assert disabled.status_code == 200 and disabled.json()["enabled"] is False
         assert (await http.get("/admin/tenants/acme", headers=ADMIN)).json()["enabled"] is False
+
+
+async def test_a_refused_entry_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    """The Journal's split: one entry the database refuses does not fail the others of its batch
+    (the concurrent-create test exercised this before the aggregates' door made the loser a 409)."""
+    ledger = tmp_path / "ledger.sqlite3"
+    store = LedgerStore(str(ledger))
+    try:
+        await trio.to_thread.run_sync(_refuse, ledger, "events.tenant:Tenant.Registered")
+        committed: list[Any] = []
+        journal = Journal(store, committed.extend)
+        refused = Tenant.register("refused", hash_key("tg-x"), {}, "api")
+        request = Request.admit("r-1", "demo", "sim-1", False, Decimal(0), datetime.now(UTC))
+        outcome: list[str] = []
+
+        async def commit(events: Sequence[Any]) -> None:
+            try:
+                await journal.commit(events)
+                outcome.append("committed")
+            except LedgerUnavailable:
+                outcome.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as writers:
+                    # Both entries wait in the queue before the Journal starts: it takes them as one batch.
+                    writers.start_soon(commit, refused.collect_events())
+                    await trio.testing.wait_all_tasks_blocked()
+                    writers.start_soon(commit, request.collect_events())
+                    await trio.testing.wait_all_tasks_blocked()
+                    await nursery.start(journal.run)
+            nursery.cancel_scope.cancel()
+        assert sorted(outcome) == ["committed", "refused"]
+        assert [type(r.event) for r in committed] == [Request.Admitted]
+        assert journal.statistics().largest_batch == 1
+    finally:
+        store.close()
+
+
+def _refuse(ledger: Path, topic: str) -> None:
+    connection = sqlite3.connect(ledger, timeout=10)
+    try:
+        connection.execute(
+            f"create trigger refuse_topic before insert on stored_events when new.topic = '{topic}'"
+            " begin select raise(abort, 'refused by the test'); end"
+        )
+        connection.commit()
+    finally:
+        connection.close()
