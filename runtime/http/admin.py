@@ -12,7 +12,10 @@
     GET    /admin/providers, /admin/ledger     actor and journal statistics
     GET    /v1/usage                           the calling tenant's spend this budget period
 
-Every change is an event committed through the Journal before the response is sent.
+Every change is an event committed through the Journal before the response is sent, through the
+aggregates' one door (`gateway.aggregates.change`): a tenant or price list changes in memory only
+once committed. A Blueprint of module-level handlers; `register_admin` sets the gateway as the app's
+extension, where they find it.
 """
 
 from __future__ import annotations
