@@ -41,6 +41,7 @@ from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
 from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
 from runtime.config import Config, ProviderConfig
+from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.books import Books
 from runtime.ledger.journal import Journal, JournalStatistics
 from runtime.ledger.projector import Projector
@@ -96,6 +97,8 @@ class Gateway:
     journal: Journal
     projector: Projector
     store: LedgerStore
+    aggregates: Aggregates
+    """The live `Tenant` and `PriceList` aggregates: their one door for changes."""
     admin: AdminKey
     generated_admin_key: str | None = None
     tenant_actors: TenantActors | None = None
@@ -307,12 +310,9 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
         aggregate = await gateway.load(uuid.UUID(view.id), Tenant)
         if aggregate is not None:
             existing[view.id] = aggregate
-    for aggregate in _config_tenant_changes(gateway, environ, existing):
+    tenants = {str(a.id): a for a in _config_tenant_changes(gateway, environ, existing)}
+    for aggregate in tenants.values():
         events.extend(aggregate.collect_events())
-        gateway.books.tenant_aggregates[str(aggregate.id)] = aggregate
-    gateway.books.tenant_aggregates.update(
-        {k: v for k, v in existing.items() if k not in gateway.books.tenant_aggregates}
-    )
     for name, handle in gateway.providers.items():
         provider = await gateway.load(provider_id(name), Provider)
         if provider is None:
@@ -322,9 +322,9 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     price_list = await gateway.load(PRICE_LIST_ID, PriceList) or PriceList.open()
     _config_price_changes(gateway, price_list, now)
     events.extend(price_list.collect_events())
-    gateway.books.price_list = price_list
     if events:
         await gateway.journal.commit(events)
+    gateway.aggregates.committed([*existing.values(), *tenants.values(), price_list])  # only now
 
 
 def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
@@ -371,6 +371,7 @@ async def open_gateway(
         journal=journal,
         projector=projector,
         store=store,
+        aggregates=Aggregates(store, journal),
         admin=AdminKey(admin_key),
         generated_admin_key=generated,
     )

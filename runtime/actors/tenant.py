@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -23,7 +24,7 @@ import trio
 from events.money import ZERO, usd_str
 from events.request import Request
 from events.store import Recorded
-from events.tenant import tenant_id
+from events.tenant import Tenant, tenant_id
 from policies import budget, ratelimit
 from policies.errors import BudgetExceeded, ModelNotAllowed, ModelUnpriced, RateLimited, RequestRefused, TenantDisabled
 from policies.periods import period_bounds
@@ -152,19 +153,19 @@ class TenantActor:
                     message.reply.send_nowait(decision)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     if isinstance(decision, Admission):  # the caller left before hearing back
-                        self._settle(Settle(decision, ZERO, 0))
+                        await self._settle(Settle(decision, ZERO, 0))
                 finally:
                     message.reply.close()
             elif isinstance(message, Restated):
-                self._restated(message)
+                await self._restated(message)
             else:
-                self._settle(message)
+                await self._settle(message)
 
     async def _load_period(self, now: datetime) -> None:
         policy = self._policy()
         start, end = period_bounds(policy.budget_period, now)
         spent = await self.gateway.spent(self.name, start, end)
-        aggregate = self.gateway.books.tenant_aggregates.get(self.tenant_id)
+        aggregate = await self.gateway.aggregates.get(uuid.UUID(self.tenant_id), Tenant)
         crossed = frozenset(aggregate.thresholds.get(start.isoformat(), [])) if aggregate is not None else frozenset()
         reserved = sum(
             (t.admission.reserved_usd for t in self._tickets.values() if t.admission.period_start == start), ZERO
@@ -288,7 +289,7 @@ class TenantActor:
         self._tickets[admission.ticket] = _Ticket(admission)
         return admission
 
-    def _settle(self, message: Settle) -> None:
+    async def _settle(self, message: Settle) -> None:
         admission = message.admission
         ticket = self._tickets.pop(admission.ticket, None) if admission.epoch == self._epoch else None
         reserved = ticket.admission.reserved_usd if ticket is not None else ZERO
@@ -302,20 +303,26 @@ class TenantActor:
                 trio.current_time(),
                 message.tokens - admission.reserved_tokens,
             )
-        self._alert_crossings(policy)
+        await self._alert_crossings(policy)
 
-    def _alert_crossings(self, policy: TenantPolicy) -> None:
+    async def _alert_crossings(self, policy: TenantPolicy) -> None:
         self._budget, levels = budget.crossings(policy.budget_usd, self._budget)
-        aggregate = self.gateway.books.tenant_aggregates.get(self.tenant_id)
-        if levels and aggregate is not None and policy.budget_usd is not None:
-            for level in levels:
-                aggregate.threshold_crossed(self._budget.period_start, level, self._budget.spent, policy.budget_usd)
+        budget_usd, state = policy.budget_usd, self._budget
+        if levels and budget_usd is not None:
+
+            def crossed(aggregate: Tenant | None) -> Tenant:
+                if aggregate is None:
+                    raise LookupError(f"no tenant {self.name!r} in the ledger")
+                for level in levels:
+                    aggregate.threshold_crossed(state.period_start, level, state.spent, budget_usd)
+                return aggregate
+
             try:
-                self.gateway.journal.submit(aggregate.collect_events())
+                await self.gateway.aggregates.change(uuid.UUID(self.tenant_id), Tenant, crossed)
             except Exception:  # an alert must never break settlement
                 log.warning("tenant %s: could not record a budget alert", self.name, exc_info=True)
 
-    def _restated(self, message: Restated) -> None:
+    async def _restated(self, message: Restated) -> None:
         """A re-pricing of a day in the current period corrects what was spent (the period's spend
         was read from projections that did not have it, or settled here before it); a correction
         upward may cross an alert threshold."""
@@ -323,7 +330,7 @@ class TenantActor:
         start, _ = period_bounds(policy.budget_period, message.day)
         if start == self._budget.period_start:
             self._budget = attrs.evolve(self._budget, spent=self._budget.spent + message.delta_usd)
-            self._alert_crossings(policy)
+            await self._alert_crossings(policy)
 
     def statistics(self) -> TenantStatistics:
         policy = self._policy()

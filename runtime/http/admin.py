@@ -12,14 +12,17 @@
     GET    /admin/providers, /admin/ledger     actor and journal statistics
     GET    /v1/usage                           the calling tenant's spend this budget period
 
-Every change is an event committed through the Journal before the response is sent.
+Every change is an event committed through the Journal before the response is sent, through the
+aggregates' one door (`gateway.aggregates.change`): a tenant or price list changes in memory only
+once committed. A Blueprint of module-level handlers; `register_admin` sets the gateway as the app's
+extension, where they find it.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -27,11 +30,11 @@ from typing import Any
 
 import attrs
 import cattrs
-from quart import Response, request
+from quart import Blueprint, Response, current_app, request
 from quart_trio import QuartTrio
 
 from events.money import ZERO, usd_str
-from events.pricelist import PriceList
+from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import SPEND_BASES, SPEND_GROUPS, spend_report
 from events.tenant import Tenant, tenant_id
 from policies.cost import Price
@@ -44,7 +47,7 @@ from runtime.auth import hash_key, new_key
 from runtime.config import converter, format_problems
 from runtime.errors import Conflict, NotFound
 from runtime.gateway import Gateway
-from runtime.ledger.books import TenantView
+from runtime.ledger.books import Books, TenantView
 from runtime.ledger.reprice import Report, parse_request, run_in_gateway, steps_in_gateway
 
 MAX_EVENTS_PAGE = 1000
@@ -162,178 +165,179 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+GATEWAY = "tollgate.gateway"
+admin = Blueprint("admin", __name__)
+
+
 def register_admin(app: QuartTrio, gateway: Gateway) -> None:
-    books = gateway.books
+    """Serve the admin API from `app`; its handlers find `gateway` as the app's extension."""
+    app.extensions[GATEWAY] = gateway
+    app.register_blueprint(admin)
 
-    def check_admin() -> None:
-        gateway.admin.check(request.headers.get("Authorization"))
 
-    def find(tenant_ref: str) -> TenantView:
-        view = books.tenant(tenant_ref) or next((t for t in books.tenants() if t.name == tenant_ref), None)
-        if view is None:
-            raise NotFound(f"No tenant with id or name {tenant_ref!r}.")
-        return view
+def _gateway() -> Gateway:
+    gateway: Gateway = current_app.extensions[GATEWAY]
+    return gateway
 
-    async def aggregate(view: TenantView) -> Tenant:
-        found = books.tenant_aggregates.get(view.id)
-        if found is None:
-            found = await gateway.load(uuid.UUID(view.id), Tenant)
-            if found is None:
-                raise NotFound(f"No tenant with id {view.id!r}.")
-            books.tenant_aggregates[view.id] = found
-        return found
 
-    async def commit(*aggregates: Any) -> None:
-        events = [e for a in aggregates for e in a.collect_events()]
-        if events:
-            await gateway.journal.commit(events)
+def _check_admin() -> Gateway:
+    """The gateway, once the caller has shown the admin key."""
+    gateway = _gateway()
+    gateway.admin.check(request.headers.get("Authorization"))
+    return gateway
 
-    @app.post("/admin/tenants")
-    async def create_tenant() -> Response:
-        check_admin()
-        body = await _body()
-        name = body.pop("name", None)
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidRequest("Missing required parameter: 'name'.", param="name", code="missing_required_parameter")
-        enabled = body.pop("enabled", True)
-        if not isinstance(enabled, bool):
-            raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
-        policy = structure_policy(body)
-        check_references(policy, gateway.routes, body)
-        if books.tenant(str(tenant_id(name))) is not None:
+
+def _find(books: Books, tenant_ref: str) -> TenantView:
+    view = books.tenant(tenant_ref) or next((t for t in books.tenants() if t.name == tenant_ref), None)
+    if view is None:
+        raise NotFound(f"No tenant with id or name {tenant_ref!r}.")
+    return view
+
+
+async def _change_tenant(gateway: Gateway, view: TenantView, fn: Callable[[Tenant], None]) -> TenantView:
+    """Apply `fn` to the tenant through the aggregates' door; the view once it is committed."""
+
+    def change(tenant: Tenant | None) -> Tenant:
+        if tenant is None:
+            raise NotFound(f"No tenant with id {view.id!r}.")
+        fn(tenant)
+        return tenant
+
+    await gateway.aggregates.change(uuid.UUID(view.id), Tenant, change)
+    return _find(gateway.books, view.id)
+
+
+@admin.post("/admin/tenants")
+async def create_tenant() -> Response:
+    gateway = _check_admin()
+    body = await _body()
+    name = body.pop("name", None)
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest("Missing required parameter: 'name'.", param="name", code="missing_required_parameter")
+    enabled = body.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
+    policy = structure_policy(body)
+    check_references(policy, gateway.routes, body)
+    key = new_key("tg-")
+
+    def register(existing: Tenant | None) -> Tenant:
+        if existing is not None:
             raise Conflict(f"A tenant named {name!r} exists already.")
-        key = new_key("tg-")
         tenant = Tenant.register(name, hash_key(key), policy.to_record(), "api")
         if not enabled:
             tenant.disable()
-        books.tenant_aggregates[str(tenant.id)] = tenant
-        await commit(tenant)
-        view = books.tenant(str(tenant.id))
-        assert view is not None
-        return _json({**tenant_json(view), "api_key": key}, 201)
+        return tenant
 
-    @app.get("/admin/tenants")
-    async def list_tenants() -> Response:
-        check_admin()
-        return _json({"object": "list", "data": [tenant_json(v) for v in books.tenants()]})
+    tenant = await gateway.aggregates.change(tenant_id(name), Tenant, register)
+    view = gateway.books.tenant(str(tenant.id))
+    assert view is not None
+    return _json({**tenant_json(view), "api_key": key}, 201)
 
-    @app.get("/admin/tenants/<tenant_ref>")
-    async def get_tenant(tenant_ref: str) -> Response:
-        check_admin()
-        return _json(tenant_json(find(tenant_ref)))
 
-    @app.patch("/admin/tenants/<tenant_ref>")
-    async def patch_tenant(tenant_ref: str) -> Response:
-        check_admin()
-        view = find(tenant_ref)
-        body = await _body()
-        if "name" in body and body["name"] != view.name:
-            raise InvalidRequest("A tenant's name cannot be changed.", param="name", code="invalid_value")
-        body.pop("name", None)
-        enabled = body.pop("enabled", None)
-        if enabled is not None and not isinstance(enabled, bool):
-            raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
-        current = TenantPolicy.from_record(view.policy).to_record()
-        unknown = sorted(set(body) - set(POLICY_FIELDS))
-        if unknown:
-            raise InvalidRequest(
-                f"Unknown tenant field(s): {', '.join(unknown)}.", param=unknown[0], code="invalid_value"
-            )
-        policy = structure_policy({**current, **body})
-        check_references(policy, gateway.routes, body)  # only what this PATCH sets: a stale name may stay
-        record = policy.to_record()
-        tenant = await aggregate(view)
-        tenant.update({k: v for k, v in record.items() if current.get(k) != v})
+@admin.get("/admin/tenants")
+async def list_tenants() -> Response:
+    gateway = _check_admin()
+    return _json({"object": "list", "data": [tenant_json(v) for v in gateway.books.tenants()]})
+
+
+@admin.get("/admin/tenants/<tenant_ref>")
+async def get_tenant(tenant_ref: str) -> Response:
+    gateway = _check_admin()
+    return _json(tenant_json(_find(gateway.books, tenant_ref)))
+
+
+@admin.patch("/admin/tenants/<tenant_ref>")
+async def patch_tenant(tenant_ref: str) -> Response:
+    gateway = _check_admin()
+    view = _find(gateway.books, tenant_ref)
+    body = await _body()
+    if "name" in body and body["name"] != view.name:
+        raise InvalidRequest("A tenant's name cannot be changed.", param="name", code="invalid_value")
+    body.pop("name", None)
+    enabled = body.pop("enabled", None)
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidRequest("'enabled' must be a boolean.", param="enabled", code="invalid_type")
+    current = TenantPolicy.from_record(view.policy).to_record()
+    unknown = sorted(set(body) - set(POLICY_FIELDS))
+    if unknown:
+        raise InvalidRequest(f"Unknown tenant field(s): {', '.join(unknown)}.", param=unknown[0], code="invalid_value")
+    # Only what this PATCH sets is checked: a stale name may stay.
+    check_references(structure_policy({**current, **body}), gateway.routes, body)
+
+    def patch(tenant: Tenant) -> None:
+        committed = TenantPolicy.from_record(tenant.policy).to_record()  # a PATCH just before this one counts
+        record = structure_policy({**committed, **body}).to_record()
+        tenant.update({k: v for k, v in record.items() if committed.get(k) != v})
         if enabled is True:
             tenant.enable()
         elif enabled is False:
             tenant.disable()
-        await commit(tenant)
-        return _json(tenant_json(find(view.id)))
 
-    @app.post("/admin/tenants/<tenant_ref>/rotate-key")
-    async def rotate_key(tenant_ref: str) -> Response:
-        check_admin()
-        view = find(tenant_ref)
-        body = await _body()
-        grace = body.get("grace_period_s", 0)
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
-            raise InvalidRequest("'grace_period_s' must be a number ≥ 0.", param="grace_period_s", code="invalid_value")
-        key = new_key("tg-")
-        valid_until = datetime.now(UTC) + timedelta(seconds=grace) if grace else None
-        tenant = await aggregate(view)
-        tenant.issue_key(hash_key(key), valid_until)
-        await commit(tenant)
-        return _json(
-            {
-                "id": view.id,
-                "api_key": key,
-                "previous_key_valid_until": valid_until.isoformat() if valid_until else None,
-            }
+    return _json(tenant_json(await _change_tenant(gateway, view, patch)))
+
+
+@admin.post("/admin/tenants/<tenant_ref>/rotate-key")
+async def rotate_key(tenant_ref: str) -> Response:
+    gateway = _check_admin()
+    view = _find(gateway.books, tenant_ref)
+    body = await _body()
+    grace = body.get("grace_period_s", 0)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+        raise InvalidRequest("'grace_period_s' must be a number ≥ 0.", param="grace_period_s", code="invalid_value")
+    key = new_key("tg-")
+    valid_until = datetime.now(UTC) + timedelta(seconds=grace) if grace else None
+    await _change_tenant(gateway, view, lambda tenant: tenant.issue_key(hash_key(key), valid_until))
+    return _json(
+        {
+            "id": view.id,
+            "api_key": key,
+            "previous_key_valid_until": valid_until.isoformat() if valid_until else None,
+        }
+    )
+
+
+@admin.post("/admin/tenants/<tenant_ref>/<action>")
+async def toggle_tenant(tenant_ref: str, action: str) -> Response:
+    gateway = _check_admin()
+    if action not in ("disable", "enable"):
+        raise NotFound(f"Unknown tenant action {action!r}: use disable, enable or rotate-key.")
+    view = _find(gateway.books, tenant_ref)
+    toggle = Tenant.disable if action == "disable" else Tenant.enable
+    return _json(tenant_json(await _change_tenant(gateway, view, toggle)))
+
+
+@admin.get("/admin/pricing")
+async def get_pricing() -> Response:
+    gateway = _check_admin()
+    now = gateway.clock()
+    prices = gateway.books.prices
+    history = request.args.get("history") in ("1", "true", "yes")
+    entries = prices.entries() if history else list(prices.current(now).values())
+    return _json(
+        {
+            "object": "list",
+            "data": [_price_json(e) for e in sorted(entries, key=lambda e: (e.key, e.effective_from))],
+        }
+    )
+
+
+@admin.put("/admin/pricing")
+async def put_pricing() -> Response:
+    gateway = _check_admin()
+    body = await _body()
+    effective_from = _effective_from(body.get("effective_from")) or gateway.clock()
+    prices = body.get("prices")
+    if not isinstance(prices, dict) or not prices:
+        raise InvalidRequest(
+            "'prices' must be an object of \"PROVIDER/MODEL\": {input_per_mtok, output_per_mtok} (or null to remove).",
+            param="prices",
+            code="invalid_value",
         )
+    parsed = _parse_prices(gateway, prices)  # every entry is checked before any is applied
 
-    @app.post("/admin/tenants/<tenant_ref>/<action>")
-    async def toggle_tenant(tenant_ref: str, action: str) -> Response:
-        check_admin()
-        if action not in ("disable", "enable"):
-            raise NotFound(f"Unknown tenant action {action!r}: use disable, enable or rotate-key.")
-        view = find(tenant_ref)
-        tenant = await aggregate(view)
-        tenant.disable() if action == "disable" else tenant.enable()
-        await commit(tenant)
-        return _json(tenant_json(find(view.id)))
-
-    @app.get("/admin/pricing")
-    async def get_pricing() -> Response:
-        check_admin()
-        now = gateway.clock()
-        history = request.args.get("history") in ("1", "true", "yes")
-        entries = books.prices.entries() if history else list(books.prices.current(now).values())
-        return _json(
-            {
-                "object": "list",
-                "data": [_price_json(e) for e in sorted(entries, key=lambda e: (e.key, e.effective_from))],
-            }
-        )
-
-    @app.put("/admin/pricing")
-    async def put_pricing() -> Response:
-        check_admin()
-        body = await _body()
-        effective_from = _effective_from(body.get("effective_from")) or gateway.clock()
-        prices = body.get("prices")
-        if not isinstance(prices, dict) or not prices:
-            raise InvalidRequest(
-                "'prices' must be an object of \"PROVIDER/MODEL\": {input_per_mtok, output_per_mtok}"
-                " (or null to remove).",
-                param="prices",
-                code="invalid_value",
-            )
-        parsed: dict[str, Price | None] = {}  # every entry is checked before any is applied
-        for key, value in prices.items():
-            provider, slash, model = key.partition("/")
-            if not slash or not model or provider not in gateway.providers:
-                raise InvalidRequest(
-                    f'Price key {key!r} must be "PROVIDER/MODEL" with a configured provider.',
-                    param=f"prices.{key}",
-                    code="invalid_value",
-                )
-            if value is not None and not isinstance(value, dict):
-                raise InvalidRequest(
-                    f"prices.{key}: expected an object such as"
-                    ' {"input_per_mtok": "0.50", "output_per_mtok": "1.50"} (or null to remove)',
-                    param=f"prices.{key}",
-                    code="invalid_type",
-                )
-            try:
-                parsed[key] = None if value is None else converter.structure(value, Price)
-            except (cattrs.BaseValidationError, ValueError, TypeError) as error:
-                problems = format_problems(error) if isinstance(error, cattrs.BaseValidationError) else [str(error)]
-                raise InvalidRequest(
-                    f"prices.{key}: {'; '.join(problems)}", param=f"prices.{key}", code="invalid_value"
-                ) from None
-        price_list = books.price_list or PriceList.open()
-        books.price_list = price_list
+    def set_prices(price_list: PriceList | None) -> PriceList:
+        price_list = price_list or PriceList.open()
         for key, price in parsed.items():
             if price is None:
                 price_list.remove_price(key, effective_from, "api")
@@ -341,127 +345,171 @@ def register_admin(app: QuartTrio, gateway: Gateway) -> None:
                 price_list.set_price(
                     key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, effective_from, "api"
                 )
-        await commit(price_list)
-        return _json(
-            {
-                "object": "list",
-                "data": [
-                    _price_json(e)
-                    for e in books.prices.entries()
-                    if e.effective_from == effective_from and e.key in prices
-                ],
-            }
-        )
+        return price_list
 
-    @app.get("/admin/spend")
-    async def get_spend() -> Response:
-        check_admin()
-        args = request.args
-        group_by = tuple(g for g in (args.get("group_by") or "tenant,model,provider").split(",") if g)
-        bad = [g for g in group_by if g not in SPEND_GROUPS]
-        if bad:
+    await gateway.aggregates.change(PRICE_LIST_ID, PriceList, set_prices)
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                _price_json(e)
+                for e in gateway.books.prices.entries()
+                if e.effective_from == effective_from and e.key in prices
+            ],
+        }
+    )
+
+
+def _parse_prices(gateway: Gateway, prices: dict[str, Any]) -> dict[str, Price | None]:
+    parsed: dict[str, Price | None] = {}
+    for key, value in prices.items():
+        provider, slash, model = key.partition("/")
+        if not slash or not model or provider not in gateway.providers:
             raise InvalidRequest(
-                f"'group_by' takes {', '.join(SPEND_GROUPS)}; not {', '.join(bad)}.",
-                param="group_by",
+                f'Price key {key!r} must be "PROVIDER/MODEL" with a configured provider.',
+                param=f"prices.{key}",
                 code="invalid_value",
             )
-        tenant = args.get("tenant")
-        if tenant is not None:
-            tenant = find(tenant).name
-        day_from, day_to = _day(args.get("from"), "from"), _day(args.get("to"), "to")
-        basis = args.get("basis") or "restated"
-        if basis not in SPEND_BASES:
-            raise InvalidRequest(f"'basis' is one of {', '.join(SPEND_BASES)}.", param="basis", code="invalid_value")
-        rows = await gateway.projector.query(
-            lambda p: spend_report(p, tenant=tenant, day_from=day_from, day_to=day_to, group_by=group_by, basis=basis)
-        )
-        return _json({"object": "list", "basis": basis, "data": rows, "totals": _totals(rows)})
-
-    @app.post("/admin/reprice")
-    async def reprice() -> Response:
-        check_admin()
-        body = await _body()
-        commit = body.get("commit", False)
-        if not isinstance(commit, bool):
-            raise InvalidRequest("'commit' must be a boolean.", param="commit", code="invalid_type")
-        by = body.get("by", "admin-api")
-        if not isinstance(by, str) or not by:
-            raise InvalidRequest("'by' must be a non-empty string.", param="by", code="invalid_type")
-        if body.get("tenant") is not None:
-            body["tenant"] = find(str(body["tenant"])).name
-        prices, filters = parse_request(body, books.prices)
-        if "application/x-ndjson" not in request.headers.get("Accept", ""):
-            report = await run_in_gateway(gateway, prices, filters, commit=commit, by=by)
-            return _json(report.document())
-
-        async def lines() -> AsyncIterator[bytes]:
-            # aclosing: a client that hangs up ends the run (and releases the re-pricing lock) at once.
-            async with aclosing(steps_in_gateway(gateway, prices, filters, commit=commit, by=by)) as steps:
-                async for step in steps:
-                    if isinstance(step, Report):
-                        line: dict[str, Any] = {"report": step.document()}
-                    else:
-                        line = {"progress": {"done": step[0], "total": step[1]}}
-                    yield json.dumps(line, separators=(",", ":")).encode() + b"\n"
-
-        return Response(lines(), 200, content_type="application/x-ndjson")
-
-    @app.get("/admin/events")
-    async def get_events() -> Response:
-        check_admin()
-        args = request.args
-        after = _int(args.get("after"), "after", 0)
-        limit = _int(args.get("limit"), "limit", 100, minimum=1)
-        limit = min(limit, MAX_EVENTS_PAGE)
-        tenant = args.get("tenant")
-        if tenant is not None:
-            tenant = find(tenant).name
-        request_id = args.get("request_id")
-        ledger_id = _uuid(args.get("ledger_id"), "ledger_id")
-        found, next_after = await gateway.events_page(after, limit, tenant, request_id, SCAN_LIMIT, ledger_id)
-        data = [event_json(f.position, f.event, f.owner) for f in found]
-        return _json({"object": "list", "data": data, "next_after": next_after})
-
-    @app.get("/admin/ledger")
-    async def get_ledger() -> Response:
-        check_admin()
-        stats = gateway.statistics()
-        return _json({"journal": attrs.asdict(stats.journal), "projected_position": stats.projected_position})
-
-    @app.get("/admin/statistics")
-    async def get_statistics() -> Response:
-        check_admin()
-        return _json(attrs.asdict(gateway.statistics()))
-
-    @app.get("/v1/usage")
-    async def usage() -> Response:
-        view = books.authenticate(request.headers.get("Authorization"))
-        policy = TenantPolicy.from_record(view.policy)
-        start, end = period_bounds(policy.budget_period, gateway.clock())
-        last_day = (end - timedelta(microseconds=1)).date().isoformat()
-        rows = await gateway.projector.query(
-            lambda p: spend_report(
-                p, tenant=view.name, day_from=start.date().isoformat(), day_to=last_day, group_by=("tenant",)
+        if value is not None and not isinstance(value, dict):
+            raise InvalidRequest(
+                f"prices.{key}: expected an object such as"
+                ' {"input_per_mtok": "0.50", "output_per_mtok": "1.50"} (or null to remove)',
+                param=f"prices.{key}",
+                code="invalid_type",
             )
+        try:
+            parsed[key] = None if value is None else converter.structure(value, Price)
+        except (cattrs.BaseValidationError, ValueError, TypeError) as error:
+            problems = format_problems(error) if isinstance(error, cattrs.BaseValidationError) else [str(error)]
+            raise InvalidRequest(
+                f"prices.{key}: {'; '.join(problems)}", param=f"prices.{key}", code="invalid_value"
+            ) from None
+    return parsed
+
+
+@admin.get("/admin/spend")
+async def get_spend() -> Response:
+    gateway = _check_admin()
+    args = request.args
+    group_by = tuple(g for g in (args.get("group_by") or "tenant,model,provider").split(",") if g)
+    bad = [g for g in group_by if g not in SPEND_GROUPS]
+    if bad:
+        raise InvalidRequest(
+            f"'group_by' takes {', '.join(SPEND_GROUPS)}; not {', '.join(bad)}.",
+            param="group_by",
+            code="invalid_value",
         )
-        spent = Decimal(rows[0]["cost_usd"]) if rows else ZERO
-        reserved = gateway.reserved_usd(view.name)
-        budget = policy.budget_usd
-        return _json(
-            {
-                "tenant": view.name,
-                "period": policy.budget_period,
-                "period_start": start.isoformat(),
-                "period_end": end.isoformat(),
-                "spent_usd": usd_str(spent),
-                "reserved_usd": usd_str(reserved),
-                "budget_usd": None if budget is None else usd_str(budget),
-                "remaining_usd": None if budget is None else usd_str(max(budget - spent - reserved, ZERO)),
-                "requests": rows[0]["requests"] if rows else 0,
-                "unpriced_requests": rows[0]["unpriced"] if rows else 0,
-                "interrupted_unknown_usage": rows[0]["interrupted_unknown_usage"] if rows else 0,
-            }
+    tenant = args.get("tenant")
+    if tenant is not None:
+        tenant = _find(gateway.books, tenant).name
+    day_from, day_to = _day(args.get("from"), "from"), _day(args.get("to"), "to")
+    basis = args.get("basis") or "restated"
+    if basis not in SPEND_BASES:
+        raise InvalidRequest(f"'basis' is one of {', '.join(SPEND_BASES)}.", param="basis", code="invalid_value")
+    rows = await gateway.projector.query(
+        lambda p: spend_report(p, tenant=tenant, day_from=day_from, day_to=day_to, group_by=group_by, basis=basis)
+    )
+    return _json({"object": "list", "basis": basis, "data": rows, "totals": _totals(rows)})
+
+
+@admin.post("/admin/reprice")
+async def reprice() -> Response:
+    gateway = _check_admin()
+    body = await _body()
+    commit = body.get("commit", False)
+    if not isinstance(commit, bool):
+        raise InvalidRequest("'commit' must be a boolean.", param="commit", code="invalid_type")
+    by = body.get("by", "admin-api")
+    if not isinstance(by, str) or not by:
+        raise InvalidRequest("'by' must be a non-empty string.", param="by", code="invalid_type")
+    if body.get("tenant") is not None:
+        body["tenant"] = _find(gateway.books, str(body["tenant"])).name
+    prices, filters = parse_request(body, gateway.books.prices)
+    if "application/x-ndjson" not in request.headers.get("Accept", ""):
+        report = await run_in_gateway(gateway, prices, filters, commit=commit, by=by)
+        return _json(report.document())
+
+    async def lines() -> AsyncIterator[bytes]:
+        # aclosing: a client that hangs up ends the run (and releases the re-pricing lock) at once.
+        async with aclosing(steps_in_gateway(gateway, prices, filters, commit=commit, by=by)) as steps:
+            async for step in steps:
+                if isinstance(step, Report):
+                    line: dict[str, Any] = {"report": step.document()}
+                else:
+                    line = {"progress": {"done": step[0], "total": step[1]}}
+                yield json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+    return Response(lines(), 200, content_type="application/x-ndjson")
+
+
+@admin.get("/admin/events")
+async def get_events() -> Response:
+    gateway = _check_admin()
+    args = request.args
+    after = _int(args.get("after"), "after", 0)
+    limit = _int(args.get("limit"), "limit", 100, minimum=1)
+    limit = min(limit, MAX_EVENTS_PAGE)
+    tenant = args.get("tenant")
+    if tenant is not None:
+        tenant = _find(gateway.books, tenant).name
+    request_id = args.get("request_id")
+    ledger_id = _uuid(args.get("ledger_id"), "ledger_id")
+    found, next_after = await gateway.events_page(after, limit, tenant, request_id, SCAN_LIMIT, ledger_id)
+    data = [event_json(f.position, f.event, f.owner) for f in found]
+    return _json({"object": "list", "data": data, "next_after": next_after})
+
+
+@admin.get("/admin/ledger")
+async def get_ledger() -> Response:
+    gateway = _check_admin()
+    stats = gateway.statistics()
+    return _json({"journal": attrs.asdict(stats.journal), "projected_position": stats.projected_position})
+
+
+@admin.get("/admin/statistics")
+async def get_statistics() -> Response:
+    gateway = _check_admin()
+    return _json(attrs.asdict(gateway.statistics()))
+
+
+@admin.get("/admin/providers")
+async def get_providers() -> Response:
+    gateway = _check_admin()
+    stats = gateway.statistics().providers
+    body = json.dumps({"providers": [attrs.asdict(s) for s in stats]}, separators=(",", ":"), ensure_ascii=False)
+    return Response(body, 200, content_type="application/json")  # as app.py's json_response writes it
+
+
+@admin.get("/v1/usage")
+async def usage() -> Response:
+    gateway = _gateway()
+    view = gateway.books.authenticate(request.headers.get("Authorization"))
+    policy = TenantPolicy.from_record(view.policy)
+    start, end = period_bounds(policy.budget_period, gateway.clock())
+    last_day = (end - timedelta(microseconds=1)).date().isoformat()
+    rows = await gateway.projector.query(
+        lambda p: spend_report(
+            p, tenant=view.name, day_from=start.date().isoformat(), day_to=last_day, group_by=("tenant",)
         )
+    )
+    spent = Decimal(rows[0]["cost_usd"]) if rows else ZERO
+    reserved = gateway.reserved_usd(view.name)
+    budget = policy.budget_usd
+    return _json(
+        {
+            "tenant": view.name,
+            "period": policy.budget_period,
+            "period_start": start.isoformat(),
+            "period_end": end.isoformat(),
+            "spent_usd": usd_str(spent),
+            "reserved_usd": usd_str(reserved),
+            "budget_usd": None if budget is None else usd_str(budget),
+            "remaining_usd": None if budget is None else usd_str(max(budget - spent - reserved, ZERO)),
+            "requests": rows[0]["requests"] if rows else 0,
+            "unpriced_requests": rows[0]["unpriced"] if rows else 0,
+            "interrupted_unknown_usage": rows[0]["interrupted_unknown_usage"] if rows else 0,
+        }
+    )
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:

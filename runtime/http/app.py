@@ -343,11 +343,4 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return json_response({"status": "ready"})
 
     register_admin(app, gateway)
-
-    @app.get("/admin/providers")
-    async def admin_providers() -> Response:
-        gateway.admin.check(request.headers.get("Authorization"))
-        stats = gateway.statistics().providers
-        return json_response({"providers": [attrs.asdict(s) for s in stats]})
-
     return app

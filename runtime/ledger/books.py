@@ -2,7 +2,8 @@
 
 Loaded from the projections at start (plus the log tail they fold), then kept current by folding
 every commit in the trio thread, so a tenant created or a price set is in force for the very next
-request. Also holds the live `Tenant` and `PriceList` aggregates the admin side appends to.
+request. It only follows commits: the aggregates writers append to live behind their own door
+(`runtime.ledger.aggregates`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from typing import Any
 
 import attrs
 
-from events.pricelist import PriceList
 from events.projections import FoldState, Projections, fold
 from events.store import Recorded
-from events.tenant import Tenant
 from policies.cost import Price, PriceBook, PriceEntry
 from runtime.auth import bearer, hash_key
 from runtime.errors import Unauthenticated
@@ -55,8 +54,6 @@ class Books:
             keys=dict(projections.state.keys),
         )
         self.prices = PriceBook(_price_entry(dict(row)) for row in projections.db["prices"].rows)
-        self.tenant_aggregates: dict[str, Tenant] = {}
-        self.price_list: PriceList | None = None
         self._views: dict[str, TenantView] = {}
 
     def apply(self, recorded: Sequence[Recorded]) -> None:
