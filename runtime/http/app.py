@@ -350,4 +350,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         stats = gateway.statistics().providers
         return json_response({"providers": [attrs.asdict(s) for s in stats]})
 
+    from runtime.http import admin_series, dashboard  # issue #18: /admin/series/* and /dashboard
+
+    app.register_blueprint(admin_series.admin_series(gateway))
+    app.register_blueprint(dashboard.dashboard(gateway))
     return app
