@@ -8,7 +8,7 @@ from decimal import Decimal
 from events.money import ZERO
 from events.provider import Provider
 from runtime.http.admin_series import breaker_lanes, burn_down_of
-from tests.dashboard_workload import WORK, ledger_spend, run_workload, workload_config
+from tests.dashboard_workload import ACME_BUDGET, WORK, ledger_spend, run_workload, workload_config
 from tests.harness import ADMIN, ledger_events, running_gateway
 
 
@@ -48,12 +48,12 @@ async def test_tenants_and_burn_down_equal_usage_and_the_ledger() -> None:
             usage = (await http.get("/v1/usage", headers={"Authorization": key})).json()
             assert tenants[name]["spent_usd"] == usage["spent_usd"]
             assert Decimal(usage["spent_usd"]) == sum((v for (t, _), v in ledger.items() if t == name), ZERO)
-        assert tenants["acme"]["budget_usd"] == "1" and tenants["globex"]["budget_usd"] is None
-        assert Decimal(tenants["acme"]["used"]) == round(Decimal(tenants["acme"]["spent_usd"]), 4)
+        assert tenants["acme"]["budget_usd"] == ACME_BUDGET and tenants["globex"]["budget_usd"] is None
+        assert tenants["acme"]["used"] == f"{Decimal(tenants['acme']['spent_usd']) / Decimal(ACME_BUDGET):.4f}"
 
         burn = (await http.get("/admin/series/burn-down?tenant=acme", headers=ADMIN)).json()
         assert burn["points"][-1]["spent_usd"] == tenants["acme"]["spent_usd"]
-        assert [t["usd"] for t in burn["thresholds"]] == ["0.5", "0.8", "1"]
+        assert [t["usd"] for t in burn["thresholds"]] == ["0.0115", "0.0184", "0.023"]
         missing = await http.get("/admin/series/burn-down", headers=ADMIN)
         assert missing.status_code == 400
 

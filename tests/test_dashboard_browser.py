@@ -15,7 +15,15 @@ import pytest
 import trio
 
 from events.money import ZERO
-from tests.dashboard_workload import ledger_spend, run_workload, workload_config
+from tests.dashboard_workload import (
+    ACME_BUDGET,
+    HistoryClock,
+    ledger_spend,
+    ledger_spend_by_day,
+    run_history,
+    run_workload,
+    workload_config,
+)
 from tests.harness import ADMIN_KEY, running_gateway
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -73,9 +81,12 @@ async def test_a_wrong_key_is_refused_and_no_session_is_given() -> None:
 
 
 async def test_sign_in_and_the_overview_shows_the_ledgers_totals() -> None:
-    async with running_gateway(workload_config()) as gw, gw.http() as http:
-        await run_workload(gw, http)
+    clock = HistoryClock()
+    async with running_gateway(workload_config(), clock) as gw, gw.http() as http:
+        keys = await run_workload(gw, http)
+        await run_history(http, clock, keys)
         ledger = await ledger_spend(gw)
+        daily = await ledger_spend_by_day(gw)
 
         def scenario(page: Any, url: str) -> dict[str, Any]:
             sign_in(page, url)
@@ -84,6 +95,9 @@ async def test_sign_in_and_the_overview_shows_the_ledgers_totals() -> None:
             found["segments"] = segment_total(page, "#spend-per-day")
             found["by_model"] = page.eval_on_selector_all(
                 "#spend-per-day rect.segment", "rects => rects.map(r => [r.dataset.series, r.dataset.value])"
+            )
+            found["bars"] = page.eval_on_selector_all(
+                "#spend-per-day g.bar", "bars => bars.map(b => [b.dataset.category, b.dataset.total])"
             )
             found["requests"] = page.get_attribute("#requests-per-day svg", "data-total")
             found["budgets"] = page.eval_on_selector_all(
@@ -94,6 +108,7 @@ async def test_sign_in_and_the_overview_shows_the_ledgers_totals() -> None:
             page.click("a[href='/dashboard/tenants/acme']")
             found["tenant_spent"] = page.inner_text("#tenant-spent")
             found["burn_last"] = page.get_attribute("#burn-down svg", "data-last")
+            found["run_out"] = page.inner_text("#run-out")
             found["recent"] = page.locator("#recent tbody tr").count()
             page.screenshot(path=str(ARTIFACTS / "tenant.png"), full_page=True)
             page.click("nav >> text=Providers")
@@ -118,17 +133,23 @@ async def test_sign_in_and_the_overview_shows_the_ledgers_totals() -> None:
     assert ADMIN_KEY not in cookie["value"]
     assert found["storage"] == [0, 0]
     assert Decimal(found["total"]) == total == found["segments"] > 0
-    for model in ("sim-1", "bad-1"):
+    bars = dict(found["bars"])
+    assert len(bars) == 30 and max(bars) == clock.end.date().isoformat()
+    assert {day: Decimal(v) for day, v in bars.items() if Decimal(v)} == {d: v for d, v in daily.items() if v}
+    assert len([v for v in bars.values() if Decimal(v)]) == 20
+    for model in ("sim-1", "sim-2", "bad-1"):
         shown = sum((Decimal(v) for m, v in found["by_model"] if m == model), ZERO)
         assert shown == sum((v for (_, m), v in ledger.items() if m == model), ZERO)
-    assert found["requests"] == "7"
+    assert found["requests"] == str(7 + sum(1 + day % 4 for day in range(20)))
     budgets = {name: (Decimal(spent), budget) for name, spent, budget in found["budgets"]}
     acme = sum((v for (t, _), v in ledger.items() if t == "acme"), ZERO)
-    assert budgets["acme"] == (acme, "1") and budgets["globex"][1] == ""
+    assert budgets["acme"] == (acme, ACME_BUDGET) and budgets["globex"][1] == ""
     assert Decimal(found["tenant_spent"].lstrip("$")) == acme == Decimal(found["burn_last"])
-    assert found["recent"] == 5
+    assert found["run_out"] == "2026-11-29"  # $0.02002 in 25 days: $0.003 more at that pace takes 4 days
+    assert found["recent"] == 20  # the last 20 of acme's
     assert dict(found["lanes"]) == {"bad": "open", "sim": "closed"}
-    assert found["audit"] == ["Request.Completed", "Request.Completed"]
+    globex = 2 + sum((day + i) % 3 == 0 for day in range(20) for i in range(1 + day % 4))  # WORK + history
+    assert found["audit"] == ["Request.Completed"] * globex
 
 
 async def test_a_repricing_dry_run_and_commit_from_the_page_change_the_numbers_shown() -> None:

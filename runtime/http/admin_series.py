@@ -225,8 +225,8 @@ def breaker_lanes(
             fraction = min(max((moment - start).total_seconds() / span, 0.0), 1.0)
             segments.append((at, fraction, state))
             at, state = fraction, t["to_state"]
-        segments.append((at, 1.0, state))
-        lanes.append((name, [s for s in segments if s[1] > s[0]] or [(0.0, 1.0, state)]))
+        # The last segment is the state now, kept even when a transition came at the very end.
+        lanes.append((name, [s for s in segments if s[1] > s[0]] + [(at, 1.0, state)]))
     return lanes
 
 
@@ -253,7 +253,9 @@ async def breaker_history(gateway: Gateway, days: int = 30) -> dict[str, Any]:
         return found
 
     transitions = await trio.to_thread.run_sync(scan, limiter=gateway.journal.limiter)
-    now = gateway.clock()
+    # Events carry the store's wall time; the window ends now or at the latest transition (under a
+    # virtual money clock in tests the two differ).
+    now = max([gateway.clock(), *(datetime.fromisoformat(t["at"]) for t in transitions)])
     start = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), UTC)
     lanes = breaker_lanes(sorted(gateway.providers), transitions, start, now)
     return {

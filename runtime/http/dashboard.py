@@ -242,14 +242,19 @@ def dashboard(gateway: Gateway) -> Blueprint:
     async def recent_requests(tenant: str) -> list[dict[str, Any]]:
         """The tenant's last settled requests (within the scan bound), newest first."""
         settled: list[dict[str, Any]] = []
+        admitted: dict[Any, Request.Admitted] = {}
         found, _ = await gateway.events_page(0, AUDIT_SCAN, tenant, None, AUDIT_SCAN)
         for item in found:
             event = item.event
-            if isinstance(event, Request.Settled):
+            if isinstance(event, Request.Admitted):
+                admitted[event.originator_id] = event
+            elif isinstance(event, Request.Settled):
+                asked = admitted.get(event.originator_id)
                 settled.append(
                     {
                         "request_id": item.owner[1] if item.owner else "",
-                        "at": event.timestamp.isoformat(timespec="seconds"),
+                        "at": (asked.received_at if asked else event.timestamp).isoformat(timespec="seconds"),
+                        "model": asked.model if asked else event.served_model,
                         "outcome": event.outcome,
                         "provider": event.provider,
                         "prompt_tokens": event.prompt_tokens,
