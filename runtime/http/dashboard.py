@@ -10,8 +10,9 @@
 
 The session cookie holds `expiry.csrf.mac`: mac = HMAC-SHA256 over "expiry.csrf" with a key derived from the
 admin key (so every process with the same admin key accepts it, and a new admin key ends every session).
-It is HttpOnly, SameSite=Strict, Secure over https, path /dashboard, and lasts `SESSION_S`. Every write
-(sign-out, re-pricing) also carries the session's CSRF token in its form, checked in constant time.
+It is HttpOnly, SameSite=Strict, Secure over https (or X-Forwarded-Proto: https), path /dashboard, and lasts
+`SESSION_S`. Every write (sign-out, re-pricing) also carries the session's CSRF token in its form, checked in
+constant time.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def dashboard(gateway: Gateway) -> Blueprint:
             value,
             max_age=SESSION_S,
             path="/dashboard",
-            secure=request.scheme == "https",
+            # Behind a TLS proxy the scheme is http: its X-Forwarded-Proto only ever makes the cookie stricter.
+            secure=request.scheme == "https" or request.headers.get("X-Forwarded-Proto") == "https",
             httponly=True,
             samesite="Strict",
         )
