@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from playwright import sync_api
 
 from events.money import ZERO
 from tests.dashboard_workload import (
@@ -25,8 +26,6 @@ from tests.dashboard_workload import (
     workload_config,
 )
 from tests.harness import ADMIN_KEY, running_gateway
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update"]
