@@ -34,7 +34,7 @@ from events.money import ZERO, usd_str
 from events.projections import spend_report, tenant_keys
 from events.request import Request
 from policies.errors import InvalidRequest
-from runtime.errors import NotFound
+from runtime.errors import NotFound, Unauthenticated
 from runtime.gateway import Gateway
 from runtime.http import charts
 from runtime.http.admin_series import (
@@ -146,7 +146,7 @@ def dashboard(gateway: Gateway) -> Blueprint:
         key = str(form.get("admin_key", "")).strip()
         try:
             gateway.admin.check(f"Bearer {key}")
-        except Exception:
+        except Unauthenticated:
             return await render("signin.html", 401, error="That is not the admin key. Nothing was signed in.")
         value, _ = sessions.issue()
         response = redirect("/dashboard/overview", 303)
@@ -242,10 +242,11 @@ def dashboard(gateway: Gateway) -> Blueprint:
         )
 
     async def recent_requests(tenant: str) -> list[dict[str, Any]]:
-        """The tenant's last settled requests (within the scan bound), newest first."""
+        """The tenant's last settled requests among the log's last `AUDIT_SCAN` events, newest first."""
         settled: list[dict[str, Any]] = []
         admitted: dict[Any, Request.Admitted] = {}
-        found, _ = await gateway.events_page(0, AUDIT_SCAN, tenant, None, AUDIT_SCAN)
+        start = max(gateway.journal.statistics().position - AUDIT_SCAN, 0)
+        found, _ = await gateway.events_page(start, AUDIT_SCAN, tenant, None, AUDIT_SCAN)
         for item in found:
             event = item.event
             if isinstance(event, Request.Admitted):
@@ -298,7 +299,7 @@ def dashboard(gateway: Gateway) -> Blueprint:
         if tenant is not None:
             tenant = find_tenant(gateway, tenant).name
         rows: list[dict[str, Any]] = []
-        position, end = after, gateway.store.position()
+        position, end = after, gateway.journal.statistics().position
         while len(rows) < AUDIT_PAGE and position < end and position - after < AUDIT_SCAN:
             found, next_after = await gateway.events_page(position, AUDIT_PAGE, tenant, request_id, AUDIT_SCAN)
             for item in found:
