@@ -33,7 +33,12 @@ run: $(VENV)/.run-installed
 check-config: $(VENV)/.run-installed
 	$(BIN)/tollgate check-config --config $(CONFIG)
 
-test: $(VENV)/.test-installed
+# The browser tests drive Debian's chromium (never a browser download).
+$(VENV)/.chromium-installed: | $(BIN)/python
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	touch $@
+
+test: $(VENV)/.test-installed $(VENV)/.chromium-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.lint-installed

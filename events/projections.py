@@ -479,3 +479,21 @@ def spend_report(
         cost = total.pop("cost")
         rows.append({**total, "cost_usd": usd_str(cost)})
     return rows
+
+
+def outcome_counts(projections: Projections) -> list[dict[str, Any]]:
+    """The `outcomes` table: provider × outcome → count (terminal outcomes, failed attempts, rejections)."""
+    return [
+        {"provider": row["provider"], "outcome": row["outcome"], "count": row["count"]}
+        for row in projections.db.table("outcomes").rows_where(order_by="provider, outcome")
+    ]
+
+
+def tenant_keys(projections: Projections, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's key hashes (never keys) and until when each is valid (None: the current key)."""
+    return [
+        {"key_sha256": row["key_sha256"], "valid_until": row["valid_until"]}
+        for row in projections.db.table("tenant_keys").rows_where(
+            "tenant_id = ?", [tenant_id], order_by="valid_until is null, valid_until"
+        )
+    ]

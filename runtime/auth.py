@@ -36,3 +36,8 @@ class AdminKey:
         key = bearer(header)
         if key is None or not hmac.compare_digest(hash_key(key), self._digest):
             raise Unauthenticated("This endpoint needs the admin key: 'Authorization: Bearer <admin key>'.")
+
+    def derive(self, purpose: str) -> bytes:
+        """A secret for `purpose` derived from the admin key: processes sharing the key agree on it, and
+        changing the key invalidates everything signed with it (the dashboard's session cookies)."""
+        return hmac.new(bytes.fromhex(self._digest), purpose.encode(), hashlib.sha256).digest()

@@ -48,6 +48,7 @@ from runtime.errors import (
     UpstreamsRateLimited,
 )
 from runtime.gateway import Gateway
+from runtime.http import admin_series, dashboard
 from runtime.http.admin import register_admin
 from runtime.http.tracing import Trace, request_id
 from runtime.ledger.journal import LedgerUnavailable
@@ -343,4 +344,6 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return json_response({"status": "ready"})
 
     register_admin(app, gateway)
+    app.register_blueprint(admin_series.admin_series(gateway))
+    app.register_blueprint(dashboard.dashboard(gateway))
     return app
