@@ -35,7 +35,7 @@ check-config: $(VENV)/.run-installed
 
 # The browser tests drive Debian's chromium (never a browser download).
 $(VENV)/.chromium-installed: | $(BIN)/python
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $@
 
 test: $(VENV)/.test-installed $(VENV)/.chromium-installed
