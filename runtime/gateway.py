@@ -143,7 +143,7 @@ class Gateway:
         alias = self.config.models.get(model)
         if alias is not None and alias.max_output_tokens is not None:
             return alias.max_output_tokens
-        limits = [p.max_output_tokens for d in deployments if (p := self.config.provider(d.provider)) is not None]
+        limits = [self.providers[d.provider].config.max_output_tokens for d in deployments]
         return max(limits, default=4096)
 
     @property
@@ -358,10 +358,7 @@ async def open_gateway(
 
     journal = Journal(store, on_commit)
     handles = {
-        provider.name: ProviderHandle(
-            provider.name, provider.kind, build_upstream(provider, environ), provider.max_concurrency, provider.breaker
-        )
-        for provider in config.providers
+        provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers
     }
     gateway = Gateway(
         config=config,
