@@ -127,9 +127,13 @@ async def handle_chat(
         }
         return Streaming(relay, headers)
     attempt, completion = await router.complete(parts.providers, record, exchange)
-    delivered = router.content_bytes(completion)
-    usage = completion.usage or estimate_usage(chat, delivered)
-    await record.settle(Request.Completed, "ok", usage, delivered, served=attempt.deployment)
+    try:
+        delivered = router.content_bytes(completion)
+        usage = completion.usage or estimate_usage(chat, delivered)
+        await record.settle(Request.Completed, "ok", usage, delivered, served=attempt.deployment)
+    except BaseException:  # the answer cannot be accounted for: still settled, once
+        await record.settle(Request.Failed, "gateway_error", None, served=attempt.deployment)
+        raise
     answer = completion.body
     if (corrected := record.corrected_usage) is not None:
         answer["usage"] = corrected.as_openai()

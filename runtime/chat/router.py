@@ -242,7 +242,7 @@ def content_bytes(completion: Completion) -> int:
     for choice in completion.body.get("choices") or ():
         content = (choice.get("message") or {}).get("content")
         if isinstance(content, str):
-            size += len(content.encode())
+            size += len(content.encode(errors="surrogatepass"))  # JSON may carry a lone surrogate
     return size
 
 
