@@ -29,7 +29,7 @@ from events.request import Request
 from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
 from policies.breaker import Transition
-from policies.cost import Price
+from policies.cost import Price, Priced
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -39,6 +39,7 @@ from runtime.actors.provider import ProviderHandle, ProviderStatistics
 from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
 from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
+from runtime.chat.record import NOTHING_CONSUMED, append_terminal
 from runtime.config import Config, ProviderConfig
 from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
@@ -221,20 +222,7 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     for row in gateway.books.open_requests():
         request = await gateway.load(uuid.UUID(row["id"]), Request)
         if request is not None and request.outcome is None:
-            request.settle(
-                Request.Failed,
-                provider=None,
-                served_model=None,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cached_tokens=0,
-                usage_source="estimated",
-                cost_usd=ZERO,
-                price_ref=None,
-                latency_us=0,
-                overhead_us=0,
-                outcome="interrupted",
-            )
+            append_terminal(request, Request.Failed, "interrupted", NOTHING_CONSUMED, Priced(ZERO, None), None)
             events.extend(request.collect_events())
     if events:
         log.warning("recorded %d request(s) left unsettled by an earlier stop as interrupted", len(events))

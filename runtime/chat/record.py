@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import trio
 
@@ -43,6 +44,40 @@ def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
     """Usage when the provider reported none: the prompt estimate plus the bytes delivered."""
     completion = (content_bytes + 3) // 4
     return Usage(estimate_prompt_tokens(chat.body.get("messages") or []), completion, 0, "estimated")
+
+
+NOTHING_CONSUMED = Usage(0, 0, 0, "estimated")
+
+
+def append_terminal(
+    aggregate: Request,
+    kind: type[Request.Settled],
+    outcome: str,
+    usage: Usage,
+    priced: Priced,
+    served: Deployment | None,
+    *,
+    latency_us: int = 0,
+    overhead_us: int = 0,
+    reported_usage: dict[str, Any] | None = None,
+) -> None:
+    """Append a request's terminal event: the one place its fields are spelled out (settlement here,
+    and the gateway's crash recovery, which settles what an earlier stop left open)."""
+    aggregate.settle(
+        kind,
+        provider=served.provider if served else None,
+        served_model=served.model if served else None,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        usage_source=usage.source,
+        cost_usd=priced.cost_usd,
+        price_ref=priced.price_ref,
+        latency_us=latency_us,
+        overhead_us=overhead_us,
+        outcome=outcome,
+        reported_usage=reported_usage,
+    )
 
 
 class RequestRecord:
@@ -129,7 +164,7 @@ class RequestRecord:
         deployment = served
         reported: Usage | None = None
         if usage is None:
-            usage = Usage(0, 0, 0, "estimated")
+            usage = NOTHING_CONSUMED
         else:
             reported = usage
             usage = billed_usage(reported, estimate_usage(self.chat, content_bytes), self.admission.usage_bounds)
@@ -155,19 +190,15 @@ class RequestRecord:
         await self._settle_reservation(self.admission, priced.cost_usd, usage.total_tokens)
         if self._aggregate is None:
             return priced  # never recorded: the Journal refused its `Admitted`
-        self._aggregate.settle(
+        append_terminal(
+            self._aggregate,
             kind,
-            provider=deployment.provider if deployment else None,
-            served_model=deployment.model if deployment else None,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            usage_source=usage.source,
-            cost_usd=priced.cost_usd,
-            price_ref=priced.price_ref,
+            outcome,
+            usage,
+            priced,
+            deployment,
             latency_us=int(self._exchange.latency_ms() * 1000),
             overhead_us=int(self._exchange.overhead_ms() * 1000),
-            outcome=outcome,
             reported_usage=reported_record(reported, usage),
         )
         self.billed = usage
