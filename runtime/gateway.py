@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -27,10 +26,10 @@ from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import Projections, spend_report
 from events.provider import Provider, provider_id
 from events.request import Request
-from events.store import MEMORY, LedgerStore
+from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
 from policies.breaker import Transition
-from policies.cost import Price
+from policies.cost import Price, Priced
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -40,11 +39,13 @@ from runtime.actors.provider import ProviderHandle, ProviderStatistics
 from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
 from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
+from runtime.chat.record import NOTHING_CONSUMED, append_terminal
 from runtime.config import Config, ProviderConfig
 from runtime.ledger.aggregates import Aggregates
+from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
 from runtime.ledger.journal import Journal, JournalStatistics
-from runtime.ledger.projector import Projector
+from runtime.ledger.projector import Projector, projections_path
 
 log = logging.getLogger("tollgate")
 
@@ -67,14 +68,6 @@ def build_upstream(provider: ProviderConfig, environ: Mapping[str, str]) -> Upst
     return OpenAIUpstream(
         provider.name, provider.base_url, api_key, provider.timeouts, provider.max_concurrency, provider.headers
     )
-
-
-def projections_path(ledger_path: str) -> str:
-    """`var/ledger.sqlite3` → `var/ledger.projections.sqlite3` (`:memory:` stays in memory)."""
-    if ledger_path == MEMORY:
-        return MEMORY
-    path = Path(ledger_path)
-    return str(path.with_name(f"{path.stem}.projections{path.suffix or '.sqlite3'}"))
 
 
 @attrs.frozen
@@ -146,7 +139,7 @@ class Gateway:
         alias = self.config.models.get(model)
         if alias is not None and alias.max_output_tokens is not None:
             return alias.max_output_tokens
-        limits = [p.max_output_tokens for d in deployments if (p := self.config.provider(d.provider)) is not None]
+        limits = [self.providers[d.provider].config.max_output_tokens for d in deployments]
         return max(limits, default=4096)
 
     @property
@@ -172,62 +165,6 @@ class Gateway:
     async def load(self, aggregate_id: uuid.UUID, kind: type[Any]) -> Any:
         """Read an aggregate from the store (through the Journal's door: one thread at a time)."""
         return await trio.to_thread.run_sync(self.store.get, aggregate_id, kind, limiter=self.journal.limiter)
-
-
-@attrs.frozen
-class FoundEvent:
-    """An event of the log; `owner` is (tenant, client request id) for a `Request`'s events, else None."""
-
-    position: int
-    event: Any
-    owner: tuple[str, str] | None = None
-
-
-def find_events(
-    store: LedgerStore,
-    after: int,
-    limit: int,
-    tenant: str | None,
-    request_id: str | None,
-    scan_limit: int,
-    ledger_id: uuid.UUID | None = None,
-) -> tuple[list[FoundEvent], int]:
-    """Scan the log after `after` (at most `scan_limit` events) for events matching the filters.
-
-    `request_id` is a client's correlation id: several tenants (or one, twice) may have sent the same,
-    so each request event found carries its owner (tenant, request id) and its aggregate id, the
-    request's unique ledger id; `ledger_id` and `tenant` narrow to one request or one tenant."""
-    owners: dict[uuid.UUID, tuple[str, str]] = {}
-    wanted_tenant = tenant_id(tenant) if tenant is not None else None
-
-    def owner(event: Any) -> tuple[str, str] | None:
-        if isinstance(event, Request.Admitted | Request.Rejected):
-            owners[event.originator_id] = (event.tenant, event.request_id)
-        if isinstance(event, Request.Event):
-            if event.originator_id not in owners:
-                found = store.get(event.originator_id, Request)
-                owners[event.originator_id] = (found.tenant, found.request_id) if found else ("", "")
-            return owners[event.originator_id]
-        return None
-
-    found: list[FoundEvent] = []
-    position = after
-    for record in store.read_all(after):
-        position = record.position
-        event = record.event
-        if ledger_id is None or event.originator_id == ledger_id:
-            owning = owner(event) if isinstance(event, Request.Event) else None
-            if isinstance(event, Tenant.Event):
-                owning_tenant = tenant if event.originator_id == wanted_tenant else None
-            else:
-                owning_tenant = owning[0] if owning else None
-            if (tenant is None or owning_tenant == tenant) and (
-                request_id is None or (owning is not None and owning[1] == request_id)
-            ):
-                found.append(FoundEvent(record.position, event, owning))
-        if len(found) >= limit or position - after >= scan_limit:
-            break
-    return found, position
 
 
 def _config_tenant_changes(gateway: Gateway, environ: Mapping[str, str], existing: dict[str, Tenant]) -> list[Any]:
@@ -288,20 +225,7 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     for row in gateway.books.open_requests():
         request = await gateway.load(uuid.UUID(row["id"]), Request)
         if request is not None and request.outcome is None:
-            request.settle(
-                Request.Failed,
-                provider=None,
-                served_model=None,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cached_tokens=0,
-                usage_source="estimated",
-                cost_usd=ZERO,
-                price_ref=None,
-                latency_us=0,
-                overhead_us=0,
-                outcome="interrupted",
-            )
+            append_terminal(request, Request.Failed, "interrupted", NOTHING_CONSUMED, Priced(ZERO, None), None)
             events.extend(request.collect_events())
     if events:
         log.warning("recorded %d request(s) left unsettled by an earlier stop as interrupted", len(events))
@@ -358,10 +282,7 @@ async def open_gateway(
 
     journal = Journal(store, on_commit)
     handles = {
-        provider.name: ProviderHandle(
-            provider.name, provider.kind, build_upstream(provider, environ), provider.max_concurrency, provider.breaker
-        )
-        for provider in config.providers
+        provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers
     }
     gateway = Gateway(
         config=config,

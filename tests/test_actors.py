@@ -8,11 +8,14 @@ import trio.testing
 from providers.simulator import Simulator, SimulatorSettings
 from runtime.actors.provider import CANCELLED, SUCCESS, ProviderHandle
 from runtime.actors.supervisor import RestartPolicy, supervise
+from runtime.config import ProviderConfig
 from runtime.errors import ActorUnavailable
 
 
 def handle(max_concurrency: int = 2) -> ProviderHandle:
-    return ProviderHandle("sim", "simulator", Simulator("sim", SimulatorSettings()), max_concurrency)
+    return ProviderHandle(
+        ProviderConfig("sim", "simulator", max_concurrency=max_concurrency), Simulator("sim", SimulatorSettings())
+    )
 
 
 async def test_leases_respect_the_concurrency_cap_and_queue_fifo(autojump_clock: trio.testing.MockClock) -> None:

@@ -120,3 +120,23 @@ async def test_a_reprice_price_that_is_not_an_object_is_a_400(value: Any) -> Non
         for key in ("sim/sim-1", ""):
             response = await http.post("/admin/reprice", json={"prices": {key: value}}, headers=ADMIN)
             assert_openai_400(response, f'prices."{key}"')
+
+
+async def test_an_upstream_answer_with_a_lone_surrogate_is_relayed_escaped() -> None:
+    """JSON may carry a lone surrogate (`\\ud800`); an upstream that sends one must not make the
+    gateway fail: it answers with the same string, escaped, as the one JSON helper does everywhere."""
+    from runtime.auth import DEMO_KEY
+    from tests.fake_openai import Behaviour, fake_openai
+    from tests.harness import openai_provider
+
+    auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        fake_openai(Behaviour(reply="half \ud800 a pair")) as fake,
+        running_gateway(make_config(providers=[openai_provider(fake.url)])) as gw,
+        gw.http() as http,
+    ):
+        response = await http.post("/v1/chat/completions", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    assert b"half \\ud800 a pair" in response.content
+    assert response.json()["choices"][0]["message"]["content"] == "half \ud800 a pair"

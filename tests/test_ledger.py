@@ -216,3 +216,40 @@ async def test_a_bad_write_fails_alone_and_the_journal_keeps_going() -> None:
         assert after.status_code == 200, "the Journal survived the failed write"
         listed = (await http.get("/admin/tenants", headers=ADMIN)).json()["data"]
         assert [t["name"] for t in listed].count("twin") == 1
+
+
+async def test_a_full_journal_refuses_with_503_and_hands_the_reservation_back() -> None:
+    """The Journal never drops money events: when its queue is full a new request is refused at
+    admission (503 `overloaded`), settled with nothing consumed — its reservation handed back — and
+    nothing of it is recorded."""
+    import trio.testing
+
+    from events.provider import Provider
+    from runtime.auth import hash_key
+    from runtime.errors import Overloaded
+
+    tenants = [{"name": "demo", "api_key_sha256": hash_key(DEMO_KEY), "budget_usd": "10"}]
+    body = {"model": "sim-1", "messages": PROMPT, "max_tokens": 50}
+    async with running_gateway(make_config(pricing=PRICING, tenants=tenants)) as gw, gw.http() as http:
+        journal = gw.gateway.journal
+        async with journal.limiter:  # the writer cannot write: its queue fills up
+            fillers = 0
+            for _ in range(3):  # fill; let the Journal take its batch and block on the writer's door; fill again
+                while True:
+                    try:
+                        journal.submit(Provider.register(f"filler-{fillers}").collect_events())
+                    except Overloaded:
+                        break
+                    fillers += 1
+                await trio.testing.wait_all_tasks_blocked()
+            refused = await http.post("/v1/chat/completions", json={**body, "user": "r-full"}, headers=AUTH)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert "x-tollgate-ledger-id" not in refused.headers  # nothing recorded
+        await journal.commit(Provider.register("after-the-fillers").collect_events())  # the queue has drained
+        ok = await http.post("/v1/chat/completions", json=body, headers={**AUTH, "X-Request-ID": "r-after"})
+        assert ok.status_code == 200, ok.text
+        (stats,) = gw.gateway.tenants.statistics()  # the mailbox is FIFO: the refused one's settle came first
+        assert stats.in_flight == 0
+        assert Decimal(stats.reserved_usd) == 0
+        assert Decimal(stats.spent_usd) == Decimal(ok.json()["x_gateway"]["cost_usd"])

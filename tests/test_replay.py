@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from events.projections import Projections
 from events.store import LedgerStore
 from runtime.auth import DEMO_KEY, hash_key
-from runtime.gateway import projections_path
+from runtime.ledger.projector import projections_path
 from runtime.ledger.replay import verify_open
 from tests.fake_openai import Behaviour, fake_openai
 from tests.harness import ADMIN, make_config, openai_provider, running_gateway

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from runtime.auth import DEMO_KEY
-from runtime.http.tracing import Trace
+from runtime.http.tracing import continue_or_start
 from tests.fake_openai import fake_openai
 from tests.harness import make_config, openai_provider, running_gateway
 
@@ -58,6 +58,6 @@ def test_invalid_traceparents_start_a_new_trace() -> None:
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
     ]:
-        trace = Trace.continue_or_start(header)
+        trace = continue_or_start(header)
         assert trace.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736" and len(trace.trace_id) == 32
-    assert Trace.continue_or_start(TRACEPARENT.upper()).trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert continue_or_start(TRACEPARENT.upper()).trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"

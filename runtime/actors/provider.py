@@ -23,6 +23,7 @@ import trio
 from policies import breaker
 from providers.errors import ProviderError
 from providers.upstream import Upstream
+from runtime.config import ProviderConfig
 from runtime.errors import ActorUnavailable, ProviderRefused
 
 log = logging.getLogger("tollgate.provider")
@@ -116,18 +117,16 @@ class _State:
 class ProviderHandle:
     def __init__(
         self,
-        name: str,
-        kind: str,
+        config: ProviderConfig,
         upstream: Upstream,
-        max_concurrency: int,
-        breaker_config: breaker.BreakerConfig | None = None,
         on_transition: Callable[[breaker.Transition], None] | None = None,
     ) -> None:
-        self.name = name
-        self.kind = kind
+        self.config = config  # its retries, timeouts and output limit: callers read them here, not by name
+        self.name = config.name
+        self.kind = config.kind
         self.upstream = upstream
-        self.max_concurrency = max_concurrency
-        self.breaker_config = breaker_config or breaker.BreakerConfig()
+        self.max_concurrency = config.max_concurrency
+        self.breaker_config = config.breaker
         self.on_transition = on_transition or (lambda transition: None)
         self._send, self._receive = trio.open_memory_channel[Acquire | Release](MAILBOX_SIZE)
         self._state = _State(epoch=0)

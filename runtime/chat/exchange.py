@@ -1,4 +1,4 @@
-"""One client request as the runtime sees it: ids, trace, timings, and what served it."""
+"""One client request as the runtime sees it: ids, trace, timings. What served it is the router's `Attempt`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from policies.routing import Deployment
-from runtime.http.tracing import Trace
+from runtime.chat.trace import Trace
 
 
 @attrs.define
@@ -26,9 +26,7 @@ class Exchange:
     recorded: bool = False  # the ledger holds (or is about to hold) a Request under `ledger_id`
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
-    attempts: int = 0
-    attempt_started: float = 0.0  # trio time the current attempt began (for a stream's total deadline)
-    deployment: Deployment | None = None
+    rate_headers: dict[str, str] = attrs.field(factory=dict)  # the tenant's quotas at admission, for every answer
 
     @contextmanager
     def waiting_upstream(self) -> Iterator[None]:
@@ -48,11 +46,11 @@ class Exchange:
     def overhead_ms(self) -> float:
         return round(max(time.perf_counter() - self.started - self.upstream_s, 0.0) * 1000, 3)
 
-    def x_gateway(self, cost_usd: str | None = None) -> dict[str, Any]:
-        deployment = self.deployment
+    def x_gateway(self, served: Deployment, attempts: int, cost_usd: str | None = None) -> dict[str, Any]:
+        """The gateway's account of an answer: who served it (after `attempts` attempts), timings, cost."""
         return {
-            "provider": deployment.provider if deployment else None,
-            "served_model": deployment.model if deployment else None,
+            "provider": served.provider,
+            "served_model": served.model,
             "request_id": self.request_id,
             "ledger_id": str(self.ledger_id),
             "trace_id": self.trace.trace_id,
@@ -60,5 +58,5 @@ class Exchange:
             "overhead_ms": self.overhead_ms(),
             "cost_usd": cost_usd,
             "cache_hit": False,
-            "attempts": self.attempts,
+            "attempts": attempts,
         }

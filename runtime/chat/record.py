@@ -1,23 +1,29 @@
 """The ledger side of one request: its `Request` aggregate, written as the request goes.
 
-`admit` queues `Admitted` without waiting (a full Journal refuses the request with 503);
-`attempt_failed` adds to the aggregate; `settle` checks the reported usage against what the
-admission allowed (`policies.usage`: the counts recorded are the ones billed, flagged in
-`usage_source` when they are not the provider's, whose own figures then go to `reported_usage`),
-prices it, appends the one terminal event and waits until it is durable — exactly once, whatever
-path the request ends on. `reject` records a request refused before dispatch.
+`open` queues `Admitted` without waiting (a full Journal refuses the request with 503, and the
+reservation is handed back through `settle`); `attempt_failed` adds to the aggregate; `settle` checks
+the reported usage against what the admission allowed (`policies.usage`: the counts recorded are the
+ones billed, flagged in `usage_source` when they are not the provider's, whose own figures then go to
+`reported_usage`), prices it at the deployment that served, replaces the tenant's reservation by the
+cost, appends the one terminal event and waits until it is durable — exactly once, whatever path the
+request ends on: it is the one place a request is settled. `reject` records a request refused before
+dispatch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from decimal import Decimal
+from typing import Any
+
+import trio
 
 from events.money import ZERO, usd_str
 from events.request import Request
 from events.usage import Usage
-from policies.cost import Priced
+from policies.cost import PriceBook, Priced
 from policies.routing import Deployment
 from policies.usage import billed_usage, reported_record
 from policies.validation import ChatRequest
@@ -26,9 +32,10 @@ from providers.tokens import estimate_prompt_tokens
 from runtime.actors.tenant import Admission
 from runtime.chat.exchange import Exchange
 from runtime.ledger.books import TenantView
+from runtime.ledger.journal import Journal
 
-if TYPE_CHECKING:
-    from runtime.gateway import Gateway
+SettleReservation = Callable[[Admission, Decimal | None, int], Awaitable[None]]
+"""Replace an admission's reservation by the actual cost and tokens (the tenant actors' `settle`)."""
 
 log = logging.getLogger("tollgate.record")
 
@@ -39,18 +46,59 @@ def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
     return Usage(estimate_prompt_tokens(chat.body.get("messages") or []), completion, 0, "estimated")
 
 
+NOTHING_CONSUMED = Usage(0, 0, 0, "estimated")
+
+
+def append_terminal(
+    aggregate: Request,
+    kind: type[Request.Settled],
+    outcome: str,
+    usage: Usage,
+    priced: Priced,
+    served: Deployment | None,
+    *,
+    latency_us: int = 0,
+    overhead_us: int = 0,
+    reported_usage: dict[str, Any] | None = None,
+) -> None:
+    """Append a request's terminal event: the one place its fields are spelled out (settlement here,
+    and the gateway's crash recovery, which settles what an earlier stop left open)."""
+    aggregate.settle(
+        kind,
+        provider=served.provider if served else None,
+        served_model=served.model if served else None,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        usage_source=usage.source,
+        cost_usd=priced.cost_usd,
+        price_ref=priced.price_ref,
+        latency_us=latency_us,
+        overhead_us=overhead_us,
+        outcome=outcome,
+        reported_usage=reported_usage,
+    )
+
+
 class RequestRecord:
     def __init__(
         self,
-        gateway: Gateway,
         exchange: Exchange,
         tenant: TenantView,
         chat: ChatRequest,
         received_at: datetime,
         admission: Admission,
+        *,
+        journal: Journal,
+        prices: PriceBook,
+        settle_reservation: SettleReservation,
+        draining: trio.Event,
     ) -> None:
         self.admission = admission
-        self._gateway = gateway
+        self._journal = journal
+        self._prices = prices
+        self._settle_reservation = settle_reservation
+        self._draining = draining
         self._exchange = exchange
         self.tenant = tenant
         self.chat = chat
@@ -61,7 +109,7 @@ class RequestRecord:
 
     def interruption(self) -> str:
         """Why a request that did not finish ended, when nobody said: the gateway stopping, or its client."""
-        return "shutdown" if self._gateway.draining.is_set() else "client_disconnected"
+        return "shutdown" if self._draining.is_set() else "client_disconnected"
 
     @property
     def settled(self) -> bool:
@@ -74,7 +122,9 @@ class RequestRecord:
         billed = self.billed
         return billed if billed is not None and billed.source in ("provider_invalid", "provider_capped") else None
 
-    def admit(self) -> None:
+    async def open(self) -> None:
+        """Queue `Admitted`. When the Journal refuses it (full: 503), the request is settled with
+        nothing consumed — its reservation handed back, nothing recorded — and the refusal raised."""
         aggregate = Request.admit(
             self._exchange.request_id,
             self.tenant.name,
@@ -84,7 +134,11 @@ class RequestRecord:
             self.received_at,
             id=self._exchange.ledger_id,
         )
-        self._gateway.journal.submit(aggregate.collect_events())
+        try:
+            self._journal.submit(aggregate.collect_events())
+        except BaseException:
+            await self.settle(Request.Failed, "overloaded", None, served=None)
+            raise
         self._exchange.recorded = True
         self._aggregate = aggregate
 
@@ -93,18 +147,24 @@ class RequestRecord:
         self._aggregate.attempt_failed(deployment.provider, deployment.model, error.kind, error.status, error.retryable)
 
     async def settle(
-        self, kind: type[Request.Settled], outcome: str, usage: Usage | None, content_bytes: int = 0
+        self,
+        kind: type[Request.Settled],
+        outcome: str,
+        usage: Usage | None,
+        content_bytes: int = 0,
+        *,
+        served: Deployment | None,
     ) -> Priced:
-        """Record the terminal event and wait until it is committed. Idempotent. `usage` None means
-        nothing was consumed; `content_bytes` (delivered to the client) feeds the estimate that
-        replaces unusable reported usage."""
+        """Settle the request and wait until its terminal event is committed. Idempotent. `usage` None
+        means nothing was consumed; `content_bytes` (delivered to the client) feeds the estimate that
+        replaces unusable reported usage; `served` is the deployment that served (or was last tried;
+        None: no attempt was made), where the usage is priced."""
         if self.priced is not None:
             return self.priced
-        assert self._aggregate is not None
-        deployment = self._exchange.deployment
+        deployment = served
         reported: Usage | None = None
         if usage is None:
-            usage = Usage(0, 0, 0, "estimated")
+            usage = NOTHING_CONSUMED
         else:
             reported = usage
             usage = billed_usage(reported, estimate_usage(self.chat, content_bytes), self.admission.usage_bounds)
@@ -123,28 +183,26 @@ class RequestRecord:
                     usage.cached_tokens,
                 )
         if deployment is not None and usage.total_tokens:
-            priced = self._gateway.books.prices.price(deployment.provider, deployment.model, usage, self.received_at)
+            priced = self._prices.price(deployment.provider, deployment.model, usage, self.received_at)
         else:
             priced = Priced(ZERO, None)  # nothing was consumed: nothing to charge
         self.priced = priced
-        await self._gateway.tenants.settle(self.admission, priced.cost_usd, usage.total_tokens)
-        self._aggregate.settle(
+        await self._settle_reservation(self.admission, priced.cost_usd, usage.total_tokens)
+        if self._aggregate is None:
+            return priced  # never recorded: the Journal refused its `Admitted`
+        append_terminal(
+            self._aggregate,
             kind,
-            provider=deployment.provider if deployment else None,
-            served_model=deployment.model if deployment else None,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            usage_source=usage.source,
-            cost_usd=priced.cost_usd,
-            price_ref=priced.price_ref,
+            outcome,
+            usage,
+            priced,
+            deployment,
             latency_us=int(self._exchange.latency_ms() * 1000),
             overhead_us=int(self._exchange.overhead_ms() * 1000),
-            outcome=outcome,
             reported_usage=reported_record(reported, usage),
         )
         self.billed = usage
-        await self._gateway.journal.commit(self._aggregate.collect_events())
+        await self._journal.commit(self._aggregate.collect_events())
         return priced
 
     def cost_str(self) -> str | None:
@@ -154,7 +212,7 @@ class RequestRecord:
 
 
 async def reject(
-    gateway: Gateway,
+    journal: Journal,
     exchange: Exchange,
     tenant: TenantView,
     model: str | None,
@@ -167,5 +225,5 @@ async def reject(
     aggregate = Request.reject(
         exchange.request_id, tenant.name, model, stream, reason, status, received_at, id=exchange.ledger_id
     )
-    await gateway.journal.commit(aggregate.collect_events())
+    await journal.commit(aggregate.collect_events())
     exchange.recorded = True

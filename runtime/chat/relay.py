@@ -20,11 +20,11 @@ import trio
 from events.request import Request
 from events.usage import Usage
 from providers.errors import ProviderError, UpstreamTimeout
-from providers.upstream import Chunk, ChunkStream, Timeouts
-from runtime.actors.provider import CANCELLED, SUCCESS, Lease, Outcome
+from providers.upstream import Chunk, ChunkStream
+from runtime.actors.provider import CANCELLED, SUCCESS, Outcome
 from runtime.chat.exchange import Exchange
 from runtime.chat.record import RequestRecord, estimate_usage
-from runtime.chat.router import attempt_failed, close_quietly
+from runtime.chat.router import Attempt, attempt_failed, close_quietly
 
 DONE = b"data: [DONE]\n\n"
 
@@ -37,18 +37,17 @@ def sse_error(message: str, type_: str, code: str) -> bytes:
 class StreamRelay:
     def __init__(
         self,
+        attempt: Attempt,
         stream: ChunkStream,
         opening: list[Chunk],
-        lease: Lease,
         record: RequestRecord,
         exchange: Exchange,
-        timeouts: Timeouts,
     ) -> None:
-        self._timeouts = timeouts
-        self._deadline = exchange.attempt_started + timeouts.total_s if timeouts.total_s else math.inf
+        self._attempt = attempt
+        self._timeouts = timeouts = attempt.timeouts
+        self._deadline = attempt.started + timeouts.total_s if timeouts.total_s else math.inf
         self._stream = stream
         self._pending: list[Chunk] | None = opening
-        self._lease = lease
         self._record = record
         self._exchange = exchange
         self._finished = False
@@ -70,9 +69,8 @@ class StreamRelay:
             try:
                 batch = await self._next_batch()
             except ProviderError as error:
-                deployment = self._exchange.deployment
-                if deployment is not None:
-                    attempt_failed(self._record, self._exchange, deployment, error)
+                attempt = self._attempt
+                attempt_failed(self._record, self._exchange, attempt.deployment, attempt.number, error)
                 await self._finish(Outcome.failed(error), Request.Failed, "truncated")
                 return sse_error(
                     f"The upstream stream failed after it had started ({error.message}); the answer is incomplete.",
@@ -87,7 +85,7 @@ class StreamRelay:
     async def _next_batch(self) -> list[Chunk]:
         """The next batch, within the idle limit and the call's total deadline."""
         idle = trio.current_time() + self._timeouts.idle_s
-        provider = self._exchange.deployment.provider if self._exchange.deployment else "?"
+        provider = self._attempt.deployment.provider
         with self._exchange.waiting_upstream(), trio.move_on_at(min(idle, self._deadline)):
             return await self._stream.next_batch()
         if idle <= self._deadline:
@@ -138,23 +136,26 @@ class StreamRelay:
                 data[key] = value
         if (corrected := self._record.corrected_usage) is not None:
             data["usage"] = corrected.as_openai()
-        data["x_gateway"] = self._exchange.x_gateway(self._record.cost_str())
+        data["x_gateway"] = self._exchange.x_gateway(
+            self._attempt.deployment, self._attempt.number, self._record.cost_str()
+        )
         return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n" + DONE
 
     def _own_identity(self) -> dict[str, Any]:
         """The gateway's own `id`, `created` and `model` for a closing chunk the upstream gave none of."""
-        deployment = self._exchange.deployment
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "created": int(self._record.received_at.timestamp()),
-            "model": deployment.model if deployment else self._record.chat.model,
+            "model": self._attempt.deployment.model,
         }
 
     async def _finish(self, outcome: Outcome, kind: type[Request.Settled], result: str) -> None:
         self._finished = True
         await close_quietly(self._stream)
-        await self._lease.release(outcome)
-        await self._record.settle(kind, result, self._usage_so_far(), self.content_bytes)
+        await self._attempt.lease.release(outcome)
+        await self._record.settle(
+            kind, result, self._usage_so_far(), self.content_bytes, served=self._attempt.deployment
+        )
 
     async def aclose(self, reason: str | None = None) -> None:
         """Close now (called by Quart, then by the request's lifetime guard with the reason)."""

@@ -3,7 +3,9 @@
 Retryable provider failures move on to the next candidate; a non-retryable one (the request
 itself is wrong) goes straight back to the client. Every attempt's outcome is reported to its
 ProviderActor when its lease is released, and every failed attempt becomes an `AttemptFailed`
-event. Non-stream requests are settled here; streams are settled by their relay.
+event. The attempt that answered comes back as an `Attempt` value (who, when, the lease). A request
+no attempt answered is settled here, where the attempt in flight is known; an answered one by
+`handle_chat` (a completion) or its relay (a stream).
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
+import attrs
 import trio
 
 from events.request import Request
-from policies.routing import Deployment
+from policies.routing import Deployment, RoutingIndex
 from providers.errors import ProviderError, UpstreamRateLimited, UpstreamTimeout, describe
 from providers.upstream import Call, Chunk, ChunkStream, Completion, Timeouts, Upstream
-from runtime.actors.provider import CANCELLED, SUCCESS, Lease, Outcome
+from runtime.actors.provider import CANCELLED, SUCCESS, Lease, Outcome, ProviderHandle
 from runtime.chat.exchange import Exchange
 from runtime.chat.record import RequestRecord, estimate_usage
 from runtime.errors import (
@@ -34,16 +37,28 @@ from runtime.errors import (
     is_cancellation,
 )
 
-if TYPE_CHECKING:
-    from runtime.gateway import Gateway
-
 T = TypeVar("T")
 log = logging.getLogger("tollgate.router")
 CLOSE_DEADLINE_S = 5.0
 
 
-def candidates(gateway: Gateway, model: str) -> tuple[Deployment, ...]:
-    found = gateway.routes.lookup(model)
+@attrs.frozen
+class Attempt:
+    """The attempt that answered: where (`deployment`), its number among the request's attempts,
+    when it began (trio time: a stream's total deadline counts from there), and its lease."""
+
+    deployment: Deployment
+    number: int
+    started: float
+    lease: Lease
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self.lease.handle.config.timeouts
+
+
+def candidates(routes: RoutingIndex, model: str) -> tuple[Deployment, ...]:
+    found = routes.lookup(model)
     if not found:
         raise ModelNotFound(f"The model '{model}' does not exist or is not served by this gateway.")
     return found
@@ -77,14 +92,16 @@ MAX_RETRY_AFTER_S = 60.0
 (or for something absurd) is passed on as 60 s — coming back then lets the gateway try again."""
 
 
-def attempt_failed(record: RequestRecord, exchange: Exchange, deployment: Deployment, error: ProviderError) -> None:
+def attempt_failed(
+    record: RequestRecord, exchange: Exchange, deployment: Deployment, number: int, error: ProviderError
+) -> None:
     """Record a failed attempt on the request's aggregate and log it at WARNING (the operator's view)."""
     record.attempt_failed(deployment, error)
     log.warning(
         "request %s (ledger %s): attempt %d at provider %r (%s) failed: %s (%s)",
         exchange.request_id,
         exchange.ledger_id,
-        exchange.attempts,
+        number,
         deployment.provider,
         deployment.model,
         error.kind,
@@ -99,50 +116,64 @@ def _refusal(retry_at: float | None, now: float) -> str:
 
 
 async def _first_success(
-    gateway: Gateway,
+    providers: Mapping[str, ProviderHandle],
     record: RequestRecord,
     exchange: Exchange,
     start: Callable[[Upstream, Call, Timeouts], Awaitable[T]],
-) -> tuple[T, Lease]:
-    """Try each candidate in order, each up to 1 + max_retries times, until one answers."""
+) -> tuple[Attempt, T]:
+    """Try each candidate in order, each up to 1 + max_retries times, until one answers. A request
+    none answered is settled here, at the attempt in flight (a client that leaves now is billed
+    there) or the last one tried."""
+    tried: list[Deployment] = []
+    try:
+        return await _try_candidates(providers, record, exchange, start, tried)
+    except BaseException as error:
+        await settle_failure(record, error, tried[-1] if tried else None)
+        raise
+
+
+async def _try_candidates(
+    providers: Mapping[str, ProviderHandle],
+    record: RequestRecord,
+    exchange: Exchange,
+    start: Callable[[Upstream, Call, Timeouts], Awaitable[T]],
+    tried: list[Deployment],
+) -> tuple[Attempt, T]:
     chat = record.chat
     errors: list[tuple[str, ProviderError]] = []  # every failed attempt, in order
     skipped: list[tuple[str, str]] = []  # candidates no attempt was made at, and why
     open_until: list[float | None] = []
     for deployment in record.admission.candidates:
-        handle = gateway.providers[deployment.provider]
-        settings = gateway.config.provider(deployment.provider)
-        retries = settings.max_retries if settings else 0
+        handle = providers[deployment.provider]
+        settings = handle.config
         waited = 0.0
-        for attempt in range(retries + 1):
+        for retry in range(settings.max_retries + 1):
             try:
                 lease = await handle.lease()
             except ActorUnavailable:
-                if attempt == 0:  # after an attempt, what that attempt met says more
+                if retry == 0:  # after an attempt, what that attempt met says more
                     skipped.append((deployment.provider, "down"))
                 break
             except ProviderRefused as refused:
-                if attempt == 0:
+                if retry == 0:
                     open_until.append(refused.retry_at)
                     skipped.append((deployment.provider, _refusal(refused.retry_at, trio.current_time())))
                 break
-            exchange.attempts += 1
-            exchange.attempt_started = trio.current_time()
-            exchange.deployment = deployment  # in flight here: a client that leaves now is billed here
+            tried.append(deployment)
+            attempt = Attempt(deployment, len(tried), trio.current_time(), lease)
             call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
             try:
                 with exchange.waiting_upstream():
-                    result = await start(handle.upstream, call, settings.timeouts if settings else Timeouts())
+                    result = await start(handle.upstream, call, settings.timeouts)
             except ProviderError as error:
                 await lease.release(Outcome.failed(error))
-                attempt_failed(record, exchange, deployment, error)
+                attempt_failed(record, exchange, deployment, attempt.number, error)
                 if not error.retryable:
-                    exchange.deployment = deployment
                     raise
                 errors.append((deployment.provider, error))
-                if attempt == retries or settings is None:
+                if retry == settings.max_retries:
                     break
-                delay = backoff(attempt, settings.retry_backoff_s, error.retry_after)
+                delay = backoff(retry, settings.retry_backoff_s, error.retry_after)
                 if waited + delay > settings.max_retry_wait_s:
                     break  # waiting that long here is worse than the next candidate
                 waited += delay
@@ -151,8 +182,7 @@ async def _first_success(
             except BaseException:
                 await lease.release(CANCELLED)
                 raise
-            exchange.deployment = deployment
-            return result, lease
+            return attempt, result
     if not errors:
         if open_until:
             now = trio.current_time()
@@ -178,41 +208,41 @@ async def _first_success(
     raise UpstreamFailed(failures)
 
 
-async def settle_failure(record: RequestRecord, error: BaseException) -> None:
-    """Settle a request that ended before any answer reached the client."""
+async def settle_failure(record: RequestRecord, error: BaseException, last: Deployment | None) -> None:
+    """Settle a request that ended before any answer reached the client; `last` is the deployment of
+    the attempt in flight or the last one tried (None: no attempt was made)."""
     if isinstance(error, ProviderError) and not error.retryable:
-        await record.settle(Request.Failed, "upstream_rejected", None)
+        await record.settle(Request.Failed, "upstream_rejected", None, served=last)
     elif isinstance(error, ProviderError | UpstreamFailed | ProviderUnavailable):
-        await record.settle(Request.Failed, "upstream_error", None)
+        await record.settle(Request.Failed, "upstream_error", None, served=last)
     elif is_cancellation(error):
         # The provider read the prompt even if nothing came back yet: record its estimate.
-        await record.settle(Request.Cancelled, "client_disconnected", estimate_usage(record.chat, 0))
+        await record.settle(Request.Cancelled, "client_disconnected", estimate_usage(record.chat, 0), served=last)
     else:
-        await record.settle(Request.Failed, "gateway_error", None)
+        await record.settle(Request.Failed, "gateway_error", None, served=last)
 
 
-async def complete(gateway: Gateway, record: RequestRecord, exchange: Exchange) -> Completion:
+async def complete(
+    providers: Mapping[str, ProviderHandle], record: RequestRecord, exchange: Exchange
+) -> tuple[Attempt, Completion]:
+    """The first complete answer, and the attempt that gave it (its lease released)."""
+
     async def call_upstream(upstream: Upstream, call: Call, timeouts: Timeouts) -> Completion:
         with upstream_deadline(upstream.name, timeouts.total_s, "complete answer"):
             return await upstream.complete(call)
 
-    try:
-        completion, lease = await _first_success(gateway, record, exchange, call_upstream)
-    except BaseException as error:
-        await settle_failure(record, error)
-        raise
-    await lease.release(SUCCESS)
-    delivered = _content_bytes(completion)
-    await record.settle(Request.Completed, "ok", completion.usage or estimate_usage(record.chat, delivered), delivered)
-    return completion
+    attempt, completion = await _first_success(providers, record, exchange, call_upstream)
+    await attempt.lease.release(SUCCESS)
+    return attempt, completion
 
 
-def _content_bytes(completion: Completion) -> int:
+def content_bytes(completion: Completion) -> int:
+    """The bytes of content a complete answer delivers (what an estimate of its output counts)."""
     size = 0
     for choice in completion.body.get("choices") or ():
         content = (choice.get("message") or {}).get("content")
         if isinstance(content, str):
-            size += len(content.encode())
+            size += len(content.encode(errors="surrogatepass"))  # JSON may carry a lone surrogate
     return size
 
 
@@ -240,11 +270,9 @@ async def _open_until_content(upstream: Upstream, call: Call, timeouts: Timeouts
 
 
 async def open_stream(
-    gateway: Gateway, record: RequestRecord, exchange: Exchange
-) -> tuple[ChunkStream, list[Chunk], Lease]:
-    try:
-        (stream, opening), lease = await _first_success(gateway, record, exchange, _open_until_content)
-    except BaseException as error:
-        await settle_failure(record, error)
-        raise
-    return stream, opening, lease
+    providers: Mapping[str, ProviderHandle], record: RequestRecord, exchange: Exchange
+) -> tuple[Attempt, ChunkStream, list[Chunk]]:
+    """A stream that has started (its opening events, up to the first content), and the attempt that
+    opened it; its lease is the relay's to release."""
+    attempt, (stream, opening) = await _first_success(providers, record, exchange, _open_until_content)
+    return attempt, stream, opening

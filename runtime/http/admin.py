@@ -47,6 +47,7 @@ from runtime.auth import hash_key, new_key
 from runtime.config import converter, format_problems
 from runtime.errors import Conflict, NotFound
 from runtime.gateway import Gateway
+from runtime.http.responses import json_response as _json
 from runtime.ledger.books import Books, TenantView
 from runtime.ledger.reprice import Report, parse_request, run_in_gateway, steps_in_gateway
 
@@ -96,10 +97,6 @@ async def _body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
     return body
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status, content_type="application/json")
 
 
 def _day(value: str | None, param: str) -> str | None:

@@ -6,7 +6,6 @@ status and OpenAI error `type`/`code`; every error body is `{"error": {message, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -28,13 +27,9 @@ from policies.errors import (
     TenantDisabled,
 )
 from policies.tenant import TenantPolicy
-from policies.validation import parse_chat_request, parse_json
 from providers.errors import ProviderError
-from providers.upstream import Timeouts
-from runtime.chat import router
 from runtime.chat.exchange import Exchange
-from runtime.chat.record import RequestRecord, reject
-from runtime.chat.relay import StreamRelay
+from runtime.chat.handle import ChatParts, Streaming, handle_chat
 from runtime.errors import (
     ActorUnavailable,
     Conflict,
@@ -50,7 +45,8 @@ from runtime.errors import (
 from runtime.gateway import Gateway
 from runtime.http import admin_series, dashboard
 from runtime.http.admin import register_admin
-from runtime.http.tracing import Trace, request_id
+from runtime.http.responses import json_response
+from runtime.http.tracing import continue_or_start, request_id
 from runtime.ledger.journal import LedgerUnavailable
 
 log = logging.getLogger("tollgate.web")
@@ -91,36 +87,29 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-        status,
-        headers,
-        content_type="application/json",
-    )
+@attrs.frozen
+class ErrorReply:
+    """What an error is answered with: status, OpenAI error `type`/`code`, message, `param`, headers."""
+
+    status: int
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+    def response(self) -> Response:
+        return json_response(error_body(self.message, self.type, self.code, self.param), self.status, self.headers)
 
 
-def refusal_status(error: BaseException) -> tuple[int, str]:
-    """The status and reason code a refusal is answered (and recorded) with."""
-    if isinstance(error, ModelNotFound):
-        return 404, "model_not_found"
-    row = next((row for row in ERRORS if isinstance(error, row[0])), None)
-    status = row[1] if row else 400
-    return status, getattr(error, "code", "refused")
-
-
-def error_response(error: BaseException, max_body_bytes: int) -> Response:
-    headers: dict[str, str] = {}
-    if isinstance(error, HTTPException):
-        status = error.code or 500
-        type_, code, template = HTTP_CODES.get(status, ("invalid_request_error", "http_error", "{name}."))
-        message = template.format(path=request.path, method=request.method, limit=max_body_bytes, name=error.name)
-        return json_response(error_body(message, type_, code), status)
+def error_reply(error: BaseException) -> ErrorReply:
+    """The one walk of `ERRORS` for `error` (a refusal's status and code are also what the ledger records)."""
     row = next((row for row in ERRORS if isinstance(error, row[0])), None)
     if row is None:
         log.error("unexpected error", exc_info=error)
-        return json_response(error_body("The gateway failed unexpectedly.", "api_error", "internal_error"), 500)
+        return ErrorReply(500, "api_error", "internal_error", "The gateway failed unexpectedly.")
     _, status, type_, code = row
+    headers: dict[str, str] = {}
     message = str(error)
     param = None
     if isinstance(error, RequestRefused):
@@ -137,21 +126,21 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
         message = error.message
         if error.retry_after is not None:
             headers["retry-after"] = str(max(1, round(error.retry_after)))
-    return json_response(error_body(message, type_, code, param), status, headers)
+    return ErrorReply(status, type_, code, message, param, headers)
+
+
+def error_response(error: BaseException, max_body_bytes: int) -> Response:
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        type_, code, template = HTTP_CODES.get(status, ("invalid_request_error", "http_error", "{name}."))
+        message = template.format(path=request.path, method=request.method, limit=max_body_bytes, name=error.name)
+        return json_response(error_body(message, type_, code), status)
+    return error_reply(error).response()
 
 
 def model_json(name: str) -> dict[str, Any]:
     """OpenAI's model object."""
     return {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"}
-
-
-def _loose_json(raw: bytes | str) -> dict[str, Any]:
-    """The body as an object if it is one (for recording what a refused request asked for)."""
-    try:
-        body = parse_json(raw)  # never json.loads directly: a 50 000-deep body would recurse
-    except InvalidRequest:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def closers(scope: Any) -> list[Callable[[str], Awaitable[None]]]:
@@ -227,8 +216,23 @@ class RequestLifetime:
             self.gateway.http_in_flight -= 1
 
 
+def chat_parts(gateway: Gateway) -> ChatParts:
+    """What the chat use case is given of the gateway."""
+    return ChatParts(
+        books=gateway.books,
+        tenants=gateway.tenants,
+        journal=gateway.journal,
+        providers=gateway.providers,
+        routes=gateway.routes,
+        output_limit=gateway.output_limit,
+        clock=gateway.clock,
+        draining=gateway.draining,
+    )
+
+
 def create_app(gateway: Gateway) -> QuartTrio:
     server = gateway.config.server
+    parts = chat_parts(gateway)
     app = QuartTrio("tollgate")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # quart's default (60 s) silently cuts long streams
@@ -239,9 +243,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.before_request
     async def begin() -> None:
         headers = request.headers
-        g.exchange = Exchange(
-            request_id(headers.get("X-Request-ID")), Trace.continue_or_start(headers.get("traceparent"))
-        )
+        g.exchange = Exchange(request_id(headers.get("X-Request-ID")), continue_or_start(headers.get("traceparent")))
 
     @app.after_request
     async def stamp(response: Response) -> Response:
@@ -251,8 +253,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
             if exchange.recorded:
                 response.headers["x-tollgate-ledger-id"] = str(exchange.ledger_id)
             response.headers["traceparent"] = exchange.trace.traceparent
-        for name, value in (g.get("rate_headers") or {}).items():
-            response.headers[name] = value
+            for name, value in exchange.rate_headers.items():
+                response.headers[name] = value
         return response
 
     @app.errorhandler(HTTPException)
@@ -265,55 +267,19 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        exchange: Exchange = g.exchange
-        tenant = gateway.books.authenticate(request.headers.get("Authorization"))
-        received_at = gateway.clock()
-        raw = await request.get_data(cache=False, as_text=False)
-        try:
-            chat = parse_chat_request(parse_json(raw))
-            deployments = router.candidates(gateway, chat.model)
-            admission = await gateway.tenants.admit(
-                tenant, chat, deployments, gateway.output_limit(chat.model, deployments), received_at
-            )
-        except (RequestRefused, ModelNotFound) as refusal:
-            body = _loose_json(raw)
-            model = body.get("model") if isinstance(body.get("model"), str) else None
-            status, reason = refusal_status(refusal)
-            await reject(gateway, exchange, tenant, model, body.get("stream") is True, reason, status, received_at)
-            raise
-        if admission.output_cap is not None:  # a hard budget bounds what the provider may generate
-            chat = attrs.evolve(
-                chat, body={**chat.body, "max_tokens": admission.output_cap}, max_tokens=admission.output_cap
-            )
-        record = RequestRecord(gateway, exchange, tenant, chat, received_at, admission)
-        try:
-            record.admit()
-        except BaseException:  # the Journal is full (503): hand the reservation back
-            await gateway.tenants.settle(admission, None, 0)
-            raise
-        g.rate_headers = admission.headers
-        if chat.stream:
-            stream, opening, lease = await router.open_stream(gateway, record, exchange)
-            served = gateway.config.provider(exchange.deployment.provider) if exchange.deployment else None
-            relay = StreamRelay(stream, opening, lease, record, exchange, served.timeouts if served else Timeouts())
-            closers(request.scope).append(relay.aclose)
-            return Response(
-                relay,
-                200,
-                {
-                    "cache-control": "no-cache",
-                    "x-accel-buffering": "no",
-                    "x-tollgate-overhead-ms": str(exchange.overhead_ms()),
-                },
-                content_type="text/event-stream; charset=utf-8",
-            )
-        completion = await router.complete(gateway, record, exchange)
-        body = completion.body
-        if (corrected := record.corrected_usage) is not None:
-            body["usage"] = corrected.as_openai()
-        x_gateway = exchange.x_gateway(record.cost_str())
-        body["x_gateway"] = x_gateway
-        return json_response(body, 200, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"])})
+        answer = await handle_chat(
+            parts,
+            g.exchange,
+            request.headers.get("Authorization"),
+            lambda: request.get_data(cache=False, as_text=False),
+            error_reply,
+        )
+        if isinstance(answer, ErrorReply):  # refused, and recorded so
+            return answer.response()
+        if isinstance(answer, Streaming):
+            closers(request.scope).append(answer.relay.aclose)
+            return Response(answer.relay, 200, answer.headers, content_type="text/event-stream; charset=utf-8")
+        return json_response(answer.body, 200, answer.headers)
 
     @app.get("/v1/models")
     async def models() -> Response:

@@ -1,35 +1,22 @@
-"""Request ids and W3C `traceparent`: continue the client's trace or start one, and pass it on."""
+"""Request ids and W3C `traceparent` headers: continue the client's trace or start one."""
 
 from __future__ import annotations
 
 import re
 import secrets
 
-import attrs
+from runtime.chat.trace import Trace
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
-@attrs.frozen
-class Trace:
-    """Our span in a trace: `trace_id` is shared with the caller, `span_id` is ours."""
-
-    trace_id: str
-    span_id: str
-    flags: str = "01"
-
-    @classmethod
-    def continue_or_start(cls, header: str | None) -> Trace:
-        match = _TRACEPARENT.match(header.strip().lower()) if header else None
-        if match and match[1] != "ff" and match[2] != "0" * 32 and match[3] != "0" * 16:
-            return cls(match[2], secrets.token_hex(8), match[4])
-        return cls(secrets.token_hex(16), secrets.token_hex(8))
-
-    @property
-    def traceparent(self) -> str:
-        """The header naming our span as parent: sent upstream and returned to the client."""
-        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+def continue_or_start(header: str | None) -> Trace:
+    """The client's trace continued with a span of ours when its `traceparent` is valid, else a new trace."""
+    match = _TRACEPARENT.match(header.strip().lower()) if header else None
+    if match and match[1] != "ff" and match[2] != "0" * 32 and match[3] != "0" * 16:
+        return Trace(match[2], secrets.token_hex(8), match[4])
+    return Trace(secrets.token_hex(16), secrets.token_hex(8))
 
 
 def request_id(header: str | None) -> str:

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import trio
 
 from events.projections import Projections
-from events.store import LedgerStore, Recorded
+from events.store import MEMORY, LedgerStore, Recorded
 
 log = logging.getLogger("tollgate.projector")
 T = TypeVar("T")
 CATCH_UP_BATCH = 5000
 BATCH_S = 0.05
+
+
+def projections_path(ledger_path: str) -> str:
+    """`var/ledger.sqlite3` → `var/ledger.projections.sqlite3` (`:memory:` stays in memory)."""
+    if ledger_path == MEMORY:
+        return MEMORY
+    path = Path(ledger_path)
+    return str(path.with_name(f"{path.stem}.projections{path.suffix or '.sqlite3'}"))
 
 
 def catch_up(store: LedgerStore, projections: Projections, until: int | None = None) -> int:

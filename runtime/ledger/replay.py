@@ -7,8 +7,7 @@ from pathlib import Path
 
 from events.projections import Projections, diff
 from events.store import MEMORY, LedgerError, LedgerStore
-from runtime.gateway import projections_path
-from runtime.ledger.projector import catch_up
+from runtime.ledger.projector import catch_up, projections_path
 
 
 def verify(ledger_path: str) -> list[str]:

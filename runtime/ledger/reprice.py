@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import cattrs
@@ -37,9 +37,21 @@ from policies.cost import Price, PriceBook, PriceEntry
 from policies.errors import InvalidRequest
 from policies.repricing import Filters, PriceSet, Repricer, Restatement, flat_prices, ledger_history, prices_as_of
 from runtime.config import converter, format_problems
+from runtime.ledger.journal import Journal
 
-if TYPE_CHECKING:
-    from runtime.gateway import Gateway
+
+class Ledger(Protocol):
+    """What a re-pricing run uses of the running gateway: the store, its Journal, the one-run lock."""
+
+    @property
+    def store(self) -> LedgerStore: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def repricing(self) -> trio.Lock: ...
+
 
 PAGE = 20_000
 ADMITTED = topic_of(Request.Admitted)
@@ -179,15 +191,7 @@ def restatement_events(found: list[Restatement], prices: PriceSet, repricing_id:
             r.aggregate_id,
             r.version,
             now,
-            request_id=r.request_id,
-            tenant=r.tenant,
-            model=r.model,
-            received_at=r.received_at,
-            provider=r.provider,
-            served_model=r.served_model,
-            old_cost_usd=r.old_cost_usd,
-            new_cost_usd=r.new_cost_usd,
-            price_ref=r.price_ref,
+            **attrs.asdict(r, recurse=False, filter=lambda field, _: field.name not in ("aggregate_id", "version")),
             fingerprint=prices.fingerprint,
             repricing_id=str(repricing_id),
         )
@@ -208,7 +212,7 @@ def dry_run(
     return scan.report()
 
 
-async def run_in_gateway(gateway: Gateway, prices: PriceSet, filters: Filters, *, commit: bool, by: str) -> Report:
+async def run_in_gateway(gateway: Ledger, prices: PriceSet, filters: Filters, *, commit: bool, by: str) -> Report:
     """A dry run or a commit against the running gateway's ledger (commits through its Journal)."""
     report = None
     async with aclosing(steps_in_gateway(gateway, prices, filters, commit=commit, by=by)) as steps:
@@ -220,7 +224,7 @@ async def run_in_gateway(gateway: Gateway, prices: PriceSet, filters: Filters, *
 
 
 async def steps_in_gateway(
-    gateway: Gateway, prices: PriceSet, filters: Filters, *, commit: bool, by: str
+    gateway: Ledger, prices: PriceSet, filters: Filters, *, commit: bool, by: str
 ) -> AsyncGenerator[tuple[int, int] | Report, None]:
     """The run, as progress after each page — (position, end) — then its `Report`."""
     store = gateway.store
