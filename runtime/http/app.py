@@ -27,7 +27,6 @@ from policies.errors import (
     RequestRefused,
     TenantDisabled,
 )
-from policies.tenant import TenantPolicy
 from policies.validation import parse_chat_request, parse_json
 from providers.errors import ProviderError
 from providers.upstream import Timeouts
@@ -49,6 +48,7 @@ from runtime.errors import (
 )
 from runtime.gateway import Gateway
 from runtime.http.admin import register_admin
+from runtime.http.quota_headers import quota_headers
 from runtime.http.tracing import Trace, request_id
 from runtime.ledger.journal import LedgerUnavailable
 
@@ -125,7 +125,7 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
     if isinstance(error, RequestRefused):
         message, param, code = error.message, error.param, error.code
         if isinstance(error, RateLimited):
-            headers.update(error.headers)
+            headers.update(quota_headers(error.quotas))
             if error.retry_after is not None:
                 headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     elif isinstance(error, ProviderError):
@@ -290,7 +290,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         except BaseException:  # the Journal is full (503): hand the reservation back
             await gateway.tenants.settle(admission, None, 0)
             raise
-        g.rate_headers = admission.headers
+        g.rate_headers = quota_headers(admission.quotas)
         if chat.stream:
             stream, opening, lease = await router.open_stream(gateway, record, exchange)
             served = gateway.config.provider(exchange.deployment.provider) if exchange.deployment else None
@@ -317,7 +317,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.get("/v1/models")
     async def models() -> Response:
         tenant = gateway.books.authenticate(request.headers.get("Authorization"))
-        allowed = TenantPolicy.from_record(tenant.policy).allowed_models
+        allowed = tenant.tenant_policy.allowed_models
         names = [name for name in gateway.routes.models() if not allowed or name in allowed]
         return json_response({"object": "list", "data": [model_json(name) for name in names]})
 
@@ -325,7 +325,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def retrieve_model(model: str) -> Response:
         """Any name the chat route would serve this tenant; otherwise 404 `model_not_found`, as OpenAI."""
         tenant = gateway.books.authenticate(request.headers.get("Authorization"))
-        allowed = TenantPolicy.from_record(tenant.policy).allowed_models
+        allowed = tenant.tenant_policy.allowed_models
         if not gateway.routes.serves(model) or (allowed and model not in allowed):
             raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.")
         return json_response(model_json(model))

@@ -7,6 +7,7 @@ request. Also holds the live `Tenant` and `PriceList` aggregates the admin side 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from events.projections import FoldState, Projections, fold
 from events.store import Recorded
 from events.tenant import Tenant
 from policies.cost import Price, PriceBook, PriceEntry
+from policies.tenant import TenantPolicy
 from runtime.auth import bearer, hash_key
 from runtime.errors import Unauthenticated
 
@@ -35,6 +37,11 @@ class TenantView:
     source: str
     created_at: str
     updated_at: str
+
+    @functools.cached_property
+    def tenant_policy(self) -> TenantPolicy:
+        """`policy` as a `TenantPolicy`, converted once per view (a change to the tenant makes a new view)."""
+        return TenantPolicy.from_record(self.policy)
 
 
 def _price_entry(row: dict[str, Any]) -> PriceEntry:
