@@ -172,7 +172,7 @@ def admit(
                 f"{policy.budget_period} (budget ${usd_str(policy.budget_usd or ZERO)}), and this request could "
                 f"cost up to ${usd_str(worst)}."
             ),
-            quotas,
+            {kind: ratelimit.quota(limit, current[kind], now, cost[kind]) for kind, limit in limits},  # uncharged
         )
     buckets = {kind: new for (kind, _), new in zip(limits, charged, strict=True)}
     hard = policy.budget_usd is not None and policy.budget_mode == "hard"
