@@ -22,6 +22,7 @@ from policies.ratelimit import RateState
 from policies.routing import Deployment
 from policies.tenant import TenantPolicy
 from policies.validation import ChatRequest
+from runtime.http.quota_headers import quota_headers
 
 PERIOD = datetime(2026, 3, 1, tzinfo=UTC)
 A, B, C = Deployment("a", "m"), Deployment("b", "m"), Deployment("c", "m")
@@ -345,3 +346,18 @@ def test_an_unknown_price_is_never_reserved_at_zero() -> None:
 def test_a_zero_budget_admits_nothing_priced_above_zero(mode: Literal["hard", "soft"]) -> None:
     refused = decide(TenantPolicy(budget_usd=Decimal(0), budget_mode=mode), fresh(), chat_request())
     assert isinstance(refused, Refused) and isinstance(refused.reason, BudgetExceeded)
+
+
+def test_quota_levels_become_openai_headers_at_the_http_edge() -> None:
+    admitted = decide(TenantPolicy(rpm=100, tpm=10_000), fresh(), chat_request(max_tokens=10), now=0.0)
+    assert isinstance(admitted, Admitted)
+    tokens = admitted.hold.tokens
+    assert quota_headers(admitted.quotas) == {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "99",
+        "x-ratelimit-reset-requests": "0.600s",
+        "x-ratelimit-limit-tokens": "10000",
+        "x-ratelimit-remaining-tokens": str(10_000 - tokens),
+        "x-ratelimit-reset-tokens": f"{tokens * 60 / 10_000:.3f}s",
+    }
+    assert quota_headers({}) == {}
