@@ -29,6 +29,7 @@ from events.request import Request
 from events.store import Recorded
 from events.tenant import tenant_id
 from policies import admission, budget
+from policies.cost import Price
 from policies.errors import RequestRefused
 from policies.periods import period_bounds
 from policies.ratelimit import Quota
@@ -192,18 +193,12 @@ class TenantActor:
             start, _ = period_bounds(policy.budget_period, now)
             if start != self._state.budget.period_start:
                 await self._load_period(now)  # a new period restores the budget
-        prices = self._books.prices
-        candidates = [
-            admission.Candidate(d, entry.price if entry is not None else None)
-            for d in message.candidates
-            for entry in (prices.lookup(d.provider, d.model, message.received_at),)
-        ]
         decision = admission.admit(
             policy,
             self._state,
             message.chat,
             message.output_tokens,
-            candidates,
+            [admission.Candidate(d, self._price(d, message.received_at)) for d in message.candidates],
             trio.current_time(),
             tenant=self.name,
             enabled=enabled,
@@ -229,6 +224,10 @@ class TenantActor:
         )
         self._tickets[granted.ticket] = granted
         return granted
+
+    def _price(self, deployment: Deployment, at: datetime) -> Price | None:
+        entry = self._books.prices.lookup(deployment.provider, deployment.model, at)
+        return entry.price if entry is not None else None
 
     def _settle(self, message: Settle) -> None:
         granted = message.admission
