@@ -6,6 +6,10 @@ RequestRefused
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from policies.ratelimit import Quota
+
 
 class RequestRefused(Exception):
     code: str = "refused"
@@ -39,11 +43,13 @@ class BudgetExceeded(RequestRefused):
 
 
 class RateLimited(RequestRefused):
-    """`retry_after` is None when waiting cannot help (the request alone exceeds the limit)."""
+    """`retry_after` is None when waiting cannot help (the request alone exceeds the limit);
+    `quotas` are the levels of the tenant's limits by kind ("requests", "tokens"), for the HTTP
+    edge to turn into `x-ratelimit-*` headers."""
 
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None, headers: dict[str, str]) -> None:
+    def __init__(self, message: str, *, retry_after: float | None, quotas: Mapping[str, Quota]) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.headers = headers
+        self.quotas = quotas

@@ -303,7 +303,14 @@ async def open_gateway(
             await nursery.start(projector.run)
             await nursery.start(journal.run)
             await _start_ledger(gateway, environ)
-            gateway.tenant_actors = TenantActors(gateway, nursery, config.server.tenant_idle_s)
+            gateway.tenant_actors = TenantActors(
+                nursery,
+                books=books,
+                spent=gateway.spent,
+                aggregates=gateway.aggregates,
+                clock=gateway.clock,
+                idle_s=config.server.tenant_idle_s,
+            )
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway

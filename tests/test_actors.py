@@ -1,11 +1,14 @@
-"""ProviderActor leases and the supervisor, in virtual time."""
+"""ProviderActor leases, asking an actor, and the supervisor, in virtual time."""
 
 from __future__ import annotations
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
 from providers.simulator import Simulator, SimulatorSettings
+from runtime.actors.mailbox import ask
 from runtime.actors.provider import CANCELLED, SUCCESS, ProviderHandle
 from runtime.actors.supervisor import RestartPolicy, supervise
 from runtime.config import ProviderConfig
@@ -123,3 +126,50 @@ async def test_crashed_provider_actor_is_restarted_and_a_given_up_one_fails_fast
                 pass
             else:
                 raise AssertionError("a down provider must refuse leases")
+
+
+@attrs.frozen
+class Ping:
+    reply: trio.MemorySendChannel[str]
+
+
+async def test_ask_hands_back_an_answer_that_arrived_as_its_caller_was_cancelled() -> None:
+    """The caller is cancelled while it waits, and the answer lands in the reply's buffer before it
+    runs again: the answer is handed back (a lease released, a reservation settled), never lost."""
+    mailbox, inbox = trio.open_memory_channel[Ping](1)
+    handed_back: list[str] = []
+    caller = trio.CancelScope()
+
+    async def actor() -> None:
+        message = await inbox.receive()
+        await trio.testing.wait_all_tasks_blocked()  # the caller waits for the answer
+        caller.cancel()
+        message.reply.send_nowait("granted")
+        message.reply.close()
+
+    async def hand_back(answer: str) -> None:
+        handed_back.append(answer)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor)
+        with caller:
+            await ask(mailbox, Ping, hand_back)
+    assert caller.cancelled_caught and handed_back == ["granted"]
+
+
+async def test_ask_says_how_an_actor_failed_to_answer() -> None:
+    mailbox, inbox = trio.open_memory_channel[Ping](1)
+
+    async def nothing(answer: str) -> None:
+        raise AssertionError("nothing to hand back")
+
+    async def silent() -> None:
+        (await inbox.receive()).reply.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(silent)
+        with pytest.raises(trio.EndOfChannel):
+            await ask(mailbox, Ping, nothing)
+    inbox.close()
+    with pytest.raises(trio.BrokenResourceError):
+        await ask(mailbox, Ping, nothing)

@@ -251,3 +251,18 @@ async def test_concurrent_requests_never_overspend_a_hard_budget(
     admitted = sum(isinstance(e, Request.Admitted) and e.tenant == "crowd" for e in events)
     settled_count = sum(isinstance(e, Request.Settled) for e in events)
     assert admitted == settled_count, "every admitted request settled exactly once"
+
+
+async def test_a_tenants_policy_is_converted_once_per_change(mock_clock: trio.testing.MockClock) -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        auth = await new_tenant(http, "steady", rpm=5)
+        books = gw.gateway.books
+        view = books.tenant(next(t.id for t in books.tenants() if t.name == "steady"))
+        assert view is not None and view.tenant_policy.rpm == 5
+        assert view.tenant_policy is view.tenant_policy
+        assert (await chat(http, auth)).status_code == 200
+        assert books.tenant(view.id) is view, "admission reads the same view and its converted policy"
+        await http.patch("/admin/tenants/steady", json={"rpm": 7}, headers=ADMIN)
+        changed = books.tenant(view.id)
+        assert changed is not None and changed is not view and changed.tenant_policy.rpm == 7
+        assert (await chat(http, auth)).headers["x-ratelimit-limit-requests"] == "7"

@@ -23,6 +23,7 @@ import trio
 from policies import breaker
 from providers.errors import ProviderError
 from providers.upstream import Upstream
+from runtime.actors.mailbox import ask
 from runtime.config import ProviderConfig
 from runtime.errors import ActorUnavailable, ProviderRefused
 
@@ -137,31 +138,22 @@ class ProviderHandle:
     async def lease(self) -> Lease:
         """Wait for a slot. Raises `ProviderRefused` while the breaker refuses, and
         `ActorUnavailable` if the actor is gone."""
-        reply_send, reply_receive = trio.open_memory_channel[Grant | Refusal](1)
         try:
-            await self._send.send(Acquire(reply_send))
+            answer = await ask(self._send, Acquire, self._hand_back)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ActorUnavailable(f"provider {self.name!r} is down") from None
-        with reply_receive:
-            try:
-                answer = await reply_receive.receive()
-            except trio.EndOfChannel:
-                raise ActorUnavailable(f"provider {self.name!r} is unavailable (its actor stopped)") from None
-            except BaseException:
-                # Cancelled while a grant may already be in the buffer: hand it back.
-                try:
-                    early = reply_receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    pass
-                else:
-                    if isinstance(early, Grant):
-                        await Lease(self, early).release(CANCELLED)
-                raise
+        except trio.EndOfChannel:
+            raise ActorUnavailable(f"provider {self.name!r} is unavailable (its actor stopped)") from None
         if isinstance(answer, Refusal):
             raise ProviderRefused(
                 f"provider {self.name!r} is not taking requests (circuit open)", retry_at=answer.retry_at
             )
         return Lease(self, answer)
+
+    async def _hand_back(self, answer: Grant | Refusal) -> None:
+        """A grant that arrived as its caller was cancelled."""
+        if isinstance(answer, Grant):
+            await Lease(self, answer).release(CANCELLED)
 
     async def _release(self, grant: Grant, outcome: Outcome) -> None:
         # BrokenResourceError: the actor was given up, so there is nothing left to account to.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import attrs
 
+from policies.ratelimit import Quota
 from policies.routing import Deployment
 from runtime.chat.trace import Trace
 
@@ -26,7 +27,7 @@ class Exchange:
     recorded: bool = False  # the ledger holds (or is about to hold) a Request under `ledger_id`
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
-    rate_headers: dict[str, str] = attrs.field(factory=dict)  # the tenant's quotas at admission, for every answer
+    quotas: Mapping[str, Quota] = attrs.field(factory=dict)  # the tenant's quota levels at admission, for every answer
 
     @contextmanager
     def waiting_upstream(self) -> Iterator[None]:

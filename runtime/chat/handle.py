@@ -116,7 +116,7 @@ async def handle_chat(
         draining=parts.draining,
     )
     await record.open()
-    exchange.rate_headers = admission.headers
+    exchange.quotas = admission.quotas
     if chat.stream:
         attempt, upstream, opening = await router.open_stream(parts.providers, record, exchange)
         relay = StreamRelay(attempt, upstream, opening, record, exchange)  # settles when the stream ends

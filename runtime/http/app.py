@@ -26,7 +26,6 @@ from policies.errors import (
     RequestRefused,
     TenantDisabled,
 )
-from policies.tenant import TenantPolicy
 from providers.errors import ProviderError
 from runtime.chat.exchange import Exchange
 from runtime.chat.handle import ChatParts, Streaming, handle_chat
@@ -45,6 +44,7 @@ from runtime.errors import (
 from runtime.gateway import Gateway
 from runtime.http import admin_series, dashboard
 from runtime.http.admin import register_admin
+from runtime.http.quota_headers import quota_headers
 from runtime.http.responses import json_response
 from runtime.http.tracing import continue_or_start, request_id
 from runtime.ledger.journal import LedgerUnavailable
@@ -115,7 +115,7 @@ def error_reply(error: BaseException) -> ErrorReply:
     if isinstance(error, RequestRefused):
         message, param, code = error.message, error.param, error.code
         if isinstance(error, RateLimited):
-            headers.update(error.headers)
+            headers.update(quota_headers(error.quotas))
             if error.retry_after is not None:
                 headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     elif isinstance(error, ProviderError):
@@ -253,7 +253,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             if exchange.recorded:
                 response.headers["x-tollgate-ledger-id"] = str(exchange.ledger_id)
             response.headers["traceparent"] = exchange.trace.traceparent
-            for name, value in exchange.rate_headers.items():
+            for name, value in quota_headers(exchange.quotas).items():
                 response.headers[name] = value
         return response
 
@@ -284,7 +284,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.get("/v1/models")
     async def models() -> Response:
         tenant = gateway.books.authenticate(request.headers.get("Authorization"))
-        allowed = TenantPolicy.from_record(tenant.policy).allowed_models
+        allowed = tenant.tenant_policy.allowed_models
         names = [name for name in gateway.routes.models() if not allowed or name in allowed]
         return json_response({"object": "list", "data": [model_json(name) for name in names]})
 
@@ -292,7 +292,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def retrieve_model(model: str) -> Response:
         """Any name the chat route would serve this tenant; otherwise 404 `model_not_found`, as OpenAI."""
         tenant = gateway.books.authenticate(request.headers.get("Authorization"))
-        allowed = TenantPolicy.from_record(tenant.policy).allowed_models
+        allowed = tenant.tenant_policy.allowed_models
         if not gateway.routes.serves(model) or (allowed and model not in allowed):
             raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.")
         return json_response(model_json(model))

@@ -8,6 +8,7 @@ request. It only follows commits: the aggregates writers append to live behind t
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import attrs
 from events.projections import FoldState, Projections, fold
 from events.store import Recorded
 from policies.cost import Price, PriceBook, PriceEntry
+from policies.tenant import TenantPolicy
 from runtime.auth import bearer, hash_key
 from runtime.errors import Unauthenticated
 
@@ -34,6 +36,11 @@ class TenantView:
     source: str
     created_at: str
     updated_at: str
+
+    @functools.cached_property
+    def tenant_policy(self) -> TenantPolicy:
+        """`policy` as a `TenantPolicy`, converted once per view (a change to the tenant makes a new view)."""
+        return TenantPolicy.from_record(self.policy)
 
 
 def _price_entry(row: dict[str, Any]) -> PriceEntry:
