@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from eventsourcing.utils import resolve_topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,6 +146,7 @@ STORED = {
 and the `Event` and `Created` bases eventsourcing gives each aggregate)."""
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(aggregates())
 def test_every_event_class_round_trips_through_the_sqlite_store(items: list[Any]) -> None:

@@ -38,6 +38,7 @@ async def quiet(gateway: Any) -> None:
             await trio.testing.wait_all_tasks_blocked()
 
 
+@pytest.mark.slow
 async def test_200_concurrent_streams_with_random_disconnects_leave_nothing_behind() -> None:
     paced = Behaviour(reply=WORDS, chunks=40, chunk_delay_s=0.01)
     rng = random.Random(7)
