@@ -13,7 +13,6 @@ store (eventsourcing's POPO recorder: tests and the bench's comparison run).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -25,6 +24,8 @@ from typing import Any, TypeVar
 import attrs
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, DomainEventProtocol
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import resolve_topic
 
 __all__ = ["MEMORY", "Aggregate", "LedgerError", "LedgerStore", "Raw", "Recorded", "topic_of"]
 
@@ -60,11 +61,6 @@ class Raw:
 def topic_of(kind: type) -> str:
     """The topic an event class is stored under (`module:qualname`)."""
     return f"{kind.__module__}:{kind.__qualname__}"
-
-
-def _unwrap(value: dict[str, Any]) -> Any:
-    """eventsourcing's JSON transcoding keeps a typed value as {"_type_": ..., "_data_": ...}: keep the data."""
-    return value["_data_"] if "_type_" in value and "_data_" in value else value
 
 
 class _Tollgate(Application[uuid.UUID]):
@@ -138,8 +134,10 @@ class LedgerStore:
 
         On SQLite this reads through its own read-only connection (never the writer's) and has
         SQLite extract the fields, without building event objects: the fast path for re-pricing.
-        Stored state is read as written (no upcasting), so it serves fields that never changed.
-        The in-memory store goes through the mapper (the caller holds the store's door)."""
+        A row stored by an older `class_version` than its class's (and one SQLite's JSON functions
+        cannot read) comes back whole and goes through the mapper, so the same upcasters apply as
+        on every other read path. The in-memory store goes through the mapper (the caller holds
+        the store's door)."""
         end = self.position() if until is None else until
         if self.path == MEMORY:
             yield from self._scan_mapped(set(topics), fields, after, end, batch)
@@ -150,12 +148,19 @@ class LedgerStore:
             f"json_extract(state, '$.{name}{'._data_' if kind in (Decimal, datetime) else ''}')"
             for name, kind in fields.items()
         )
-        # SQLite's JSON functions cut strings at an escaped NUL: such rows come back whole, decoded here.
+        # Rows that come back whole, for the mapper: those stored by an older class version (to be
+        # upcast), and those with an escaped NUL (SQLite's JSON functions cut strings there).
+        versions = {topic: getattr(resolve_topic(topic), "class_version", 1) for topic in topics}
+        current = " ".join("when ? then ?" for _ in versions)
         query = (
             "select rowid, originator_id, originator_version, topic,"
-            f" case when instr(state, '\\u0000') > 0 then state end, {columns} from stored_events"
-            f" where rowid > ? and rowid <= ? and topic in ({', '.join('?' * len(topics))}) order by rowid limit ?"
+            " case when instr(state, '\\u0000') > 0"
+            f" or coalesce(json_extract(state, '$.class_version'), 1) < (case topic {current} else 1 end)"
+            f" then state end, {columns} from stored_events"
+            f" where rowid > ? and rowid <= ? and topic in ({', '.join('?' * len(versions))}) order by rowid limit ?"
         )
+        by_version = [value for pair in versions.items() for value in pair]
+        to_event = self._app.mapper.to_domain_event
         decode: list[Any] = [
             Decimal if kind is Decimal else datetime.fromisoformat if kind is datetime else None for kind in kinds
         ]
@@ -163,17 +168,18 @@ class LedgerStore:
         connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         try:
             while after < end:
-                rows = connection.execute(query, (after, end, *topics, batch)).fetchall()
+                rows = connection.execute(query, (*by_version, after, end, *versions, batch)).fetchall()
                 if not rows:
                     return
                 page = []
                 for position, originator, version, topic, whole, *values in rows:
                     if whole is not None:
-                        state = json.loads(whole, object_hook=_unwrap)
-                        values = [state.get(name) for name in names]
-                    for i in wrapped:
-                        if values[i] is not None:
-                            values[i] = decode[i](values[i])
+                        event = to_event(StoredEvent(uuid.UUID(originator), version, topic, whole))
+                        values = [getattr(event, name, None) for name in names]
+                    else:
+                        for i in wrapped:
+                            if values[i] is not None:
+                                values[i] = decode[i](values[i])
                     page.append(Raw(position, originator, version, topic, dict(zip(names, values, strict=True))))
                 yield page
                 after = rows[-1][0]

@@ -180,6 +180,7 @@ async def test_pricing_api() -> None:
         assert unpriced.model_extra["x_gateway"]["cost_usd"] is None
 
 
+@pytest.mark.slow
 async def test_cli_talks_to_the_admin_api() -> None:
     async with running_gateway(make_config(pricing=PRICING)) as gw:
         env = {**os.environ, "TOLLGATE_ADMIN_KEY": ADMIN_KEY}

@@ -368,3 +368,4 @@ class BreakerMachine(RuleBasedStateMachine):
 
 
 TestBreakerMachine = BreakerMachine.TestCase
+TestBreakerMachine.pytestmark = [pytest.mark.slow]

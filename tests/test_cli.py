@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from runtime.auth import DEMO_KEY
@@ -34,6 +35,7 @@ def tollgate(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 async def test_offline_commands_need_only_the_ledger_table(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
     async with running_gateway(make_config(pricing=PRICING, ledger={"path": str(ledger)})) as gw, gw.http() as http:
@@ -64,6 +66,7 @@ async def test_offline_commands_need_only_the_ledger_table(tmp_path: Path) -> No
     assert report["totals"]["requests"] == 1 and report["committed"] is False
 
 
+@pytest.mark.slow
 async def test_offline_commands_still_report_a_bad_ledger_table(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[ledger]\npath = 3\ncolour = 'red'\n")
@@ -91,6 +94,7 @@ async def test_admin_commands_print_no_http_client_log_lines() -> None:
     assert listed.stderr == "", "no 'httpx INFO HTTP Request: GET ...' line per call"
 
 
+@pytest.mark.slow
 async def test_spend_basis_chooses_as_recorded_or_restated() -> None:
     async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
         await chat(http, 2)
@@ -114,6 +118,7 @@ async def test_spend_basis_chooses_as_recorded_or_restated() -> None:
     assert bad.returncode == 2 and "as_recorded" in bad.stderr
 
 
+@pytest.mark.slow
 async def test_providers_prints_each_providers_state() -> None:
     providers = [
         {"name": "sim", "kind": "simulator", "models": ["sim-1"]},

@@ -29,62 +29,63 @@ def assert_error(
     return str(error["message"])
 
 
-@pytest.mark.parametrize(
-    ("body", "param", "code", "fragment"),
-    [
-        (b"{not json", None, "invalid_json", "not valid JSON"),
-        (b"", None, "invalid_json", "empty"),
-        (b"[1, 2]", None, "invalid_type", "JSON object"),
-        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model", "missing_required_parameter", "'model'"),
-        (b'{"model": "sim-1"}', "messages", "missing_required_parameter", "'messages'"),
-        (b'{"model": 7, "messages": []}', "model", "invalid_type", "must be a string"),
-        (b'{"model": "sim-1", "messages": "hi"}', "messages", "invalid_type", "must be an array"),
-        (
-            b'{"model": "sim-1", "messages": [{"content": "hi"}]}',
-            "messages[0].role",
-            "missing_required_parameter",
-            "role",
-        ),
-        (
-            b'{"model": "sim-1", "messages": [{"role": "robot", "content": "hi"}]}',
-            "messages[0].role",
-            "invalid_value",
-            "robot",
-        ),
-        (
-            b'{"model": "sim-1", "messages": [{"role": "user", "content": 5}]}',
-            "messages[0].content",
-            "invalid_type",
-            "content",
-        ),
-        (
-            b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
-            "stream",
-            "invalid_type",
-            "boolean",
-        ),
-        (
-            b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
-            "max_tokens",
-            "invalid_value",
-            "at least 1",
-        ),
-        (
-            b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": true}',
-            "max_tokens",
-            "invalid_type",
-            "integer",
-        ),
-        (
-            b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], '
-            b'"stream_options": {"include_usage": 1}}',
-            "stream_options.include_usage",
-            "invalid_type",
-            "boolean",
-        ),
-    ],
-)
-async def test_malformed_requests_are_400_naming_the_field(
+MALFORMED: list[tuple[bytes, str | None, str, str]] = [
+    (b"{not json", None, "invalid_json", "not valid JSON"),
+    (b"", None, "invalid_json", "empty"),
+    (b"[1, 2]", None, "invalid_type", "JSON object"),
+    (b'{"messages": [{"role": "user", "content": "hi"}]}', "model", "missing_required_parameter", "'model'"),
+    (b'{"model": "sim-1"}', "messages", "missing_required_parameter", "'messages'"),
+    (b'{"model": 7, "messages": []}', "model", "invalid_type", "must be a string"),
+    (b'{"model": "sim-1", "messages": "hi"}', "messages", "invalid_type", "must be an array"),
+    (
+        b'{"model": "sim-1", "messages": [{"content": "hi"}]}',
+        "messages[0].role",
+        "missing_required_parameter",
+        "role",
+    ),
+    (
+        b'{"model": "sim-1", "messages": [{"role": "robot", "content": "hi"}]}',
+        "messages[0].role",
+        "invalid_value",
+        "robot",
+    ),
+    (
+        b'{"model": "sim-1", "messages": [{"role": "user", "content": 5}]}',
+        "messages[0].content",
+        "invalid_type",
+        "content",
+    ),
+    (
+        b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+        "stream",
+        "invalid_type",
+        "boolean",
+    ),
+    (
+        b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+        "max_tokens",
+        "invalid_value",
+        "at least 1",
+    ),
+    (
+        b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": true}',
+        "max_tokens",
+        "invalid_type",
+        "integer",
+    ),
+    (
+        b'{"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": 1}}',
+        "stream_options.include_usage",
+        "invalid_type",
+        "boolean",
+    ),
+]
+"""Chat bodies the gateway refuses: (body, param, code, a fragment of the message). Each case is
+checked against the pure validation in `tests/test_validation.py`; two go through the route here."""
+
+
+@pytest.mark.parametrize(("body", "param", "code", "fragment"), [MALFORMED[0], MALFORMED[-1]])
+async def test_a_malformed_request_is_a_400_in_openai_shape_naming_the_field(
     body: bytes, param: str | None, code: str, fragment: str
 ) -> None:
     async with running_gateway(make_config()) as gw, gw.http() as http:

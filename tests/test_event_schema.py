@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import tempfile
+import types
+import typing
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+from eventsourcing.utils import resolve_topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,11 +24,15 @@ from events.pricelist import PriceList
 from events.provider import Provider
 from events.repricing import Repricing
 from events.request import Request
-from events.store import LedgerStore, topic_of
+from events.store import Aggregate, LedgerStore, Raw, topic_of
 from events.tenant import Tenant
 from events.usage import Usage
+from policies.cost import Price
+from policies.repricing import Filters, flat_prices
 from policies.usage import RECORD_ITEMS, reported_record
-from runtime.ledger.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED
+from runtime.ledger.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED, Scan, restatement_events
+from tests import golden
+from tests.golden import class_version, event_classes
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
 money = st.decimals(min_value=0, max_value=10**6, places=9, allow_nan=False, allow_infinity=False).map(usd)
@@ -128,34 +137,21 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
     return [*requests, rejected, tenant, prices, provider, repricing]
 
 
-EVENT_CLASSES = {
-    Request.Admitted,
-    Request.AttemptFailed,
-    Request.Completed,
-    Request.Failed,
-    Request.Cancelled,
-    Request.Rejected,
-    Tenant.Registered,
-    Tenant.Updated,
-    Tenant.KeyIssued,
-    Tenant.Disabled,
-    Tenant.Enabled,
-    Tenant.BudgetThresholdCrossed,
-    PriceList.Opened,
-    PriceList.PriceSet,
-    PriceList.PriceRemoved,
-    Provider.Registered,
-    Provider.BreakerTransitioned,
-    Request.CostRestated,
-    Repricing.Committed,
+STORED = {
+    topic
+    for topic, kind in event_classes().items()
+    if kind is not Request.Settled and kind.__qualname__.rpartition(".")[2] not in ("Event", "Created")
 }
+"""The event classes the code stores: all but the shapes never stored themselves (`Request.Settled`,
+and the `Event` and `Created` bases eventsourcing gives each aggregate)."""
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(aggregates())
 def test_every_event_class_round_trips_through_the_sqlite_store(items: list[Any]) -> None:
     pending = [event for item in items for event in item.pending_events]
-    assert {type(e) for e in pending} == EVENT_CLASSES
+    assert {topic_of(type(e)) for e in pending} == STORED, "the strategy builds every stored class"
     with tempfile.TemporaryDirectory() as folder:
         store = LedgerStore(str(Path(folder) / "ledger.sqlite3"))
         try:
@@ -188,56 +184,6 @@ def test_aggregate_ids_are_stable_by_name() -> None:
     assert isinstance(Request.admit("r", "t", "m", False, Decimal(0), datetime.now(UTC)).id, uuid.UUID)
 
 
-def _v1_settled_state(kind: type[Request.Settled]) -> bytes:
-    """A terminal event's stored state as version 1 wrote it: no `class_version`, no `reported_usage`."""
-    state = {
-        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-10-01T12:00:00+00:00"},
-        "provider": "sim",
-        "served_model": "sim-1",
-        "prompt_tokens": 12,
-        "completion_tokens": 3,
-        "cached_tokens": 0,
-        "usage_source": "provider",
-        "cost_usd": {"_type_": "decimal_str", "_data_": "0.000018000"},
-        "price_ref": "sim/sim-1@2026-10-01T00:00:00+00:00",
-        "latency_us": 1000,
-        "overhead_us": 300,
-        "outcome": "ok",
-    }
-    return json.dumps(state, separators=(",", ":")).encode()
-
-
-def test_stored_v1_terminal_events_still_load(tmp_path: Path) -> None:
-    path = str(tmp_path / "ledger.sqlite3")
-    store = LedgerStore(path)
-    kinds = (Request.Completed, Request.Failed, Request.Cancelled)
-    requests = [
-        Request.admit(f"r{i}", "t", "sim-1", False, Decimal("0.01"), datetime(2026, 10, 1, tzinfo=UTC))
-        for i in range(3)
-    ]
-    store.append(requests)
-    store.close()
-    connection = sqlite3.connect(path)
-    with connection:
-        connection.executemany(
-            "insert into stored_events values (?, ?, ?, ?)",
-            [(r.id.hex, 2, topic_of(kind), _v1_settled_state(kind)) for r, kind in zip(requests, kinds, strict=True)],
-        )
-    connection.close()
-    store = LedgerStore(path)
-    try:
-        loaded = [r.event for r in store.read(0, 100)][3:]
-        aggregate = store.get(requests[0].id, Request)
-    finally:
-        store.close()
-    assert [type(e) for e in loaded] == list(kinds)
-    for event in loaded:
-        assert event.reported_usage is None and "reported_usage" in event.__dict__
-        assert (event.prompt_tokens, event.cost_usd, event.outcome) == (12, Decimal("0.000018000"), "ok")
-    assert aggregate is not None and aggregate.outcome == "ok"
-    assert Request.Completed.class_version == 2
-
-
 def test_a_reported_claim_is_recorded_json_safe_and_bounded() -> None:
     hostile = {
         "prompt_tokens": 1.5,
@@ -257,3 +203,222 @@ def test_a_reported_claim_is_recorded_json_safe_and_bounded() -> None:
     assert len(json.dumps(recorded)) < 4000 and str(RECORD_ITEMS) and len(recorded["many"]) <= RECORD_ITEMS + 1
     billed = Usage(3, 4, 0, "provider")
     assert reported_record(Usage(3, 4, 0, "provider", {"prompt_tokens": 3}), billed) is None
+
+
+# The golden fixture: every event class's stored form, as written, must keep loading (tests/golden).
+
+
+def _conforms(value: Any, annotation: Any) -> bool:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_conforms(value, member) for member in typing.get_args(annotation))
+    if annotation is Any:
+        return True
+    if isinstance(annotation, typing.TypeVar):  # the aggregate id
+        return isinstance(value, uuid.UUID)
+    if annotation is type(None):
+        return value is None
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(annotation) or annotation)
+
+
+def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """Rows into a real ledger's `stored_events`, as they were written."""
+    LedgerStore(path).close()
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.executemany(
+            "insert into stored_events values (?, ?, ?, ?)",
+            [(r["originator_id"], r["originator_version"], r["topic"], r["state"].encode()) for r in rows],
+        )
+    connection.close()
+
+
+def test_every_event_class_has_a_golden_entry_at_its_class_version() -> None:
+    have = {(entry["topic"], entry["class_version"]) for entry in golden.load()}
+    missing = [f"{t} v{class_version(k)}" for t, k in event_classes().items() if (t, class_version(k)) not in have]
+    assert not missing, f"no golden entry (run `python -m tests.golden.make`): {missing}"
+    assert {"events.request:Request.Completed", "events.tenant:Tenant.Registered"} <= set(event_classes())
+    assert set(event_classes()) > STORED, "the discovery finds every stored class, and the bases"
+
+
+def test_every_golden_event_loads_whole_and_typed_through_every_read_path(tmp_path: Path) -> None:
+    """A class changed without a `class_version` and an upcaster fails here: a field added or removed
+    leaves a loaded event with the wrong fields, a type changed leaves a value of the old type, a
+    class moved or renamed cannot be resolved, and today's store must write an entry back unchanged."""
+    entries = golden.load()
+    classes = event_classes()
+    path = str(tmp_path / "golden.sqlite3")
+    _write_rows(path, entries)
+    store = LedgerStore(path)
+    try:
+        loaded = [record.event for record in store.read(0, 1000)]
+        scanned: dict[int, Raw] = {}
+        for topic in {entry["topic"] for entry in entries}:
+            hints = typing.get_type_hints(resolve_topic(topic))
+            kinds = {
+                name: _scan_kind(hint)
+                for name, hint in hints.items()
+                if name not in ("originator_id", "originator_version")
+            }
+            fields = {name: kind for name, kind in kinds.items() if kind is not None}
+            scanned.update((raw.position, raw) for page in store.scan([topic], fields) for raw in page)
+    finally:
+        store.close()
+    assert len(loaded) == len(entries) == len(scanned)
+    current = []
+    for position, (entry, event) in enumerate(zip(entries, loaded, strict=True), start=1):
+        kind = type(event)
+        assert topic_of(kind) == entry["topic"] and kind is classes[entry["topic"]], entry["topic"]
+        names = {field.name for field in dataclasses.fields(kind)}
+        assert set(vars(event)) == names, f"{entry['topic']} v{entry['class_version']}: fields differ"
+        hints = typing.get_type_hints(kind)
+        for name in names:
+            assert _conforms(getattr(event, name), hints[name]), f"{entry['topic']}.{name}: {getattr(event, name)!r}"
+        raw = scanned[position]
+        assert (raw.originator_id, raw.version, raw.topic) == (
+            event.originator_id.hex,
+            event.originator_version,
+            entry["topic"],
+        )
+        assert raw.state == {name: getattr(event, name) for name in raw.state}, "the scan reads what the mapper does"
+        if entry["class_version"] == class_version(kind):
+            current.append(event)
+    # Today's store writes a current-version entry back byte for byte.
+    again = str(tmp_path / "again.sqlite3")
+    store = LedgerStore(again)
+    try:
+        store.append(current)
+    finally:
+        store.close()
+    connection = sqlite3.connect(again)
+    written = connection.execute("select originator_id, originator_version, topic, state from stored_events").fetchall()
+    connection.close()
+    assert sorted((o, v, t, s.decode()) for o, v, t, s in written) == sorted(
+        (e["originator_id"], e["originator_version"], e["topic"], e["state"])
+        for e in entries
+        if e["class_version"] == class_version(classes[e["topic"]])
+    )
+
+
+def _scan_kind(annotation: Any) -> type | None:
+    """The type `LedgerStore.scan` reads a field as (None: a field it does not serve, a dict)."""
+    members = [m for m in typing.get_args(annotation) if m is not type(None)] or [annotation]
+    return members[0] if len(members) == 1 and members[0] in (str, int, bool, Decimal, datetime) else None
+
+
+def _v1_terminal_ledger(path: str) -> list[Request]:
+    """Three requests admitted today and settled by version 1 of the terminal events (the golden
+    v1 rows: no `class_version`, no `reported_usage`), one of each kind."""
+    store = LedgerStore(path)
+    kinds = (Request.Completed, Request.Failed, Request.Cancelled)
+    requests = [
+        Request.admit(f"r{i}", "t", "sim-1", False, Decimal("0.01"), datetime(2026, 10, 1, tzinfo=UTC))
+        for i in range(3)
+    ]
+    store.append(requests)
+    store.close()
+    v1 = {entry["topic"]: entry for entry in golden.load() if entry["class_version"] == 1}
+    rows = [
+        {**v1[topic_of(kind)], "originator_id": r.id.hex, "originator_version": 2}
+        for r, kind in zip(requests, kinds, strict=True)
+    ]
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.executemany(
+            "insert into stored_events values (?, ?, ?, ?)",
+            [(r["originator_id"], r["originator_version"], r["topic"], r["state"].encode()) for r in rows],
+        )
+    connection.close()
+    return requests
+
+
+def test_stored_v1_terminal_events_still_load(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.sqlite3")
+    requests = _v1_terminal_ledger(path)
+    kinds = (Request.Completed, Request.Failed, Request.Cancelled)
+    store = LedgerStore(path)
+    try:
+        loaded = [r.event for r in store.read(0, 100)][3:]
+        aggregate = store.get(requests[0].id, Request)
+    finally:
+        store.close()
+    assert [type(e) for e in loaded] == list(kinds)
+    for event in loaded:
+        assert event.reported_usage is None and "reported_usage" in event.__dict__
+        assert (event.prompt_tokens, event.cost_usd, event.outcome) == (12, Decimal("0.000018000"), "ok")
+    assert aggregate is not None and aggregate.outcome == "ok"
+    assert Request.Completed.class_version == 2
+
+
+def test_a_stored_v1_terminal_event_is_repriced_through_the_scan(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.sqlite3")
+    requests = _v1_terminal_ledger(path)
+    store = LedgerStore(path)
+    try:
+        prices = flat_prices({"sim/sim-1": Price(Decimal("10"), Decimal("20"))})
+        scan = Scan(store, prices, Filters(), store.position())
+        found = []
+        while (page := scan.step()) is not None:
+            found.extend(page)
+        store.append(restatement_events(found, prices, uuid.uuid4()))
+        restated = [r.event for r in store.read(6, 100)]
+        aggregate = store.get(requests[0].id, Request)
+    finally:
+        store.close()
+    totals = scan.report().totals
+    assert (totals["requests"], totals["restated"], totals["old_usd"], totals["new_usd"]) == (
+        3,
+        3,
+        "0.000054",
+        "0.00054",
+    )
+    assert [(e.originator_id, e.originator_version) for e in restated] == [(r.id, 3) for r in requests]
+    assert {(e.old_cost_usd, e.new_cost_usd) for e in restated} == {(Decimal("0.000018"), Decimal("0.00018"))}
+    assert aggregate is not None and aggregate.restatements == 1
+
+
+class Ticket(Aggregate):
+    """A test-only aggregate whose event renamed a field in version 2 (`price` → `cost_usd`)."""
+
+    class Priced(Aggregate.Event):
+        class_version = 2
+        cost_usd: Decimal
+        note: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["cost_usd"] = state.pop("price")
+
+
+def test_the_fast_scan_goes_through_the_upcasters(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.sqlite3")
+    moment = {"_type_": "datetime_iso", "_data_": "2026-10-01T12:00:00+00:00"}
+    v1 = {"timestamp": moment, "price": {"_type_": "decimal_str", "_data_": "0.500000000"}, "note": "v1"}
+    _write_rows(
+        path,
+        [
+            {
+                "originator_id": uuid.uuid4().hex,
+                "originator_version": 1,
+                "topic": topic_of(Ticket.Priced),
+                "state": json.dumps(v1),
+            }
+        ],
+    )
+    store = LedgerStore(path)
+    try:
+        now = Ticket.Priced(
+            originator_id=uuid.uuid4(), originator_version=1, timestamp=datetime.now(UTC), cost_usd=usd(2), note="v2"
+        )
+        store.append([now])
+        scanned = [
+            raw.state
+            for page in store.scan([topic_of(Ticket.Priced)], {"cost_usd": Decimal, "note": str})
+            for raw in page
+        ]
+        mapped = [(r.event.cost_usd, r.event.note) for r in store.read()]
+    finally:
+        store.close()
+    assert scanned == [{"cost_usd": Decimal("0.5"), "note": "v1"}, {"cost_usd": Decimal(2), "note": "v2"}]
+    assert mapped == [(Decimal("0.5"), "v1"), (Decimal(2), "v2")]

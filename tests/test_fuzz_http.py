@@ -208,6 +208,7 @@ def client(gateway_url: str) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.mark.slow
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=timedelta(seconds=10),

@@ -4,6 +4,7 @@ connection is answered, every time, over real sockets against the real server.""
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from runtime.auth import DEMO_KEY
@@ -14,6 +15,7 @@ GOOD = {"Authorization": f"Bearer {DEMO_KEY}"}
 CHAT = b'{"model":"sim-1","messages":[{"role":"user","content":"' + b"x" * (MAX_BODY - 200) + b'"}]}'
 
 
+@pytest.mark.slow
 async def test_sixty_early_answers_then_a_good_request_on_one_connection() -> None:
     config = make_config(server={"host": "127.0.0.1", "port": 0, "grace_period_s": 2.0, "max_body_bytes": MAX_BODY})
     bad_requests = [

@@ -163,13 +163,18 @@ async def test_upstream_failure_records_failed() -> None:
 async def test_client_disconnect_records_cancelled() -> None:
     slow = Behaviour(first_byte_delay_s=30)
     async with fake_openai(slow) as fake, running_gateway(make_config(providers=[openai_provider(fake.url)])) as gw:
-        async with gw.http() as http:
-            with trio.move_on_after(0.5):
+        async with gw.http() as http, trio.open_nursery() as nursery:
+
+            async def ask() -> None:
                 await http.post(
                     "/v1/chat/completions",
                     json={"model": "gpt-test", "messages": PROMPT},
                     headers={**AUTH, "X-Request-ID": "r-gone"},
                 )
+
+            nursery.start_soon(ask)
+            await fake.wait_for_requests(1)  # the request is at the upstream: the client hangs up
+            nursery.cancel_scope.cancel()
         with trio.fail_after(5):  # the handler is cancelled when its client goes; wait for that commit
             while "Cancelled" not in request_events(await ledger_events(gw)).get("r-gone", []):
                 await gw.gateway.journal.next_commit()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,6 +83,7 @@ async def run_workload(http: httpx.AsyncClient, fake: Any, operations: list[tupl
             assert response.status_code == 200, response.text
 
 
+@pytest.mark.slow
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
@@ -170,6 +172,7 @@ api_key_sha256 = "{hash_key(DEMO_KEY)}"
 """
 
 
+@pytest.mark.slow
 def test_sigkill_right_after_answering_keeps_the_answered_request(tmp_path: Path) -> None:
     ledger = tmp_path / "var" / "ledger.sqlite3"
     config = tmp_path / "config.toml"
@@ -205,6 +208,7 @@ def test_sigkill_right_after_answering_keeps_the_answered_request(tmp_path: Path
     assert "match" in verified.stdout
 
 
+@pytest.mark.slow
 def test_replay_verify_reports_a_tampered_projection(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
     config = tmp_path / "config.toml"
@@ -233,6 +237,7 @@ def test_replay_verify_reports_a_tampered_projection(tmp_path: Path) -> None:
     assert "spend" in verified.stderr and "999" in verified.stderr
 
 
+@pytest.mark.slow
 def test_missing_and_corrupt_ledgers_give_clear_errors(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     corrupt = tmp_path / "corrupt.sqlite3"

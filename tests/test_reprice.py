@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -277,6 +278,7 @@ def test_repricing_with_the_prices_in_force_reproduces_every_recorded_cost(
         store.close()
 
 
+@pytest.mark.slow
 @ledger_case
 @given(history, requests, price_sets, price_sets)
 def test_restating_a_to_b_then_b_to_c_equals_a_to_c_and_replay_stays_clean(
@@ -333,6 +335,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.mark.slow
 async def test_cli_reprices_from_a_toml_file_through_the_admin_api_and_offline(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
     prices = tmp_path / "prices.toml"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_serve import CONFIG, ROOT, serving
 
 
@@ -38,6 +40,7 @@ def test_a_busy_port_is_one_line_and_exit_2_before_the_ledger_is_touched(tmp_pat
     assert not ledger.parent.exists()  # no ledger, no projections, no lock file
 
 
+@pytest.mark.slow
 def test_a_second_serve_on_one_ledger_refuses_to_start(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
     with serving(tmp_path) as (first, _url):

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -189,6 +190,7 @@ request_spec = st.tuples(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(request_spec, min_size=40, max_size=120), st.sampled_from(["0.2", "0.5", "1"]))
 async def test_concurrent_requests_never_overspend_a_hard_budget(
