@@ -157,6 +157,25 @@ async def test_a_body_closed_before_its_end_closes_the_connection() -> None:
             assert transport.pool(httpx.URL(server.url)).idle_count == 1
 
 
+async def test_closing_the_transport_closes_a_connection_whose_body_is_still_open(
+    make_transport: MakeTransport,
+) -> None:
+    # A reader that gives up on a body without closing it (an adapter after an error) must not leak the
+    # socket past the transport: httpcore's pool closes in-use connections too, and so does ours.
+    async def drip_forever(exchange: Exchange) -> None:
+        await exchange.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+        await exchange.send(h11.Data(data=b"data: 1\n\n"))
+        assert await exchange.stream.receive_some(1) == b""  # never ends the body; waits for the client's close
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(drip_forever) as server:
+            http = client(make_transport())
+            response = await http.send(http.build_request("POST", server.url, content=b"x"), stream=True)
+            assert await response.aiter_raw().__anext__() == b"data: 1\n\n"
+            await http.aclose()  # the response itself is never closed
+            await server.wait_until(lambda: server.ended == 1)
+
+
 async def test_a_connection_idle_longer_than_the_keepalive_expiry_is_not_reused(clock: trio.testing.MockClock) -> None:
     # ours only: httpcore times keep-alive with time.monotonic(), which the mock clock does not move
     with trio.fail_after(600):
