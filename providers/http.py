@@ -3,7 +3,8 @@ answered whole or as an SSE stream), over one long-lived `httpx.AsyncClient` on 
 
 Transport-level only; a wire format (`providers.openai`, `providers.anthropic`) brings its URL, headers,
 encoder and decoders. Here:
-- the client: timeouts from `[providers.timeouts]`, `max_connections` = the provider's concurrency;
+- the client: timeouts from `[providers.timeouts]`, `max_connections` = the provider's concurrency,
+  `providers.transport.TrioTransport` unless a test gives another transport;
 - httpx's exceptions → the provider error tree (`translate_errors`), a non-200 status → its error
   (`status_error`, upstream text redacted of the provider's `secrets`);
 - `SSEChunkStream`: a streamed body → SSE events → a wire format's `StreamTranslator` → chunks.
@@ -28,6 +29,7 @@ from providers.errors import (
     parse_retry_after,
 )
 from providers.sse import SSEDecoder, SSEEvent
+from providers.transport import TrioTransport
 from providers.upstream import Chunk, Timeouts
 
 MAX_ERROR_BODY = 64 * 1024
@@ -80,9 +82,10 @@ def build_client(
     headers: dict[str, str],
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """httpx's own pool unless a `transport` (e.g. `providers.transport.TrioTransport`) is given."""
+    """An httpx client over our own trio + h11 transport (`providers.transport`: a LIFO keep-alive pool of
+    `max_connections`), unless another `transport` is given."""
     return httpx.AsyncClient(
-        transport=transport,
+        transport=transport or TrioTransport(max_connections),
         timeout=httpx.Timeout(
             connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.write_s, pool=timeouts.pool_s
         ),
