@@ -197,7 +197,8 @@ class SSEChunkStream:
 
     Everything that has arrived is returned as one batch; a body that ends before the format's
     closing event (`end`) is a `StreamBroken`; after it, the body is read to its end so the
-    connection goes back to the pool.
+    connection goes back to the pool. A failure closes the response at once (its connection is
+    unusable mid-body), so the reader's `aclose` is then a no-op.
     """
 
     def __init__(self, provider: str, response: httpx.Response, translator: StreamTranslator, end: str) -> None:
@@ -222,12 +223,12 @@ class SSEChunkStream:
                         await self._drain()
                         break
             except StopAsyncIteration:
-                self._done = True
+                await self.aclose()
                 raise StreamBroken(
                     self._provider, f"provider {self._provider!r} ended the stream before {self._end}"
                 ) from None
             except ProviderError:
-                self._done = True
+                await self.aclose()  # a failed stream holds no connection, whether or not its reader closes it
                 raise
         return chunks
 

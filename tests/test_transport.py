@@ -22,6 +22,7 @@ import trio
 import trio.testing
 import trustme
 
+from providers.errors import MalformedResponse
 from providers.openai import OpenAIUpstream
 from providers.transport import TrioTransport
 from providers.upstream import Call, Timeouts
@@ -509,5 +510,29 @@ async def test_the_openai_adapter_over_the_transport() -> None:
                 assert fake.bodies[1]["model"] == "gpt-x" and fake.bodies[1]["stream_options"] == {
                     "include_usage": True
                 }
+            finally:
+                await upstream.aclose()
+
+
+async def test_an_adapter_stream_that_fails_releases_its_connection_without_aclose() -> None:
+    # A malformed event mid-stream: the stream's reader gets the error and may never call `aclose`
+    # (a test, or a caller that only propagates); the connection must not stay taken until the client closes.
+    async def malformed_mid_stream(exchange: Exchange) -> None:
+        await exchange.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+        await exchange.send(h11.Data(data=b"data: {not json\n\n"))
+        assert await exchange.stream.receive_some(1) == b""  # never ends the body; waits for the client's close
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(malformed_mid_stream) as server:
+            transport = TrioTransport(1)
+            upstream = OpenAIUpstream(
+                "fake", server.url, None, Timeouts(connect_s=5, read_s=10), 1, transport=transport
+            )
+            try:
+                stream = await upstream.open_stream(Call({"model": "m", "messages": []}, "gpt-x", True))
+                with pytest.raises(MalformedResponse):
+                    await stream.next_batch()
+                await server.wait_until(lambda: server.ended == 1)
+                assert transport.pool(httpx.URL(server.url)).idle_count == 0
             finally:
                 await upstream.aclose()
