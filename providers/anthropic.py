@@ -37,19 +37,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+import httpx
 
 from events.usage import Usage
 from providers.errors import MalformedResponse, ProviderError, UpstreamRejected, error_for_status
-from providers.openai import (
-    SSEChunkStream,
-    build_client,
-    secrets_of,
-    status_error,
-    stream_timeout,
-    translate_errors,
-)
+from providers.http import Endpoint, SSEChunkStream, secrets_of
 from providers.sse import SSEEvent
-from providers.tokens import message_text
+from providers.tokens import message_text, requested_max_tokens
 from providers.upstream import Call, Chunk, Completion, Timeouts
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
@@ -114,7 +108,11 @@ def encode_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> 
             turns.append({"role": role, "content": blocks})
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]})
-    out: dict[str, Any] = {"model": call.upstream_model, "max_tokens": _max_tokens(body, default_max_tokens)}
+    max_tokens = requested_max_tokens(body)
+    out: dict[str, Any] = {
+        "model": call.upstream_model,
+        "max_tokens": default_max_tokens if max_tokens is None else max_tokens,
+    }
     if system:
         out["system"] = _system(system)
     out["messages"] = turns
@@ -135,14 +133,6 @@ def encode_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> 
         return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise UntranslatableRequest("its text is not valid Unicode (a lone surrogate)") from None
-
-
-def _max_tokens(body: Mapping[str, Any], default: int) -> int:
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return default
 
 
 def _system(messages: list[Mapping[str, Any]]) -> str | list[dict[str, Any]]:
@@ -431,7 +421,7 @@ class AnthropicStreamDecoder:
         }
 
 
-# --- the httpx caller ----------------------------------------------------------------------------------
+# --- the caller ----------------------------------------------------------------------------------------
 
 
 class AnthropicUpstream:
@@ -444,16 +434,16 @@ class AnthropicUpstream:
         max_connections: int,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         headers: dict[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
-        self._url = base_url.rstrip("/") + "/messages"
         self._default_max_tokens = default_max_tokens
         default_headers = {"content-type": "application/json", "anthropic-version": API_VERSION, **(headers or {})}
         if api_key:
             default_headers["x-api-key"] = api_key
         self.secrets = secrets_of(api_key, headers)
-        self._client = build_client(timeouts, max_connections, default_headers)
-        self._stream_timeout = stream_timeout(timeouts)
+        url = base_url.rstrip("/") + "/messages"
+        self._endpoint = Endpoint(name, url, default_headers, self.secrets, timeouts, max_connections, transport)
 
     def _encode(self, call: Call) -> bytes:
         try:
@@ -464,23 +454,12 @@ class AnthropicUpstream:
             ) from None
 
     async def complete(self, call: Call) -> Completion:
-        content = self._encode(call)
-        with translate_errors(self.name):
-            response = await self._client.post(self._url, content=content, headers=dict(call.headers))
-        if response.status_code != 200:
-            raise await status_error(self.name, response, self.secrets)
-        return decode_response(self.name, response.content)
+        return decode_response(self.name, await self._endpoint.post(self._encode(call), call.headers))
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
-        request = self._client.build_request(
-            "POST", self._url, content=self._encode(call), headers=dict(call.headers), timeout=self._stream_timeout
-        )
-        with translate_errors(self.name):
-            response = await self._client.send(request, stream=True)
-        if response.status_code != 200:
-            raise await status_error(self.name, response, self.secrets)
+        content = self._encode(call)
         decoder = AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()), self.secrets)
-        return SSEChunkStream(self.name, response, decoder, "message_stop")
+        return await self._endpoint.open_sse(content, call.headers, decoder, "message_stop")
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._endpoint.aclose()

@@ -15,6 +15,8 @@ Invariants:
 - An idle connection's h11 state is IDLE/IDLE (`start_next_cycle` was called when it was released).
 - Each slot taken by `acquire` is given back exactly once, by `release`; a released connection is either
   back on the idle list or closed.
+- Every open connection is either idle or in use (`_busy`), so `close()` closes them all, like httpcore's
+  pool: a response body its reader never finished or closed does not outlive its transport.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Pool:
         self._slots = trio.Semaphore(max_connections)
         self._keepalive_s = keepalive_expiry_s
         self._idle: deque[Connection] = deque()  # oldest left, newest right
+        self._busy: set[Connection] = set()  # taken by `acquire`/`replace`, not yet released
         self._closed = False
         self.connections_made = 0
 
@@ -142,6 +145,7 @@ class Pool:
                     connection.close()
                     self.close_idle()  # all older still
                 elif connection.quiet():
+                    self._busy.add(connection)
                     return connection
                 else:
                     connection.close()
@@ -154,7 +158,14 @@ class Pool:
         """A new connection under a slot the caller already holds (its first, or a stale one's)."""
         connection = await connect(self.origin, self._ssl_context, seconds(timeouts, "connect"))
         self.connections_made += 1
+        self._busy.add(connection)
         return connection
+
+    async def replace(self, stale: Connection, timeouts: Mapping[str, float | None]) -> Connection:
+        """Close `stale` (taken by `acquire`) and open a fresh connection under its slot."""
+        self._busy.discard(stale)
+        stale.close()
+        return await self.fresh(timeouts)
 
     def release(self, connection: Connection, complete: bool) -> None:
         """Give the slot back. The connection goes on the idle list only when the caller read the
@@ -162,6 +173,7 @@ class Pool:
         request sent) and no byte beyond the response arrived; otherwise it is closed.
         """
         state = connection.h11
+        self._busy.discard(connection)
         try:
             if (
                 complete
@@ -186,6 +198,9 @@ class Pool:
             self._idle.pop().close()
 
     def close(self) -> None:
-        """Close every idle connection; connections in use are closed when released."""
+        """Close every connection, idle or in use (a reader of one in use then gets a ReadError); their
+        slots come back when they are released."""
         self._closed = True
         self.close_idle()
+        while self._busy:
+            self._busy.pop().close()

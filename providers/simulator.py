@@ -29,7 +29,7 @@ import trio
 
 from events.usage import Usage
 from providers.errors import StreamBroken, error_for_status
-from providers.tokens import estimate_prompt_tokens, message_text
+from providers.tokens import estimate_prompt_tokens, message_text, requested_max_tokens
 from providers.upstream import Call, Chunk, Completion
 
 VOCABULARY = [
@@ -107,14 +107,6 @@ def reply_words(messages: list[Any], count: int) -> list[str]:
     prompt = "\n".join(message_text(m) for m in messages if isinstance(m, dict))
     offset = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
     return [VOCABULARY[(offset + i) % len(VOCABULARY)] for i in range(count)]
-
-
-def requested_max_tokens(body: Any) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
 
 
 class Simulator:

@@ -34,3 +34,12 @@ def estimate_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
         role = message.get("role")
         total += 4 + estimate_tokens(role if isinstance(role, str) else "") + estimate_tokens(message_text(message))
     return total
+
+
+def requested_max_tokens(body: Mapping[str, Any]) -> int | None:
+    """The output limit a chat request asks for: `max_completion_tokens`, else `max_tokens`, else None."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None

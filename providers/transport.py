@@ -226,8 +226,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
             try:
                 await send_request(connection, request, timeouts)
             except NotSent:
-                connection.close()
-                connection = await pool.fresh(timeouts)
+                connection = await pool.replace(connection, timeouts)
                 await send_request(connection, request, timeouts)
             while True:
                 event = await next_event(connection, read_s, in_head=True)
@@ -246,6 +245,6 @@ class TrioTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        """Close every pooled connection; those in use close when their response is closed."""
+        """Close every connection, idle or in use (as httpx's default transport does)."""
         for pool in self._pools.values():
             pool.close()

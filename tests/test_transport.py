@@ -22,6 +22,7 @@ import trio
 import trio.testing
 import trustme
 
+from providers.errors import MalformedResponse
 from providers.openai import OpenAIUpstream
 from providers.transport import TrioTransport
 from providers.upstream import Call, Timeouts
@@ -155,6 +156,25 @@ async def test_a_body_closed_before_its_end_closes_the_connection() -> None:
             assert (await http.post(server.url, content=b"y")).content == b"ok:y"
             assert server.connections == 2
             assert transport.pool(httpx.URL(server.url)).idle_count == 1
+
+
+async def test_closing_the_transport_closes_a_connection_whose_body_is_still_open(
+    make_transport: MakeTransport,
+) -> None:
+    # A reader that gives up on a body without closing it (an adapter after an error) must not leak the
+    # socket past the transport: httpcore's pool closes in-use connections too, and so does ours.
+    async def drip_forever(exchange: Exchange) -> None:
+        await exchange.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+        await exchange.send(h11.Data(data=b"data: 1\n\n"))
+        assert await exchange.stream.receive_some(1) == b""  # never ends the body; waits for the client's close
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(drip_forever) as server:
+            http = client(make_transport())
+            response = await http.send(http.build_request("POST", server.url, content=b"x"), stream=True)
+            assert await response.aiter_raw().__anext__() == b"data: 1\n\n"
+            await http.aclose()  # the response itself is never closed
+            await server.wait_until(lambda: server.ended == 1)
 
 
 async def test_a_connection_idle_longer_than_the_keepalive_expiry_is_not_reused(clock: trio.testing.MockClock) -> None:
@@ -490,5 +510,29 @@ async def test_the_openai_adapter_over_the_transport() -> None:
                 assert fake.bodies[1]["model"] == "gpt-x" and fake.bodies[1]["stream_options"] == {
                     "include_usage": True
                 }
+            finally:
+                await upstream.aclose()
+
+
+async def test_an_adapter_stream_that_fails_releases_its_connection_without_aclose() -> None:
+    # A malformed event mid-stream: the stream's reader gets the error and may never call `aclose`
+    # (a test, or a caller that only propagates); the connection must not stay taken until the client closes.
+    async def malformed_mid_stream(exchange: Exchange) -> None:
+        await exchange.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+        await exchange.send(h11.Data(data=b"data: {not json\n\n"))
+        assert await exchange.stream.receive_some(1) == b""  # never ends the body; waits for the client's close
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(malformed_mid_stream) as server:
+            transport = TrioTransport(1)
+            upstream = OpenAIUpstream(
+                "fake", server.url, None, Timeouts(connect_s=5, read_s=10), 1, transport=transport
+            )
+            try:
+                stream = await upstream.open_stream(Call({"model": "m", "messages": []}, "gpt-x", True))
+                with pytest.raises(MalformedResponse):
+                    await stream.next_batch()
+                await server.wait_until(lambda: server.ended == 1)
+                assert transport.pool(httpx.URL(server.url)).idle_count == 0
             finally:
                 await upstream.aclose()
