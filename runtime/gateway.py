@@ -28,7 +28,6 @@ from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
-from policies.breaker import Transition
 from policies.cost import Price, Priced
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
@@ -44,6 +43,7 @@ from runtime.config import Config, ProviderConfig
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
+from runtime.ledger.breakers import BreakerLog
 from runtime.ledger.journal import Journal, JournalStatistics
 from runtime.ledger.projector import Projector, projections_path
 
@@ -91,7 +91,9 @@ class Gateway:
     projector: Projector
     store: LedgerStore
     aggregates: Aggregates
-    """The live `Tenant` and `PriceList` aggregates: their one door for changes."""
+    """The live `Tenant`, `PriceList` and `Provider` aggregates: their one door for changes."""
+    breakers: BreakerLog
+    """Breaker transitions on their way to the ledger, in order."""
     admin: AdminKey
     generated_admin_key: str | None = None
     tenant_actors: TenantActors | None = None
@@ -204,11 +206,6 @@ def _config_tenant_changes(gateway: Gateway, environ: Mapping[str, str], existin
     return changed
 
 
-def _journal_transition(gateway: Gateway, provider: Provider, transition: Transition) -> None:
-    provider.transition(transition.from_state, transition.to_state, transition.reason)
-    gateway.journal.submit(provider.collect_events())
-
-
 def _config_price_changes(gateway: Gateway, price_list: PriceList, now: datetime) -> None:
     for key, price in gateway.config.pricing.items():
         entry = gateway.books.prices.entry_at(key, now)
@@ -237,18 +234,20 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     tenants = {str(a.id): a for a in _config_tenant_changes(gateway, environ, existing)}
     for aggregate in tenants.values():
         events.extend(aggregate.collect_events())
+    providers = []
     for name, handle in gateway.providers.items():
         provider = await gateway.load(provider_id(name), Provider)
         if provider is None:
             provider = Provider.register(name)
             events.extend(provider.collect_events())
-        handle.on_transition = partial(_journal_transition, gateway, provider)
+        providers.append(provider)
+        handle.on_transition = partial(gateway.breakers.record, name)
     price_list = await gateway.load(PRICE_LIST_ID, PriceList) or PriceList.open()
     _config_price_changes(gateway, price_list, now)
     events.extend(price_list.collect_events())
     if events:
         await gateway.journal.commit(events)
-    gateway.aggregates.committed([*existing.values(), *tenants.values(), price_list])  # only now
+    gateway.aggregates.committed([*existing.values(), *tenants.values(), price_list, *providers])  # only now
 
 
 def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
@@ -284,6 +283,7 @@ async def open_gateway(
     handles = {
         provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers
     }
+    aggregates = Aggregates(store, journal)
     gateway = Gateway(
         config=config,
         providers=handles,
@@ -292,7 +292,8 @@ async def open_gateway(
         journal=journal,
         projector=projector,
         store=store,
-        aggregates=Aggregates(store, journal),
+        aggregates=aggregates,
+        breakers=BreakerLog(aggregates),
         admin=AdminKey(admin_key),
         generated_admin_key=generated,
     )
@@ -302,6 +303,7 @@ async def open_gateway(
         async with trio.open_nursery() as nursery:
             await nursery.start(projector.run)
             await nursery.start(journal.run)
+            await nursery.start(gateway.breakers.run)
             await _start_ledger(gateway, environ)
             gateway.tenant_actors = TenantActors(
                 nursery,

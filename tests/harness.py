@@ -93,6 +93,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 async def ledger_events(running: Running, after: int = 0) -> list[Any]:
     """Every event committed so far (through the same door the Journal uses)."""
     gateway = running.gateway
+    await gateway.breakers.wait_idle()  # breaker transitions are committed by their own task
     records = await trio.to_thread.run_sync(
         lambda: list(gateway.store.read_all(after)), limiter=gateway.journal.limiter
     )

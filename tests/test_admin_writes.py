@@ -12,12 +12,14 @@ from typing import Any
 import trio
 import trio.testing
 
+from events.provider import Provider
 from events.request import Request
 from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
-from runtime.auth import hash_key
+from runtime.auth import DEMO_KEY, hash_key
 from runtime.ledger.journal import Journal, LedgerUnavailable
-from tests.harness import ADMIN, make_config, running_gateway
+from tests.fake_openai import Behaviour, fake_openai
+from tests.harness import ADMIN, ledger_events, make_config, openai_provider, running_gateway
 
 PROMPT = [{"role": "user", "content": "hi"}]
 PRICE = {"input_per_mtok": "1", "output_per_mtok": "2"}
@@ -153,3 +155,38 @@ def _refuse(ledger: Path, topic: str) -> None:
         connection.commit()
     finally:
         connection.close()
+
+
+def _accept_again(ledger: Path) -> None:
+    connection = sqlite3.connect(ledger, timeout=10)
+    try:
+        connection.execute("drop trigger refuse_topic")
+        connection.commit()
+    finally:
+        connection.close()
+
+
+async def test_a_refused_breaker_transition_leaves_the_next_start_working(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A `Provider` aggregate changes only after its commit too: a transition the ledger refused left a
+    version gap in memory, the next transitions were written after it, and the next start could not load
+    the provider (eventsourcing's OriginatorVersionError)."""
+    ledger = tmp_path / "ledger.sqlite3"
+    breaker = {"consecutive_failures": 1, "cooldown_s": 5, "half_open_probes": 1, "success_threshold": 1}
+    body = {"model": "gpt-test", "messages": PROMPT}
+    demo = {"Authorization": f"Bearer {DEMO_KEY}"}
+    async with fake_openai(Behaviour(status=500)) as fake:
+        config = make_config(ledger={"path": str(ledger)}, providers=[openai_provider(fake.url, breaker=breaker)])
+        async with running_gateway(config) as gw, gw.http() as http:
+            await trio.to_thread.run_sync(_refuse, ledger, "events.provider:Provider.BreakerTransitioned")
+            assert (await http.post("/v1/chat/completions", json=body, headers=demo)).status_code == 502
+            await gw.gateway.breakers.wait_idle()  # closed → open: refused by the ledger
+            await trio.to_thread.run_sync(_accept_again, ledger)
+            mock_clock.jump(5)  # the cooldown; below header_timeout_s, so the keep-alive connection stays
+            assert (await http.post("/v1/chat/completions", json=body, headers=demo)).status_code == 502
+            await gw.gateway.breakers.wait_idle()  # open → half_open → open: committed
+        async with running_gateway(config) as gw:  # the next start loads the provider
+            events = await ledger_events(gw)
+    transitions = [(e.from_state, e.to_state) for e in events if isinstance(e, Provider.BreakerTransitioned)]
+    assert transitions == [("open", "half_open"), ("half_open", "open")]

@@ -183,3 +183,18 @@ async def test_all_breakers_open_is_503_with_the_earliest_half_open_time(mock_cl
             assert "secret" not in first.text
             refused = await post(http, {**BODY, "model": "m"})
             assert refused.status_code == 503 and refused.headers["retry-after"] == "20"
+
+
+async def test_retry_after_rounds_up_like_the_message(mock_clock: trio.testing.MockClock) -> None:
+    """Retry-After is whole seconds rounded up: a client told to come back sooner than the breaker opens
+    would be refused again (29.4 s left said "retry in 30s" but sent Retry-After: 29)."""
+    async with fake_openai(Behaviour(status=500)) as fake:
+        config = make_config(providers=[openai_provider(fake.url, breaker=BREAKER)])
+        async with running_gateway(config) as gw, gw.http() as http:
+            for _ in range(2):
+                assert (await post(http)).status_code == 502  # two failures open the breaker for 30 s
+            mock_clock.jump(0.6)
+            refused = await post(http)
+    assert refused.status_code == 503
+    assert "retry in 30s" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"] == "30"

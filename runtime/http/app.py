@@ -125,7 +125,7 @@ def error_reply(error: BaseException) -> ErrorReply:
     elif isinstance(error, GatewayError):
         message = error.message
         if error.retry_after is not None:
-            headers["retry-after"] = str(max(1, round(error.retry_after)))
+            headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     return ErrorReply(status, type_, code, message, param, headers)
 
 
