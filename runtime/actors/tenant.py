@@ -143,8 +143,8 @@ class TenantActor:
 
     # --- the actor ------------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[TenantActor] = trio.TASK_STATUS_IGNORED) -> None:
-        self._epoch += 1
-        self._tickets.clear()
+        # A restart (after a crash) keeps the tickets: their reservations are still in flight, and
+        # forgetting them would let new requests spend the same money again.
         await self._load_period(self._clock())
         task_status.started(self)
         while True:
@@ -156,7 +156,12 @@ class TenantActor:
                     return
                 continue
             if isinstance(message, Admit):
-                decision = await self._admit(message)
+                try:
+                    decision = await self._admit(message)
+                except Exception:  # a bug must not cost the tenant its reservations: refuse this one alone
+                    log.exception("tenant %s: admission failed; the request is refused", self.name)
+                    message.reply.close()  # the caller answers 503
+                    continue
                 try:
                     message.reply.send_nowait(decision)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
