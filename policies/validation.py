@@ -11,6 +11,7 @@ tokens their bytes do not show; they are counted apart (`image_parts`, priced by
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from policies.errors import InvalidRequest
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 MAX_N = 128
+MAX_OUTPUT_TOKENS = 10_000_000  # per choice; no provider generates more, and the worst case stays a sane number
 
 
 @attrs.frozen
@@ -92,7 +94,7 @@ def parse_json(raw: bytes | str) -> Any:
             f"The request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json"
         )
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"The request body is not valid JSON: {error}.", code="invalid_json") from None
     if _SURROGATE_ESCAPE.search(raw):
@@ -103,6 +105,14 @@ def parse_json(raw: bytes | str) -> Any:
                 'The request body contains a lone UTF-16 surrogate (such as "\\ud800"); strings must be valid Unicode.',
                 code="invalid_json",
             ) from None
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """`1e400` is valid JSON but no number: refused like `Infinity` (it would be one once parsed)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
     return value
 
 
@@ -142,13 +152,15 @@ def body_bytes(body: Mapping[str, Any]) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
+def _positive_int(body: Mapping[str, Any], key: str, maximum: int) -> int | None:
     value = body.get(key)
     if value is None:
         return None
     _expect(value, int, key, "an integer")
     if value < 1:
         raise InvalidRequest(f"'{key}' must be at least 1, not {value}.", param=key, code="invalid_value")
+    if value > maximum:
+        raise InvalidRequest(f"'{key}' must be at most {maximum}, not {value}.", param=key, code="invalid_value")
     return int(value)
 
 
@@ -198,10 +210,10 @@ def parse_chat_request(body: Any) -> ChatRequest:
         flag = options.get("include_usage", False)
         _expect(flag, bool, "stream_options.include_usage", "a boolean")
         include_usage = bool(flag)
-    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
-    n = _positive_int(body, "n") or 1
-    if n > MAX_N:
-        raise InvalidRequest(f"'n' must be at most {MAX_N}, not {n}.", param="n", code="invalid_value")
+    max_tokens = _positive_int(body, "max_completion_tokens", MAX_OUTPUT_TOKENS) or _positive_int(
+        body, "max_tokens", MAX_OUTPUT_TOKENS
+    )
+    n = _positive_int(body, "n", MAX_N) or 1
     tools = [body.get(key) for key in ("tools", "functions")]
     tool_count = sum(len(value) for value in tools if isinstance(value, list))
     return ChatRequest(

@@ -6,7 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
+from runtime.auth import hash_key
 from runtime.config import ConfigError
 from tests.harness import ADMIN, make_config, running_gateway
 
@@ -140,3 +142,35 @@ async def test_an_upstream_answer_with_a_lone_surrogate_is_relayed_escaped() -> 
     assert response.status_code == 200, response.text
     assert b"half \\ud800 a pair" in response.content
     assert response.json()["choices"][0]["message"]["content"] == "half \ud800 a pair"
+
+
+@pytest.mark.parametrize("budgeted", [True, False], ids=["budget", "no-budget"])
+@pytest.mark.parametrize("max_tokens", [10**30, int("9" * 400)], ids=["1e30", "400-digits"])
+async def test_an_absurd_max_tokens_is_a_400_and_the_tenant_keeps_working(max_tokens: int, budgeted: bool) -> None:
+    """It crashed the tenant's actor (Decimal or float overflow in the worst case): the request hung and the
+    restart forgot the reservations in flight, so a hard budget could be spent twice."""
+    policy = {"budget_usd": "1", "budget_mode": "hard"} if budgeted else {}
+    config = make_config(pricing=PRICING, tenants=[{"name": "t", "api_key_sha256": hash_key("tg-t"), **policy}])
+    body = {"model": "sim-1", "messages": [{"role": "user", "content": "hi"}]}
+    key = {"Authorization": "Bearer tg-t"}
+    async with running_gateway(config) as gw, gw.http() as http:
+        with trio.fail_after(10):
+            absurd = await http.post("/v1/chat/completions", json={**body, "max_tokens": max_tokens}, headers=key)
+            assert_openai_400(absurd, "max_tokens")
+            assert (await http.post("/v1/chat/completions", json=body, headers=key)).status_code == 200
+
+
+@pytest.mark.parametrize("grace", [1e20, "1e400"])
+async def test_an_absurd_grace_period_is_a_400(grace: Any) -> None:
+    raw = b'{"grace_period_s": ' + (grace.encode() if isinstance(grace, str) else repr(grace).encode()) + b"}"
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        answer = await http.post("/admin/tenants/demo/rotate-key", content=raw, headers={**ADMIN, **JSON})
+    assert_openai_400(answer)
+
+
+async def test_a_session_cookie_that_is_not_ascii_is_no_session() -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        page = await http.get("/dashboard/overview", headers={"Cookie": "tollgate_session=1.2.%C3%A9"})
+        forged = await http.get("/dashboard/overview", headers={"Cookie": "tollgate_session=1.2.é".encode()})
+    assert page.status_code < 500 and forged.status_code < 500, (page.text, forged.text)
+    assert page.status_code in (302, 303, 401) and forged.status_code in (302, 303, 401)

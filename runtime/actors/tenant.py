@@ -143,8 +143,8 @@ class TenantActor:
 
     # --- the actor ------------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[TenantActor] = trio.TASK_STATUS_IGNORED) -> None:
-        self._epoch += 1
-        self._tickets.clear()
+        # A restart (after a crash) keeps the tickets: their reservations are still in flight, and
+        # forgetting them would let new requests spend the same money again.
         await self._load_period(self._clock())
         task_status.started(self)
         while True:
@@ -156,7 +156,12 @@ class TenantActor:
                     return
                 continue
             if isinstance(message, Admit):
-                decision = await self._admit(message)
+                try:
+                    decision = await self._admit(message)
+                except Exception:  # a bug must not cost the tenant its reservations: refuse this one alone
+                    log.exception("tenant %s: admission failed; the request is refused", self.name)
+                    message.reply.close()  # the caller answers 503
+                    continue
                 try:
                     message.reply.send_nowait(decision)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -382,16 +387,18 @@ class TenantActors:
             await self.settle(decision, ZERO, 0)
 
     async def settle(self, granted: Admission, cost_usd: Decimal | None, tokens: int) -> None:
-        """Replace the reservation by the actual cost. Shielded: it must happen on every path."""
+        """Replace the reservation by the actual cost. Never dropped and never waited for: a full mailbox
+        gets it from a task of its own (the caller's request is ending; a reservation must not outlive it)."""
         actor = self._actors.get(granted.tenant_id)
         if actor is None:
             return  # the actor is gone; its successor reads settled spend from the ledger
-        with (
-            trio.CancelScope(shield=True),
-            trio.move_on_after(5),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            await actor.send.send(Settle(granted, cost_usd, tokens))
+        message = Settle(granted, cost_usd, tokens)
+        try:
+            actor.send.send_nowait(message)
+        except trio.WouldBlock:
+            self._nursery.start_soon(self._send_later, actor, message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # stopped: its successor reads settled spend from the ledger
 
     def restated(self, recorded: Sequence[Recorded]) -> None:
         """Route committed `CostRestated` deltas to the running actors of their tenants (called by the
@@ -416,7 +423,7 @@ class TenantActors:
                 pass  # stopped: its successor reads the period's spend from the projections
 
     @staticmethod
-    async def _send_later(actor: TenantActor, message: Restated) -> None:
+    async def _send_later(actor: TenantActor, message: Settle | Restated) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await actor.send.send(message)
 

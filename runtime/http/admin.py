@@ -52,6 +52,7 @@ from runtime.ledger.books import Books, TenantView
 from runtime.ledger.reprice import Report, parse_request, run_in_gateway, steps_in_gateway
 
 MAX_EVENTS_PAGE = 1000
+MAX_GRACE_PERIOD_S = 366 * 86400  # an old key kept working longer than a year is not a rotation
 SCAN_LIMIT = 20_000
 
 
@@ -280,8 +281,12 @@ async def rotate_key(tenant_ref: str) -> Response:
     view = _find(gateway.books, tenant_ref)
     body = await _body()
     grace = body.get("grace_period_s", 0)
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
-        raise InvalidRequest("'grace_period_s' must be a number ≥ 0.", param="grace_period_s", code="invalid_value")
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= MAX_GRACE_PERIOD_S:
+        raise InvalidRequest(
+            f"'grace_period_s' must be a number from 0 to {MAX_GRACE_PERIOD_S} (a year).",
+            param="grace_period_s",
+            code="invalid_value",
+        )
     key = new_key("tg-")
     valid_until = datetime.now(UTC) + timedelta(seconds=grace) if grace else None
     await _change_tenant(gateway, view, lambda tenant: tenant.issue_key(hash_key(key), valid_until))

@@ -76,7 +76,7 @@ class Sessions:
         if not value or value.count(".") != 2:
             return None
         expiry, csrf, mac = value.split(".")
-        if not hmac.compare_digest(mac, self._mac(f"{expiry}.{csrf}")):
+        if not hmac.compare_digest(mac.encode(), self._mac(f"{expiry}.{csrf}").encode()):  # bytes: any input
             return None
         if not expiry.isdigit() or int(expiry) <= self._clock():
             return None
@@ -108,7 +108,7 @@ def dashboard(gateway: Gateway) -> Blueprint:
     def check_csrf(form: Any) -> None:
         wanted = session_csrf()
         given = form.get("csrf", "")
-        if wanted is None or not hmac.compare_digest(str(given), wanted):
+        if wanted is None or not hmac.compare_digest(str(given).encode(), wanted.encode()):
             raise Forbidden()
 
     @page.after_request

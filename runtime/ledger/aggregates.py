@@ -44,7 +44,7 @@ class Aggregates:
             found = await trio.to_thread.run_sync(self._store.get, aggregate_id, kind, limiter=self._journal.limiter)
             if found is None:
                 return None
-            self._committed.setdefault(aggregate_id, found)
+            found = self._committed.setdefault(aggregate_id, found)  # a change committed meanwhile wins
         assert isinstance(found, kind)
         return found
 
