@@ -46,6 +46,7 @@ from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
 from runtime.ledger.journal import Journal, JournalStatistics
 from runtime.ledger.projector import Projector, projections_path
+from runtime.metrics import Metrics
 
 log = logging.getLogger("tollgate")
 
@@ -93,6 +94,7 @@ class Gateway:
     aggregates: Aggregates
     """The live `Tenant` and `PriceList` aggregates: their one door for changes."""
     admin: AdminKey
+    metrics: Metrics
     generated_admin_key: str | None = None
     tenant_actors: TenantActors | None = None
     http_in_flight: int = 0
@@ -294,6 +296,7 @@ async def open_gateway(
         store=store,
         aggregates=Aggregates(store, journal),
         admin=AdminKey(admin_key),
+        metrics=Metrics((tenant.name for tenant in config.tenants), config.routing_index().models()),
         generated_admin_key=generated,
     )
     if clock is not None:

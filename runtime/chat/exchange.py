@@ -16,6 +16,21 @@ from runtime.chat.trace import Trace
 
 
 @attrs.define
+class Account:
+    """A chat request's story as recorded, for the access log and the request counter (no content)."""
+
+    tenant: str | None
+    model: str | None
+    stream: bool
+    outcome: str
+    provider: str | None = None
+    failures: tuple[tuple[str, str], ...] = ()  # (provider, failure kind) per failed attempt
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: str | None = None
+
+
+@attrs.define
 class Exchange:
     """`request_id` is the client's correlation id (its `X-Request-ID`, shared by anyone who sends
     the same); `ledger_id` is the gateway's own, unique: the id of the request's `Request` aggregate,
@@ -28,6 +43,7 @@ class Exchange:
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
     quotas: Mapping[str, Quota] = attrs.field(factory=dict)  # the tenant's quota levels at admission, for every answer
+    account: Account | None = None  # what the ledger was told of it, once settled or rejected (metrics, access log)
 
     @contextmanager
     def waiting_upstream(self) -> Iterator[None]:

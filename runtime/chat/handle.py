@@ -30,6 +30,7 @@ from runtime.chat.relay import StreamRelay
 from runtime.errors import ModelNotFound
 from runtime.ledger.books import Books
 from runtime.ledger.journal import Journal
+from runtime.metrics import Metrics
 
 
 class Verdict(Protocol):
@@ -57,6 +58,7 @@ class ChatParts:
     output_limit: Callable[[str, tuple[Deployment, ...]], int]
     clock: Callable[[], datetime]  # wall time for money
     draining: trio.Event
+    metrics: Metrics
 
 
 @attrs.frozen
@@ -114,6 +116,7 @@ async def handle_chat(
         prices=parts.books.prices,
         settle_reservation=parts.tenants.settle,
         draining=parts.draining,
+        metrics=parts.metrics,
     )
     await record.open()
     exchange.quotas = admission.quotas
