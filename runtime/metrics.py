@@ -120,6 +120,7 @@ class Metrics:
         self._cost = _CostCollector()
         registry.register(self._cost)
         self._live: Collector | None = None
+        self.url: str | None = None  # where `[metrics] port` serves, once bound
 
     def label_tenant(self, name: str | None) -> str:
         return name if name is not None and name in self.tenants else OTHER

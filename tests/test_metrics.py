@@ -8,6 +8,7 @@ import string
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -108,3 +109,16 @@ async def test_random_model_names_add_a_bounded_number_of_series() -> None:
         models = {s.labels["model"] for s in found["tollgate_requests_total"]}
         assert models == {"other"}
         assert value(found, "tollgate_requests_total", model="other", status="404") == 20
+
+
+async def test_metrics_on_their_own_port() -> None:
+    async with running_gateway(make_config(metrics={"port": 0})) as gw, gw.http() as http:
+        await in_thread(gw.client().chat.completions.create, model="sim-1", messages=PROMPT)
+        assert (await http.get("/metrics")).status_code == 404  # not on the API port
+        url = gw.gateway.metrics.url
+        assert url is not None and url != gw.url
+        async with httpx.AsyncClient(base_url=url) as scraper:
+            found = samples((await scraper.get("/metrics")).text)
+            assert (await scraper.get("/v1/models")).status_code == 404
+        assert value(found, "tollgate_requests_total", tenant="demo", status="200") == 1
+        assert "tollgate_journal_queue_depth" in found

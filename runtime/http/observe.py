@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from runtime.chat.exchange import Exchange
+from runtime.config import LoggingConfig
 from runtime.gateway import Gateway
 
 access_log = logging.getLogger("tollgate.access")
@@ -132,3 +135,44 @@ def _text(value: Any) -> str:
         return "-"
     text = str(value)
     return json.dumps(text) if " " in text else text
+
+
+def configure_logging(settings: LoggingConfig) -> None:
+    """`tollgate serve`'s logging, in one place: the level, the access log's own handler (a JSON line
+    is the whole line), and httpx/httpcore's one INFO line per upstream call silenced."""
+    logging.getLogger().setLevel(settings.level)
+    logging.getLogger("tollgate").setLevel(settings.level)
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(message)s" if settings.format == "json" else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    )
+    access_log.handlers[:] = [handler]
+    access_log.propagate = False
+
+
+def metrics_app(gateway: Gateway) -> Any:
+    """The ASGI app `[metrics] port` serves: `GET /metrics` and nothing else."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        found = scope.get("path") == "/metrics" and scope.get("method") in ("GET", "HEAD")
+        body = generate_latest(gateway.metrics.registry) if found else b"not found\n"
+        content_type = CONTENT_TYPE_LATEST if found else "text/plain; charset=utf-8"
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200 if found else 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
