@@ -152,6 +152,7 @@ def configure_logging(settings: LoggingConfig) -> None:
     )
     access_log.handlers[:] = [handler]
     access_log.propagate = False
+    access_log.setLevel(logging.INFO)  # one line per request whatever `level` says of the rest
 
 
 def metrics_app(gateway: Gateway) -> Any:
