@@ -35,6 +35,7 @@ from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
 from providers.simulator import Simulator
 from providers.upstream import Upstream
+from runtime.actors.alerts import AlertSender
 from runtime.actors.provider import ProviderHandle, ProviderStatistics
 from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
@@ -96,6 +97,7 @@ class Gateway:
     admin: AdminKey
     metrics: Metrics
     generated_admin_key: str | None = None
+    alerts: AlertSender | None = None
     tenant_actors: TenantActors | None = None
     http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
@@ -306,6 +308,8 @@ async def open_gateway(
             await nursery.start(projector.run)
             await nursery.start(journal.run)
             await _start_ledger(gateway, environ)
+            gateway.alerts = AlertSender(config.alerts, gateway.aggregates, gateway.metrics)
+            await nursery.start(gateway.alerts.run)
             gateway.tenant_actors = TenantActors(
                 nursery,
                 books=books,
@@ -313,6 +317,7 @@ async def open_gateway(
                 aggregates=gateway.aggregates,
                 clock=gateway.clock,
                 idle_s=config.server.tenant_idle_s,
+                alerts=gateway.alerts.crossed,
             )
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
