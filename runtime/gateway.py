@@ -284,7 +284,8 @@ async def open_gateway(
         if gateway.tenant_actors is not None:
             gateway.tenant_actors.restated(recorded)
 
-    journal = Journal(store, on_commit)
+    metrics = Metrics((tenant.name for tenant in config.tenants), config.routing_index().models())
+    journal = Journal(store, on_commit, observe=metrics.journal_wrote)
     handles = {
         provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers
     }
@@ -298,7 +299,7 @@ async def open_gateway(
         store=store,
         aggregates=Aggregates(store, journal),
         admin=AdminKey(admin_key),
-        metrics=Metrics((tenant.name for tenant in config.tenants), config.routing_index().models()),
+        metrics=metrics,
         generated_admin_key=generated,
     )
     if clock is not None:

@@ -117,6 +117,18 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.journal_commit = Histogram(
+            "tollgate_journal_commit_seconds",
+            "Time to write one Journal batch to the ledger",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.journal_batch = Histogram(
+            "tollgate_journal_batch_events",
+            "Events per Journal batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=registry,
+        )
         self._cost = _CostCollector()
         registry.register(self._cost)
         self._live: Collector | None = None
@@ -172,6 +184,10 @@ class Metrics:
 
     def first_token(self, provider: str, model: str, seconds: float) -> None:
         self.time_to_first_token.labels(provider, self.label_model(model)).observe(seconds)
+
+    def journal_wrote(self, seconds: float, events: int) -> None:
+        self.journal_commit.observe(seconds)
+        self.journal_batch.observe(events)
 
     def threshold_crossed(self, tenant: str, threshold: int) -> None:
         self.budget_alerts.labels(self.label_tenant(tenant), str(threshold)).inc()

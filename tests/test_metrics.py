@@ -66,6 +66,9 @@ async def test_metrics_after_a_known_workload_equal_the_ledger() -> None:
         assert value(found, "tollgate_attempts_total", provider="sim", result="ok") == 4
         assert value(found, "gen_ai_client_operation_duration_seconds_count", gen_ai_provider_name="sim") == 4
         assert value(found, "tollgate_overhead_seconds_count", provider="sim") == 4
+        assert value(found, "gen_ai_server_time_to_first_token_seconds_count", gen_ai_request_model="sim-1") == 1
+        assert value(found, "tollgate_journal_commit_seconds_count") >= 1
+        assert value(found, "tollgate_journal_batch_events_count") == value(found, "tollgate_journal_commits")
         assert value(found, "tollgate_breaker_state", provider="sim", state="closed") == 1
         assert value(found, "tollgate_breaker_state", provider="sim", state="open") == 0
         assert "tollgate_journal_queue_depth" in found and "tollgate_projector_lag_positions" in found

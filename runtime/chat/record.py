@@ -97,7 +97,7 @@ class RequestRecord:
         metrics: Metrics,
     ) -> None:
         self.admission = admission
-        self._metrics = metrics
+        self.metrics = metrics
         self._failures: list[tuple[str, str]] = []  # (provider, kind) per failed attempt
         self._journal = journal
         self._prices = prices
@@ -215,8 +215,8 @@ class RequestRecord:
         """Metrics and the exchange's account of the settlement: the exact Decimal cost, the billed tokens."""
         exchange, provider = self._exchange, served.provider if served else None
         chain = [*self._failures, *([(provider, "ok")] if provider and outcome == "ok" else [])]
-        self._metrics.attempted(chain)
-        self._metrics.settled(
+        self.metrics.attempted(chain)
+        self.metrics.settled(
             self.tenant.name,
             self.chat.model,
             provider,
