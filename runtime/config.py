@@ -67,6 +67,13 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class TracingConfig:
+    """OpenTelemetry traces over OTLP/HTTP: on when `enabled`, or when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+
+    enabled: bool = False
+
+
+@attrs.frozen
 class LoggingConfig:
     """The access log (one line per request, logger `tollgate.access`) and the gateway's log level."""
 
@@ -141,6 +148,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     alerts: AlertsConfig = AlertsConfig()
     providers: tuple[ProviderConfig, ...] = ()
     models: dict[str, ModelAlias] = attrs.field(factory=dict)

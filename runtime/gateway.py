@@ -48,6 +48,7 @@ from runtime.ledger.books import Books
 from runtime.ledger.journal import Journal, JournalStatistics
 from runtime.ledger.projector import Projector, projections_path
 from runtime.metrics import Metrics
+from runtime.telemetry import Telemetry
 
 log = logging.getLogger("tollgate")
 
@@ -98,6 +99,8 @@ class Gateway:
     metrics: Metrics
     generated_admin_key: str | None = None
     alerts: AlertSender | None = None
+    telemetry: Telemetry = attrs.field(factory=Telemetry)
+    """Traces (`[tracing]`): the HTTP edge opens each request's server span with its tracer."""
     tenant_actors: TenantActors | None = None
     http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
@@ -301,6 +304,7 @@ async def open_gateway(
         admin=AdminKey(admin_key),
         metrics=metrics,
         generated_admin_key=generated,
+        telemetry=Telemetry.start(config.tracing, environ),
     )
     if clock is not None:
         gateway.clock = clock
@@ -332,6 +336,8 @@ async def open_gateway(
                 await handle.upstream.aclose()
         store.close()
         projections.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 
 
 __all__ = ["FoundEvent", "Gateway", "GatewayStatistics", "Price", "build_upstream", "open_gateway", "projections_path"]

@@ -28,7 +28,9 @@ class Receiver:
     answers: list[int]
     otherwise: int = 200
     url: str = ""
-    bodies: list[dict[str, Any]] = attrs.field(factory=list)
+    bodies: list[dict[str, Any]] = attrs.field(factory=list)  # JSON bodies
+    raw: list[bytes] = attrs.field(factory=list)  # other bodies (protobuf: an OTLP collector)
+    paths: list[str] = attrs.field(factory=list)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -45,7 +47,11 @@ class Receiver:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        self.bodies.append(json.loads(body))
+        self.paths.append(scope["path"])
+        if scope["path"] == "/v1/traces":
+            self.raw.append(body)
+        else:
+            self.bodies.append(json.loads(body))
         status = self.answers.pop(0) if self.answers else self.otherwise
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import attrs
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, Tracer, set_span_in_context
 
 from policies.ratelimit import Quota
 from policies.routing import Deployment
@@ -43,7 +44,22 @@ class Exchange:
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
     quotas: Mapping[str, Quota] = attrs.field(factory=dict)  # the tenant's quota levels at admission, for every answer
+    span: Span = INVALID_SPAN  # the request's server span (tracing on), parent of `child` spans
+    tracer: Tracer = attrs.field(factory=NoOpTracer)
+    serving: Span | None = None  # the attempt that answered: ended at settlement, with usage and cost
     account: Account | None = None  # what the ledger was told of it, once settled or rejected (metrics, access log)
+
+    def child(self, name: str, attributes: dict[str, Any]) -> Span:
+        """A span under the request's server span (a no-op span when tracing is off); end it."""
+        return self.tracer.start_span(name, context=set_span_in_context(self.span), attributes=attributes)
+
+    @contextmanager
+    def spanned(self, name: str, attributes: dict[str, Any]) -> Iterator[Span]:
+        span = self.child(name, attributes)
+        try:
+            yield span
+        finally:
+            span.end()
 
     @contextmanager
     def waiting_upstream(self) -> Iterator[None]:

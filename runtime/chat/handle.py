@@ -92,9 +92,12 @@ async def handle_chat(
         body = parse_json(raw)  # decoded once, also for recording what a refused request asked for
         chat = parse_chat_request(body)
         deployments = router.candidates(parts.routes, chat.model)
-        admission = await parts.tenants.admit(
-            tenant, chat, deployments, parts.output_limit(chat.model, deployments), received_at
-        )
+        with exchange.spanned(
+            "tollgate.admission", {"tollgate.tenant": tenant.name, "gen_ai.request.model": chat.model}
+        ):
+            admission = await parts.tenants.admit(
+                tenant, chat, deployments, parts.output_limit(chat.model, deployments), received_at
+            )
     except (RequestRefused, ModelNotFound) as refusal:
         verdict = judge(refusal)
         asked = body if isinstance(body, dict) else {}

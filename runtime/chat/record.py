@@ -208,7 +208,8 @@ class RequestRecord:
             reported_usage=reported_record(reported, usage),
         )
         self.billed = usage
-        await self._journal.commit(self._aggregate.collect_events())
+        with self._exchange.spanned("tollgate.ledger.commit", {"tollgate.outcome": outcome}):
+            await self._journal.commit(self._aggregate.collect_events())
         return priced
 
     def _account(self, outcome: str, usage: Usage, priced: Priced, served: Deployment | None) -> None:
@@ -227,6 +228,18 @@ class RequestRecord:
             exchange.latency_ms() / 1000,
             exchange.overhead_ms() / 1000,
         )
+        if (span := exchange.serving) is not None:  # the attempt that answered ends with its account
+            exchange.serving = None
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens,
+                    "tollgate.tenant": self.tenant.name,
+                    "tollgate.outcome": outcome,
+                    "tollgate.cost_usd": usd_str(priced.cost_usd) if priced.cost_usd is not None else "",
+                }
+            )
+            span.end()
         exchange.account = Account(
             self.tenant.name,
             self.chat.model,

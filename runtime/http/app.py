@@ -45,7 +45,7 @@ from runtime.errors import (
 from runtime.gateway import Gateway
 from runtime.http import admin_series, dashboard
 from runtime.http.admin import register_admin
-from runtime.http.observe import live_metrics, request_ended
+from runtime.http.observe import live_metrics, request_ended, server_span
 from runtime.http.quota_headers import quota_headers
 from runtime.http.responses import json_response
 from runtime.http.tracing import continue_or_start, request_id
@@ -261,6 +261,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def begin() -> None:
         headers = request.headers
         g.exchange = Exchange(request_id(headers.get("X-Request-ID")), continue_or_start(headers.get("traceparent")))
+        if gateway.telemetry.enabled:
+            server_span(g.exchange, gateway.telemetry.tracer, request.method, request.path)
         scope: Any = request.scope
         scope[EXCHANGE] = g.exchange  # for the access log and the request counter, at the edge
 

@@ -15,10 +15,21 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    set_span_in_context,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from runtime.chat.exchange import Exchange
+from runtime.chat.trace import Trace
 from runtime.config import LoggingConfig
 from runtime.gateway import Gateway
 
@@ -77,11 +88,43 @@ def live_metrics(gateway: Gateway) -> Iterator[Metric]:
     yield GaugeMetricFamily("tollgate_http_in_flight", "HTTP requests in flight", value=stats.http_in_flight)
 
 
-def _status(message: Any) -> int | None:
-    if isinstance(message, dict) and message.get("type") == "http.response.start":
-        status = message.get("status")
-        return status if isinstance(status, int) else None
-    return None
+def server_span(exchange: Exchange, tracer: Tracer, method: str, path: str) -> None:
+    """Open the request's server span, continuing the client's trace (its `traceparent`), and make
+    the exchange's trace that span: what goes upstream and back names it."""
+    trace = exchange.trace
+    context = Context()
+    if trace.parent_id is not None:
+        parent = SpanContext(int(trace.trace_id, 16), int(trace.parent_id, 16), True, TraceFlags(int(trace.flags, 16)))
+        context = set_span_in_context(NonRecordingSpan(parent))
+    span = tracer.start_span(
+        f"{method} {path}",
+        context=context,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method, "url.path": path, "tollgate.request_id": exchange.request_id},
+    )
+    ours = span.get_span_context()
+    if ours.is_valid:
+        exchange.trace = Trace(f"{ours.trace_id:032x}", f"{ours.span_id:016x}", trace.flags, trace.parent_id)
+    exchange.span = span
+    exchange.tracer = tracer
+
+
+def _end_span(exchange: Exchange, status: int, disconnected: str | None) -> None:
+    span = exchange.span
+    if not span.is_recording():
+        return
+    span.set_attribute("http.response.status_code", status)
+    account = exchange.account
+    if account is not None:
+        span.set_attribute("tollgate.tenant", account.tenant or "")
+        span.set_attribute("tollgate.outcome", account.outcome)
+        if account.cost_usd is not None:
+            span.set_attribute("tollgate.cost_usd", account.cost_usd)
+    if disconnected is not None:
+        span.set_attribute("tollgate.client_disconnected", True)
+    if status >= 500:
+        span.set_status(StatusCode.ERROR)
+    span.end()
 
 
 def request_ended(
@@ -89,6 +132,8 @@ def request_ended(
 ) -> None:
     """Count a chat request and write its access-log line (every HTTP request gets one)."""
     account = exchange.account if exchange is not None else None
+    if exchange is not None:
+        _end_span(exchange, status, disconnected)
     chat = scope.get("path") == "/v1/chat/completions"
     if chat:
         if account is not None:
