@@ -3,9 +3,12 @@ after a known workload equal the ledger's, and its cardinality stays bounded."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import string
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -125,3 +128,19 @@ async def test_metrics_on_their_own_port() -> None:
             assert (await scraper.get("/v1/models")).status_code == 404
         assert value(found, "tollgate_requests_total", tenant="demo", status="200") == 1
         assert "tollgate_journal_queue_depth" in found
+
+
+DASHBOARD = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text())
+
+
+async def test_the_grafana_dashboard_uses_only_metrics_the_gateway_exports() -> None:
+    dashboard = DASHBOARD
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    labels = {"gen_ai_token_type", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_operation_name"}
+    used = {name for expr in exprs for name in re.findall(r"\b(?:tollgate|gen_ai)_[a-z_]+", expr)} - labels
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        text = (await http.get("/metrics")).text
+    families = {family.name for family in text_string_to_metric_families(text)}
+    suffixes = ("_total", "_bucket", "_sum", "_count")
+    exported = families | {family + suffix for family in families for suffix in suffixes}
+    assert used and used <= exported, sorted(used - exported)
