@@ -54,6 +54,27 @@ class Tenant(Aggregate):
                 key: sorted({*aggregate.thresholds.get(key, []), self.level}),
             }
 
+    class AlertDelivered(Aggregate.Event):
+        """A budget alert reached `[alerts] webhook_url` (a 2xx answer) after `attempts` attempts."""
+
+        period_start: datetime
+        level: int
+        attempts: int
+
+        def apply(self, aggregate: Any) -> None:
+            pass
+
+    class AlertDeliveryFailed(Aggregate.Event):
+        """A budget alert did not reach the webhook after `attempts` attempts; `reason` is the last failure."""
+
+        period_start: datetime
+        level: int
+        attempts: int
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            pass
+
     class Disabled(Aggregate.Event):
         def apply(self, aggregate: Any) -> None:
             aggregate.enabled = False
@@ -90,6 +111,14 @@ class Tenant(Aggregate):
             level=level,
             spent_usd=spent_usd,
             budget_usd=budget_usd,
+        )
+
+    def alert_delivered(self, period_start: datetime, level: int, attempts: int) -> None:
+        self.trigger_event(self.AlertDelivered, period_start=period_start, level=level, attempts=attempts)
+
+    def alert_delivery_failed(self, period_start: datetime, level: int, attempts: int, reason: str) -> None:
+        self.trigger_event(
+            self.AlertDeliveryFailed, period_start=period_start, level=level, attempts=attempts, reason=reason
         )
 
     def disable(self) -> None:

@@ -57,6 +57,41 @@ class ServerConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """`GET /metrics` (Prometheus text format): on the API port, or on its own `port` when set."""
+
+    enabled: bool = True
+    port: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.le(65535)])
+    )
+
+
+@attrs.frozen
+class TracingConfig:
+    """OpenTelemetry traces over OTLP/HTTP: on when `enabled`, or when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+
+    enabled: bool = False
+
+
+@attrs.frozen
+class LoggingConfig:
+    """The access log (one line per request, logger `tollgate.access`) and the gateway's log level."""
+
+    format: Literal["json", "text"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@attrs.frozen
+class AlertsConfig:
+    """Budget alerts (50/80/100 % of a period's budget) POSTed as JSON to `webhook_url`, with retries."""
+
+    webhook_url: str | None = None
+    max_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    backoff_s: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
 class LedgerConfig:
     path: str = "var/ledger.sqlite3"
 
@@ -111,6 +146,10 @@ class Config:
     server: ServerConfig = ServerConfig()
     ledger: LedgerConfig = LedgerConfig()
     admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
+    alerts: AlertsConfig = AlertsConfig()
     providers: tuple[ProviderConfig, ...] = ()
     models: dict[str, ModelAlias] = attrs.field(factory=dict)
     pricing: dict[str, Price] = attrs.field(factory=dict)
@@ -312,6 +351,8 @@ def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
         if tenant.api_key_env is not None and not environ.get(tenant.api_key_env):
             problems.append(f"{where}.api_key_env: environment variable {tenant.api_key_env} is not set")
         problems.extend(f"{where}.{field}: {problem}" for field, problem in reference_problems(tenant.policy(), routes))
+    if config.alerts.webhook_url is not None and (problem := _check_url(config.alerts.webhook_url)):
+        problems.append(f"alerts.webhook_url: {problem}")
     if not config.admin.api_key_env:
         problems.append("admin.api_key_env: must name an environment variable")
     return problems

@@ -34,6 +34,7 @@ from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
 from providers.simulator import Simulator
 from providers.upstream import Upstream
+from runtime.actors.alerts import AlertSender
 from runtime.actors.provider import ProviderHandle, ProviderStatistics
 from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
@@ -46,6 +47,8 @@ from runtime.ledger.books import Books
 from runtime.ledger.breakers import BreakerLog
 from runtime.ledger.journal import Journal, JournalStatistics
 from runtime.ledger.projector import Projector, projections_path
+from runtime.metrics import Metrics
+from runtime.telemetry import Telemetry
 
 log = logging.getLogger("tollgate")
 
@@ -95,7 +98,11 @@ class Gateway:
     breakers: BreakerLog
     """Breaker transitions on their way to the ledger, in order."""
     admin: AdminKey
+    metrics: Metrics
     generated_admin_key: str | None = None
+    alerts: AlertSender | None = None
+    telemetry: Telemetry = attrs.field(factory=Telemetry)
+    """Traces (`[tracing]`): the HTTP edge opens each request's server span with its tracer."""
     tenant_actors: TenantActors | None = None
     http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
@@ -279,7 +286,8 @@ async def open_gateway(
         if gateway.tenant_actors is not None:
             gateway.tenant_actors.restated(recorded)
 
-    journal = Journal(store, on_commit)
+    metrics = Metrics((tenant.name for tenant in config.tenants), config.routing_index().models())
+    journal = Journal(store, on_commit, observe=metrics.journal_wrote)
     handles = {
         provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers
     }
@@ -295,7 +303,9 @@ async def open_gateway(
         aggregates=aggregates,
         breakers=BreakerLog(aggregates),
         admin=AdminKey(admin_key),
+        metrics=metrics,
         generated_admin_key=generated,
+        telemetry=Telemetry.start(config.tracing, environ),
     )
     if clock is not None:
         gateway.clock = clock
@@ -305,6 +315,8 @@ async def open_gateway(
             await nursery.start(journal.run)
             await nursery.start(gateway.breakers.run)
             await _start_ledger(gateway, environ)
+            gateway.alerts = AlertSender(config.alerts, gateway.aggregates, gateway.metrics)
+            await nursery.start(gateway.alerts.run)
             gateway.tenant_actors = TenantActors(
                 nursery,
                 books=books,
@@ -312,6 +324,7 @@ async def open_gateway(
                 aggregates=gateway.aggregates,
                 clock=gateway.clock,
                 idle_s=config.server.tenant_idle_s,
+                alerts=gateway.alerts.crossed,
             )
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
@@ -325,6 +338,8 @@ async def open_gateway(
                 await handle.upstream.aclose()
         store.close()
         projections.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 
 
 __all__ = ["FoundEvent", "Gateway", "GatewayStatistics", "Price", "build_upstream", "open_gateway", "projections_path"]

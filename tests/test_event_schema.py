@@ -127,6 +127,8 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
     tenant.update(draw(policy.filter(bool)))
     tenant.issue_key(draw(text), draw(st.one_of(st.none(), moments)))
     tenant.threshold_crossed(draw(moments), draw(st.sampled_from([50, 80, 100])), draw(money), draw(money))
+    tenant.alert_delivered(draw(moments), draw(st.sampled_from([50, 80, 100])), draw(counts))
+    tenant.alert_delivery_failed(draw(moments), draw(st.sampled_from([50, 80, 100])), draw(counts), draw(text))
     tenant.disable()
     tenant.enable()
     prices = PriceList.open()

@@ -75,7 +75,9 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
 # `gateway.py` composes the actors and the ledger for the HTTP edge and the CLI; `config`, `errors` and
 # `auth` are leaves any part may use. Imports under `if TYPE_CHECKING:` count too: a cycle of types is a cycle.
 RUNTIME_ORDER = ("cli", "http", "gateway", "chat", "actors", "ledger")
-RUNTIME_LEAVES = {"config", "errors", "auth"}
+# `metrics` holds the Prometheus instruments chat/, actors/, ledger/'s Journal and the HTTP edge record
+# into, `telemetry` the OpenTelemetry tracer provider (issue #15): leaves, like config.
+RUNTIME_LEAVES = {"config", "errors", "auth", "metrics", "telemetry"}
 # Edges that break the rule today, to be removed (issue: explicit collaborators instead of a service locator).
 # The test fails when one is fixed without being taken off this list, so the list only shrinks.
 KNOWN_UPWARD: set[tuple[str, str]] = set()

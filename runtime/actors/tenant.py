@@ -8,7 +8,8 @@ up with every commit), and stops after `idle_s` with nothing in flight.
 
 An actor is given what it uses: the `Books` (the tenant's view and policy, prices, its aggregate
 for budget alerts' state), `spent` (a period's settled spend, from the projections), `aggregates` (the
-one door through which its budget alerts are committed) and `clock` (wall time for money).
+one door through which its budget alerts are committed), `clock` (wall time for money) and `alerts`
+(told of each committed threshold crossing: `AlertSender.crossed`, which counts and delivers it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from policies.routing import Deployment
 from policies.tenant import TenantPolicy
 from policies.usage import UsageBounds
 from policies.validation import ChatRequest
+from runtime.actors.alerts import Alert
 from runtime.actors.mailbox import ask
 from runtime.actors.supervisor import supervise
 from runtime.errors import ActorUnavailable
@@ -124,8 +126,10 @@ class TenantActor:
         aggregates: Aggregates,
         clock: Callable[[], datetime],
         idle_s: float,
+        alerts: Callable[[Alert], None],
     ) -> None:
         self.tenant_id = tenant.id
+        self._alerts = alerts
         self.name = tenant.name
         self._books = books
         self._spent = spent
@@ -266,6 +270,9 @@ class TenantActor:
                 await self._aggregates.change(uuid.UUID(self.tenant_id), Tenant, crossed)
             except Exception:  # an alert must never break settlement
                 log.warning("tenant %s: could not record a budget alert", self.name, exc_info=True)
+                return
+            for level in levels:  # recorded: now counted, and sent on (never blocking settlement)
+                self._alerts(Alert(self.tenant_id, self.name, spend.period_start, level, spend.spent, budget_usd))
 
     async def _restated(self, message: Restated) -> None:
         """A re-pricing of a day in the current period corrects what was spent (the period's spend
@@ -309,8 +316,10 @@ class TenantActors:
         aggregates: Aggregates,
         clock: Callable[[], datetime],
         idle_s: float = 300.0,
+        alerts: Callable[[Alert], None] = lambda alert: None,
     ) -> None:
         self._nursery = nursery
+        self._alerts = alerts
         self._books = books
         self._spent = spent
         self._aggregates = aggregates
@@ -337,6 +346,7 @@ class TenantActors:
                     aggregates=self._aggregates,
                     clock=self._clock,
                     idle_s=self.idle_s,
+                    alerts=self._alerts,
                 )
                 await self._nursery.start(self._supervised, actor)
                 self._actors[tenant.id] = actor

@@ -9,10 +9,26 @@ from contextlib import contextmanager
 from typing import Any
 
 import attrs
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, Tracer, set_span_in_context
 
 from policies.ratelimit import Quota
 from policies.routing import Deployment
 from runtime.chat.trace import Trace
+
+
+@attrs.define
+class Account:
+    """A chat request's story as recorded, for the access log and the request counter (no content)."""
+
+    tenant: str | None
+    model: str | None
+    stream: bool
+    outcome: str
+    provider: str | None = None
+    failures: tuple[tuple[str, str], ...] = ()  # (provider, failure kind) per failed attempt
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: str | None = None
 
 
 @attrs.define
@@ -28,6 +44,22 @@ class Exchange:
     started: float = attrs.field(factory=time.perf_counter)
     upstream_s: float = 0.0
     quotas: Mapping[str, Quota] = attrs.field(factory=dict)  # the tenant's quota levels at admission, for every answer
+    span: Span = INVALID_SPAN  # the request's server span (tracing on), parent of `child` spans
+    tracer: Tracer = attrs.field(factory=NoOpTracer)
+    serving: Span | None = None  # the attempt that answered: ended at settlement, with usage and cost
+    account: Account | None = None  # what the ledger was told of it, once settled or rejected (metrics, access log)
+
+    def child(self, name: str, attributes: dict[str, Any]) -> Span:
+        """A span under the request's server span (a no-op span when tracing is off); end it."""
+        return self.tracer.start_span(name, context=set_span_in_context(self.span), attributes=attributes)
+
+    @contextmanager
+    def spanned(self, name: str, attributes: dict[str, Any]) -> Iterator[Span]:
+        span = self.child(name, attributes)
+        try:
+            yield span
+        finally:
+            span.end()
 
     @contextmanager
     def waiting_upstream(self) -> Iterator[None]:

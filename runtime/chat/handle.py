@@ -30,6 +30,7 @@ from runtime.chat.relay import StreamRelay
 from runtime.errors import ModelNotFound
 from runtime.ledger.books import Books
 from runtime.ledger.journal import Journal
+from runtime.metrics import Metrics
 
 
 class Verdict(Protocol):
@@ -57,6 +58,7 @@ class ChatParts:
     output_limit: Callable[[str, tuple[Deployment, ...]], int]
     clock: Callable[[], datetime]  # wall time for money
     draining: trio.Event
+    metrics: Metrics
 
 
 @attrs.frozen
@@ -90,9 +92,12 @@ async def handle_chat(
         body = parse_json(raw)  # decoded once, also for recording what a refused request asked for
         chat = parse_chat_request(body)
         deployments = router.candidates(parts.routes, chat.model)
-        admission = await parts.tenants.admit(
-            tenant, chat, deployments, parts.output_limit(chat.model, deployments), received_at
-        )
+        with exchange.spanned(
+            "tollgate.admission", {"tollgate.tenant": tenant.name, "gen_ai.request.model": chat.model}
+        ):
+            admission = await parts.tenants.admit(
+                tenant, chat, deployments, parts.output_limit(chat.model, deployments), received_at
+            )
     except (RequestRefused, ModelNotFound) as refusal:
         verdict = judge(refusal)
         asked = body if isinstance(body, dict) else {}
@@ -114,6 +119,7 @@ async def handle_chat(
         prices=parts.books.prices,
         settle_reservation=parts.tenants.settle,
         draining=parts.draining,
+        metrics=parts.metrics,
     )
     await record.open()
     exchange.quotas = admission.quotas

@@ -30,9 +30,10 @@ from policies.validation import ChatRequest
 from providers.errors import ProviderError
 from providers.tokens import estimate_prompt_tokens
 from runtime.actors.tenant import Admission
-from runtime.chat.exchange import Exchange
+from runtime.chat.exchange import Account, Exchange
 from runtime.ledger.books import TenantView
 from runtime.ledger.journal import Journal
+from runtime.metrics import Metrics
 
 SettleReservation = Callable[[Admission, Decimal | None, int], Awaitable[None]]
 """Replace an admission's reservation by the actual cost and tokens (the tenant actors' `settle`)."""
@@ -93,8 +94,11 @@ class RequestRecord:
         prices: PriceBook,
         settle_reservation: SettleReservation,
         draining: trio.Event,
+        metrics: Metrics,
     ) -> None:
         self.admission = admission
+        self.metrics = metrics
+        self._failures: list[tuple[str, str]] = []  # (provider, kind) per failed attempt
         self._journal = journal
         self._prices = prices
         self._settle_reservation = settle_reservation
@@ -144,6 +148,7 @@ class RequestRecord:
 
     def attempt_failed(self, deployment: Deployment, error: ProviderError) -> None:
         assert self._aggregate is not None
+        self._failures.append((deployment.provider, error.kind))
         self._aggregate.attempt_failed(deployment.provider, deployment.model, error.kind, error.status, error.retryable)
 
     async def settle(
@@ -187,6 +192,7 @@ class RequestRecord:
         else:
             priced = Priced(ZERO, None)  # nothing was consumed: nothing to charge
         self.priced = priced
+        self._account(outcome, usage, priced, deployment)
         await self._settle_reservation(self.admission, priced.cost_usd, usage.total_tokens)
         if self._aggregate is None:
             return priced  # never recorded: the Journal refused its `Admitted`
@@ -202,8 +208,49 @@ class RequestRecord:
             reported_usage=reported_record(reported, usage),
         )
         self.billed = usage
-        await self._journal.commit(self._aggregate.collect_events())
+        with self._exchange.spanned("tollgate.ledger.commit", {"tollgate.outcome": outcome}):
+            await self._journal.commit(self._aggregate.collect_events())
         return priced
+
+    def _account(self, outcome: str, usage: Usage, priced: Priced, served: Deployment | None) -> None:
+        """Metrics and the exchange's account of the settlement: the exact Decimal cost, the billed tokens."""
+        exchange, provider = self._exchange, served.provider if served else None
+        chain = [*self._failures, *([(provider, "ok")] if provider and outcome == "ok" else [])]
+        self.metrics.attempted(chain)
+        self.metrics.settled(
+            self.tenant.name,
+            self.chat.model,
+            provider,
+            outcome,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            priced.cost_usd,
+            exchange.latency_ms() / 1000,
+            exchange.overhead_ms() / 1000,
+        )
+        if (span := exchange.serving) is not None:  # the attempt that answered ends with its account
+            exchange.serving = None
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens,
+                    "tollgate.tenant": self.tenant.name,
+                    "tollgate.outcome": outcome,
+                    "tollgate.cost_usd": usd_str(priced.cost_usd) if priced.cost_usd is not None else "",
+                }
+            )
+            span.end()
+        exchange.account = Account(
+            self.tenant.name,
+            self.chat.model,
+            self.chat.stream,
+            outcome,
+            provider,
+            tuple(self._failures),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usd_str(priced.cost_usd) if priced.cost_usd is not None else None,
+        )
 
     def cost_str(self) -> str | None:
         if self.priced is None or self.priced.cost_usd is None:
@@ -227,3 +274,4 @@ async def reject(
     )
     await journal.commit(aggregate.collect_events())
     exchange.recorded = True
+    exchange.account = Account(tenant.name, model, stream, reason)

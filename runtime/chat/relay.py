@@ -51,6 +51,7 @@ class StreamRelay:
         self._record = record
         self._exchange = exchange
         self._finished = False
+        self._first_sent = False
         self._usage_chunk: Chunk | None = None
         self._usage_object: dict[str, Any] | None = None  # the upstream's own usage, when on a content chunk
         self._last: dict[str, Any] = opening[-1].data if opening else {}
@@ -80,6 +81,12 @@ class StreamRelay:
         if not batch:
             await self._finish(SUCCESS, Request.Completed, "ok")
             return self._closing()
+        if not self._first_sent:  # time to first token, as the client gets it
+            self._first_sent = True
+            deployment = self._attempt.deployment
+            self._record.metrics.first_token(
+                deployment.provider, self._record.chat.model, self._exchange.latency_ms() / 1000
+            )
         return self._encode(batch)
 
     async def _next_batch(self) -> list[Chunk]:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import attrs
 import trio
+from opentelemetry.trace import StatusCode
 
 from events.request import Request
 from policies.routing import Deployment, RoutingIndex
@@ -162,10 +163,24 @@ async def _try_candidates(
             tried.append(deployment)
             attempt = Attempt(deployment, len(tried), trio.current_time(), lease)
             call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers())
+            span = exchange.child(
+                f"chat {chat.model}",
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": deployment.provider,
+                    "gen_ai.request.model": chat.model,
+                    "gen_ai.response.model": deployment.model,
+                    "tollgate.attempt": attempt.number,
+                    "tollgate.tenant": record.tenant.name,
+                },
+            )
             try:
                 with exchange.waiting_upstream():
                     result = await start(handle.upstream, call, settings.timeouts)
             except ProviderError as error:
+                span.set_attribute("tollgate.outcome", error.kind)
+                span.set_status(StatusCode.ERROR, error.kind)
+                span.end()
                 await lease.release(Outcome.failed(error))
                 attempt_failed(record, exchange, deployment, attempt.number, error)
                 if not error.retryable:
@@ -180,8 +195,11 @@ async def _try_candidates(
                 await trio.sleep(delay)
                 continue
             except BaseException:
+                span.set_attribute("tollgate.outcome", "cancelled")
+                span.end()
                 await lease.release(CANCELLED)
                 raise
+            exchange.serving = span  # ended at settlement, with the usage and cost
             return attempt, result
     if not errors:
         if open_until:

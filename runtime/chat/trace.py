@@ -12,6 +12,7 @@ class Trace:
     trace_id: str
     span_id: str
     flags: str = "01"
+    parent_id: str | None = None  # the client's span, when it sent a valid `traceparent`
 
     @property
     def traceparent(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -44,6 +45,7 @@ from runtime.errors import (
 from runtime.gateway import Gateway
 from runtime.http import admin_series, dashboard
 from runtime.http.admin import register_admin
+from runtime.http.observe import live_metrics, request_ended, server_span
 from runtime.http.quota_headers import quota_headers
 from runtime.http.responses import json_response
 from runtime.http.tracing import continue_or_start, request_id
@@ -51,6 +53,7 @@ from runtime.ledger.journal import LedgerUnavailable
 
 log = logging.getLogger("tollgate.web")
 CLOSERS = "tollgate.closers"
+EXCHANGE = "tollgate.exchange"
 CLEANUP_DEADLINE_S = 10.0
 
 # error class → (status, OpenAI error type, code); the first matching row wins.
@@ -174,14 +177,26 @@ class RequestLifetime:
         scope[CLOSERS] = closers
         reason = "client_disconnected"
         write_started: float | None = None
+        status: int | None = None
+        accounted = False
 
         async def close_all(why: str) -> None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
                 for close in closers:
                     await close(why)
 
+        def ended(disconnected: str | None) -> None:
+            nonlocal accounted
+            if not accounted:
+                accounted = True
+                request_ended(self.gateway, scope, scope.get(EXCHANGE), status or 499, disconnected)
+
         async def tracked_send(message: Any) -> None:
-            nonlocal write_started
+            nonlocal write_started, status
+            if message.get("type") == "http.response.start":
+                status = message.get("status")
+            elif message.get("type") == "http.response.body" and not message.get("more_body", False):
+                ended(None)  # before the last byte leaves: a client that saw its answer finds it counted
             write_started = trio.current_time()
             try:
                 await send(message)
@@ -214,6 +229,7 @@ class RequestLifetime:
             if closers:
                 await close_all(reason)
             self.gateway.http_in_flight -= 1
+            ended(reason)  # the answer never completed
 
 
 def chat_parts(gateway: Gateway) -> ChatParts:
@@ -227,6 +243,7 @@ def chat_parts(gateway: Gateway) -> ChatParts:
         output_limit=gateway.output_limit,
         clock=gateway.clock,
         draining=gateway.draining,
+        metrics=gateway.metrics,
     )
 
 
@@ -244,6 +261,10 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def begin() -> None:
         headers = request.headers
         g.exchange = Exchange(request_id(headers.get("X-Request-ID")), continue_or_start(headers.get("traceparent")))
+        if gateway.telemetry.enabled:
+            server_span(g.exchange, gateway.telemetry.tracer, request.method, request.path)
+        scope: Any = request.scope
+        scope[EXCHANGE] = g.exchange  # for the access log and the request counter, at the edge
 
     @app.after_request
     async def stamp(response: Response) -> Response:
@@ -308,6 +329,14 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if not gateway.ready:
             return json_response({"status": "starting"}, 503)
         return json_response({"status": "ready"})
+
+    if gateway.config.metrics.enabled and gateway.config.metrics.port is None:
+        gateway.metrics.add_collector(lambda: live_metrics(gateway))
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            body = generate_latest(gateway.metrics.registry)
+            return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
     register_admin(app, gateway)
     app.register_blueprint(admin_series.admin_series(gateway))

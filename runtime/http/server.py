@@ -16,6 +16,7 @@ from runtime.config import Config
 from runtime.gateway import Gateway, open_gateway
 from runtime.http.app import RequestLifetime, create_app
 from runtime.http.body_drain import BodyDrain
+from runtime.http.observe import configure_logging, live_metrics, metrics_app
 from runtime.ledger.lock import LedgerBusy, ledger_lock
 
 log = logging.getLogger("tollgate")
@@ -69,12 +70,25 @@ async def serve(
     if hyper is None:
         hyper = hypercorn_config(gateway.config, host or server.host, server.port if port is None else port)
     app = RequestLifetime(BodyDrain(create_app(gateway), server.max_body_bytes, server.body_timeout_s), gateway)
-    await hypercorn.trio.serve(
-        app,  # type: ignore[arg-type]
-        hyper,
-        shutdown_trigger=gateway.draining.wait,
-        task_status=task_status,
-    )
+    metrics = gateway.config.metrics
+    async with trio.open_nursery() as nursery:
+        if metrics.enabled and metrics.port is not None:  # `GET /metrics` on its own port
+            gateway.metrics.add_collector(lambda: live_metrics(gateway))
+            metrics_hyper = hypercorn_config(gateway.config, host or server.host, metrics.port)
+            binds = await nursery.start(
+                partial(
+                    hypercorn.trio.serve, metrics_app(gateway), metrics_hyper, shutdown_trigger=gateway.draining.wait
+                )
+            )
+            gateway.metrics.url = binds[0]
+            log.info("metrics on %s/metrics", binds[0])
+        await hypercorn.trio.serve(
+            app,  # type: ignore[arg-type]
+            hyper,
+            shutdown_trigger=gateway.draining.wait,
+            task_status=task_status,
+        )
+        nursery.cancel_scope.cancel()
 
 
 async def _watch_signals(gateway: Gateway, cancel_scope: trio.CancelScope) -> None:
@@ -104,6 +118,7 @@ async def run(config: Config, *, host: str | None = None, port: int | None = Non
 
 
 async def _run(config: Config, hyper: HypercornConfig, out: TextIO) -> None:
+    configure_logging(config.logging)
     async with open_gateway(config) as gateway:
         if gateway.generated_admin_key:
             print(

@@ -15,7 +15,7 @@ def continue_or_start(header: str | None) -> Trace:
     """The client's trace continued with a span of ours when its `traceparent` is valid, else a new trace."""
     match = _TRACEPARENT.match(header.strip().lower()) if header else None
     if match and match[1] != "ff" and match[2] != "0" * 32 and match[3] != "0" * 16:
-        return Trace(match[2], secrets.token_hex(8), match[4])
+        return Trace(match[2], secrets.token_hex(8), match[4], match[3])
     return Trace(secrets.token_hex(16), secrets.token_hex(8))
 
 

@@ -56,8 +56,10 @@ class Journal:
         on_commit: Callable[[list[Recorded]], None],
         capacity: int = 8192,
         linger_s: float = LINGER_S,
+        observe: Callable[[float, int], None] = lambda seconds, events: None,
     ) -> None:
         self.store = store
+        self._observe = observe  # each batch written: its duration and size (the gateway's metrics)
         self.linger_s = linger_s
         self.capacity = capacity
         self._on_commit = on_commit
@@ -138,6 +140,7 @@ class Journal:
             await self._write(batch, events)
 
     async def _write(self, batch: list[Entry], events: list[Any]) -> None:
+        began = trio.current_time()
         try:
             with trio.CancelScope(shield=True):
                 recorded = await trio.to_thread.run_sync(self.store.append, events, limiter=self.limiter)
@@ -153,6 +156,7 @@ class Journal:
             if entry.done is not None:
                 entry.done.set()
             return
+        self._observe(trio.current_time() - began, len(recorded))
         self._commits += 1
         self._committed += len(recorded)
         self._largest = max(self._largest, len(recorded))
