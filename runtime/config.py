@@ -64,6 +64,8 @@ class MetricsConfig:
     port: int | None = attrs.field(
         default=None, validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.le(65535)])
     )
+    require_admin_key: bool = False
+    """When true, a scrape must send `Authorization: Bearer <admin key>` (401 otherwise), on either port."""
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from events.projections import spend_report
 from runtime.auth import DEMO_KEY
 from runtime.metrics import Metrics
-from tests.harness import in_thread, make_config, running_gateway
+from tests.harness import ADMIN, in_thread, make_config, running_gateway
 
 PROMPT = [{"role": "user", "content": "hi"}]
 PRICING = {"sim/sim-1": {"input_per_mtok": "10", "output_per_mtok": "20"}}
@@ -144,3 +144,23 @@ async def test_the_grafana_dashboard_uses_only_metrics_the_gateway_exports() -> 
     suffixes = ("_total", "_bucket", "_sum", "_count")
     exported = families | {family + suffix for family in families for suffix in suffixes}
     assert used and used <= exported, sorted(used - exported)
+
+
+async def test_metrics_can_require_the_admin_key() -> None:
+    config = make_config(metrics={"require_admin_key": True})
+    async with running_gateway(config) as gw, gw.http() as http:
+        refused = await http.get("/metrics")
+        scraped = await http.get("/metrics", headers=ADMIN)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert scraped.status_code == 200 and "tollgate_requests_total" in scraped.text
+
+
+async def test_metrics_on_their_own_port_can_require_the_admin_key() -> None:
+    async with running_gateway(make_config(metrics={"port": 0, "require_admin_key": True})) as gw:
+        url = gw.gateway.metrics.url
+        assert url is not None
+        async with httpx.AsyncClient(base_url=url) as scraper:
+            refused = await scraper.get("/metrics")
+            scraped = await scraper.get("/metrics", headers=ADMIN)
+    assert refused.status_code == 401 and "admin key" in refused.text
+    assert scraped.status_code == 200 and "tollgate_journal_queue_depth" in scraped.text

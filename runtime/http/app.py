@@ -335,6 +335,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
         @app.get("/metrics")
         async def metrics() -> Response:
+            if gateway.config.metrics.require_admin_key:
+                gateway.admin.check(request.headers.get("Authorization"))
             body = generate_latest(gateway.metrics.registry)
             return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 

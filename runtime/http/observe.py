@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from runtime.chat.exchange import Exchange
 from runtime.chat.trace import Trace
 from runtime.config import LoggingConfig
+from runtime.errors import Unauthenticated
 from runtime.gateway import Gateway
 
 access_log = logging.getLogger("tollgate.access")
@@ -200,6 +201,15 @@ def configure_logging(settings: LoggingConfig) -> None:
     access_log.setLevel(logging.INFO)  # one line per request whatever `level` says of the rest
 
 
+def _admin(gateway: Gateway, scope: dict[str, Any]) -> bool:
+    header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"authorization"), None)
+    try:
+        gateway.admin.check(header)
+    except Unauthenticated:
+        return False
+    return True
+
+
 def metrics_app(gateway: Gateway) -> Any:
     """The ASGI app `[metrics] port` serves: `GET /metrics` and nothing else."""
 
@@ -215,10 +225,15 @@ def metrics_app(gateway: Gateway) -> Any:
         if scope["type"] != "http":
             return
         found = scope.get("path") == "/metrics" and scope.get("method") in ("GET", "HEAD")
-        body = generate_latest(gateway.metrics.registry) if found else b"not found\n"
-        content_type = CONTENT_TYPE_LATEST if found else "text/plain; charset=utf-8"
+        status = 200 if found else 404
+        if found and gateway.config.metrics.require_admin_key and not _admin(gateway, scope):
+            status = 401
+        body = generate_latest(gateway.metrics.registry) if status == 200 else b"not found\n"
+        if status == 401:
+            body = b"this endpoint needs the admin key: 'Authorization: Bearer <admin key>'\n"
+        content_type = CONTENT_TYPE_LATEST if status == 200 else "text/plain; charset=utf-8"
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 200 if found else 404, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     return app
