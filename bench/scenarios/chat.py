@@ -118,6 +118,8 @@ class ChatScenario:
             direct = {r.round: r for r in runs if r.target == "direct" and r.concurrency == concurrency}
             for target in ctx.targets:
                 mine = [r for r in runs if r.target == target.name and r.concurrency == concurrency]
+                if not mine and target.name in TWIN_NAMES:
+                    continue  # a twin runs at TWIN_CONCURRENCY only: no empty rows for it
                 row: dict[str, object] = {
                     "target": target.name,
                     "concurrency": concurrency,
