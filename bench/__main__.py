@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the second Tollgate with an in-memory ledger (scenario 1's measure of what SQLite costs)",
     )
     t.add_argument(
+        "--no-obs-twin",
+        action="store_true",
+        help="skip the second Tollgate without metrics and access log (scenario 1's measure of what they cost)",
+    )
+    t.add_argument(
         "--peers",
         action="store_true",
         help="also measure the LiteLLM proxy (pinned, own venv in bench/.peers/, no DB, 1 worker)",
@@ -167,10 +172,13 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstream: Target, sk
     elif why := gateway.unavailable(args.gateway_cmd):
         skipped["tollgate"] = why
     else:
-        wanted.append(("tollgate", lambda: gateway.start(args.gateway_cmd, workdir, upstream)))
-        if args.gateway_cmd == gateway.DEFAULT_CMD and not args.no_memory_ledger:
+        variants = [gateway.DEFAULT]
+        if args.gateway_cmd == gateway.DEFAULT_CMD:
+            skip = {"memory": args.no_memory_ledger, "no-obs": args.no_obs_twin}
+            variants += [v for v in gateway.TWINS if not skip[v.name]]
+        for variant in variants:
             wanted.append(
-                ("tollgate-memory", lambda: gateway.start(args.gateway_cmd, workdir, upstream, ledger="memory"))
+                (variant.target, lambda v=variant: gateway.start(args.gateway_cmd, workdir, upstream, v))  # type: ignore[misc]
             )
     if args.peers:
         wanted.append(("litellm", lambda: start_litellm(workdir, upstream)))

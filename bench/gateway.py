@@ -1,10 +1,15 @@
-"""Tollgate under test: its config (default settings, ledger on) and its process."""
+"""Tollgate under test: its config (default settings, ledger on) and its process, and its twins.
+
+A twin is the same Tollgate with one thing changed (a `Variant`), run beside the default one in scenario 1
+to price that thing: the SQLite ledger (`memory`), or the metrics and access log (`no-obs`).
+"""
 
 from __future__ import annotations
 
 import secrets
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.process import Server
@@ -22,7 +27,7 @@ port = 0
 
 [ledger]
 path = "{ledger}"
-
+{extra}
 [[providers]]
 name = "up"
 kind = "openai"
@@ -41,6 +46,52 @@ api_key_env = "BENCH_TENANT_KEY"
 """
 
 
+# `[logging]` has no switch for the access log (runtime/http/observe.py sets `tollgate.access` to INFO
+# whatever `level` says), so the no-obs twin starts the same CLI with `logging.disable(logging.INFO)`
+# first: every INFO-and-below record is then dropped at `isEnabledFor`, the access log's first check.
+QUIET_CMD = (
+    '{python} -c "import logging, sys; logging.disable(logging.INFO); '
+    'from runtime.cli.commands import main; sys.exit(main(sys.argv[1:]))" '
+    "serve --config {config} --host 127.0.0.1 --port 0"
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of Tollgate under test: its target name, label suffix, config and note."""
+
+    name: str  # "" for the default configuration
+    label: str = ""
+    memory_ledger: bool = False
+    extra_config: str = ""
+    quiet_access_log: bool = False
+    note: str = ""
+
+    @property
+    def target(self) -> str:
+        return f"tollgate-{self.name}" if self.name else "tollgate"
+
+
+DEFAULT = Variant("")
+MEMORY = Variant(
+    "memory",
+    label=", in-memory ledger",
+    memory_ledger=True,
+    note='in-memory ledger ([ledger] path = ":memory:"): the same code without SQLite, to measure its cost',
+)
+NO_OBS = Variant(
+    "no-obs",
+    label=", no metrics or access log",
+    extra_config="\n[metrics]\nenabled = false\n",
+    quiet_access_log=True,
+    note="[metrics] enabled = false (no /metrics route and no live-gauge collector; the in-process counters "
+    "still count: no setting turns them off) and the access log off (no setting does that either: started "
+    "with logging.disable(logging.INFO), which drops every INFO line); to measure what observability costs",
+)
+TWINS = (MEMORY, NO_OBS)
+TWIN_NAMES = frozenset(v.target for v in TWINS)
+
+
 def unavailable(cmd_template: str) -> str | None:
     """Why the gateway cannot be started with this command, or None."""
     if cmd_template == DEFAULT_CMD and not (REPO / "runtime" / "cli" / "commands.py").exists():
@@ -48,11 +99,13 @@ def unavailable(cmd_template: str) -> str | None:
     return None
 
 
-def write_config(workdir: Path, upstream_base: str, ledger: str = "sqlite") -> Path:
-    """`ledger`: "sqlite" (the default configuration) or "memory" (to measure what the SQLite ledger costs)."""
-    path = workdir / f"tollgate-{ledger}.toml"
-    where = workdir / "ledger.sqlite3" if ledger == "sqlite" else ":memory:"
-    path.write_text(CONFIG.format(ledger=where, upstream_base=upstream_base))
+def write_config(workdir: Path, upstream_base: str, variant: Variant = DEFAULT) -> Path:
+    """The default configuration, changed as the variant says."""
+    path = workdir / f"{variant.target}.toml"
+    where = (
+        ":memory:" if variant.memory_ledger else workdir / f"ledger{'-' + variant.name if variant.name else ''}.sqlite3"
+    )
+    path.write_text(CONFIG.format(ledger=where, upstream_base=upstream_base, extra=variant.extra_config))
     return path
 
 
@@ -66,20 +119,21 @@ def version() -> str:
         return "tollgate (source tree, not installed)"
 
 
-def start(cmd_template: str, workdir: Path, upstream: Target, ledger: str = "sqlite") -> Target:
+def start(cmd_template: str, workdir: Path, upstream: Target, variant: Variant = DEFAULT) -> Target:
     """Start the gateway with its generated config; wait for ``listening on`` and ``/readyz``."""
     upstream_base = upstream.url.removesuffix("/chat/completions")
-    config = write_config(workdir, upstream_base, ledger)
+    config = write_config(workdir, upstream_base, variant)
+    template = QUIET_CMD if variant.quiet_access_log and cmd_template == DEFAULT_CMD else cmd_template
     argv = shlex.split(
-        cmd_template.format(
+        template.format(
             python=shlex.quote(sys.executable), config=shlex.quote(str(config)), repo=shlex.quote(str(REPO))
         )
     )
     tenant_key = "tg-bench-" + secrets.token_hex(16)
     server = Server(
-        "gateway" if ledger == "sqlite" else "gateway-memory",
+        variant.target.replace("tollgate", "gateway"),
         argv,
-        workdir / f"gateway-{ledger}.log",
+        workdir / f"{variant.target.replace('tollgate', 'gateway')}.log",
         cwd=REPO,
         env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "BENCH_TENANT_KEY": tenant_key},
     )
@@ -87,11 +141,11 @@ def start(cmd_template: str, workdir: Path, upstream: Target, ledger: str = "sql
     server.wait_http(f"{base}/readyz", 30, ok=(200, 404))
     label = "Tollgate, 1 worker" if cmd_template == DEFAULT_CMD else "gateway (--gateway-cmd)"
     notes = [] if cmd_template == DEFAULT_CMD else [f"gateway command: {cmd_template}"]
-    if ledger == "memory":
-        label += ", in-memory ledger"
-        notes.append('in-memory ledger ([ledger] path = ":memory:"): the same code without SQLite, to measure its cost')
+    label += variant.label
+    if variant.note:
+        notes.append(variant.note)
     return Target(
-        "tollgate" if ledger == "sqlite" else "tollgate-memory",
+        variant.target,
         label,
         f"{base}/v1/chat/completions",
         tenant_key,

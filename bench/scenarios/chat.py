@@ -14,11 +14,12 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench import probe, procstat
+from bench.gateway import TWIN_NAMES
 from bench.scenario import Context, Outcome, Table, fmt
 from bench.stats import median
 from bench.target import Target
 
-TWIN_CONCURRENCY = 16  # where Tollgate with an in-memory ledger runs beside the default one
+TWIN_CONCURRENCY = 16  # where the twins (bench/gateway.py TWINS) run beside the default Tollgate
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,13 @@ class ChatScenario:
             order = targets if round_no % 2 == 0 else targets[::-1]
             for concurrency in s.concurrency:
                 for target in order:
-                    twin = target.name == "tollgate-memory" and TWIN_CONCURRENCY in s.concurrency
+                    twin = target.name in TWIN_NAMES and TWIN_CONCURRENCY in s.concurrency
                     if twin and concurrency != TWIN_CONCURRENCY:
-                        continue  # the in-memory-ledger twin prices the SQLite ledger at one concurrency
+                        continue  # a twin prices the one thing it changes at one concurrency
                     run = self._measure(ctx, target, body, concurrency, round_no)
                     runs.append(run)
                     ctx.log(
-                        f"chat: round {round_no + 1}/{s.rounds} c={concurrency:<3} {target.name:<9} "
+                        f"chat: round {round_no + 1}/{s.rounds} c={concurrency:<3} {target.name:<15} "
                         f"{run.rps:9.1f} req/s  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms  "
                         f"cpu {fmt(run.cpu_ms_per_request, 3)} ms/req"
                         + (f"  ERRORS {run.errors}" if run.errors else "")
@@ -78,7 +79,8 @@ class ChatScenario:
         return Outcome(
             self.name,
             self.title,
-            tables=[self._table(ctx, figures), _overhead_table(ctx, overhead, figures)],
+            tables=[self._table(ctx, figures), _overhead_table(ctx, overhead, figures)]
+            + ([twins] if (twins := twin_table(ctx, figures)) else []),
             figures={
                 "summary": figures,
                 "runs": [asdict(r) for r in runs],
@@ -116,6 +118,8 @@ class ChatScenario:
             direct = {r.round: r for r in runs if r.target == "direct" and r.concurrency == concurrency}
             for target in ctx.targets:
                 mine = [r for r in runs if r.target == target.name and r.concurrency == concurrency]
+                if not mine and target.name in TWIN_NAMES:
+                    continue  # a twin runs at TWIN_CONCURRENCY only: no empty rows for it
                 row: dict[str, object] = {
                     "target": target.name,
                     "concurrency": concurrency,
@@ -248,5 +252,49 @@ def _overhead_table(ctx: Context, overhead: dict[str, dict[str, object]], figure
             "collected from every response of a separate sequential pass with an httpx client. The last "
             "column is the added latency the load generator measured (table 1): the gap between the two is "
             "time the gateway's own clock does not see (HTTP server, framework, HTTP client, kernel)."
+        ],
+    )
+
+
+def twin_table(ctx: Context, figures: list[dict[str, object]]) -> Table | None:
+    """Tollgate against each twin at the twins' concurrency: CPU ms/request and its ratio default / twin."""
+    at = {f["target"]: f for f in figures if f["concurrency"] == TWIN_CONCURRENCY}
+    base = at.get("tollgate")
+    twins = [t for t in ctx.gateways if t.name in TWIN_NAMES and t.name in at]
+    if base is None or not twins:
+        return None
+
+    def cpu(f: dict[str, object]) -> float | None:
+        value = f.get("cpu_ms_per_request")
+        return float(value) if isinstance(value, int | float) else None
+
+    def rps(f: dict[str, object]) -> float | None:
+        value = f.get("rps")
+        return float(value) if isinstance(value, int | float) else None
+
+    base_cpu, base_rps = cpu(base), rps(base)
+    labels = {t.name: t.label for t in ctx.gateways}
+    rows = [[labels["tollgate"], fmt(base_rps, 0), fmt(base_cpu, 3), "1.000", "–"]]
+    for twin in twins:
+        twin_cpu, twin_rps = cpu(at[twin.name]), rps(at[twin.name])
+        ratio = base_cpu / twin_cpu if base_cpu and twin_cpu else None
+        rows.append(
+            [
+                labels[twin.name],
+                fmt(twin_rps, 0),
+                fmt(twin_cpu, 3),
+                fmt(ratio, 3),
+                fmt(100 * (ratio - 1), 1, sign=True) + " %" if ratio is not None else "–",
+            ]
+        )
+    return Table(
+        f"1c. What the ledger and observability cost (CPU per request, c={TWIN_CONCURRENCY}, same run)",
+        ["target", "req/s", "CPU ms/req", "ratio default / this", "default costs"],
+        rows,
+        [
+            "Each twin is the default Tollgate with one thing changed, measured in the same rounds (medians). "
+            "'default costs' = how much more CPU per request the default configuration spends than the twin: "
+            "for the no-metrics-no-access-log twin it is what observability costs (#15's goal: ≤ 3 %). "
+            "A difference of a few per cent is within this machine's noise."
         ],
     )

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench import procstat
+from bench.gateway import TWIN_NAMES
 from bench.scenario import Context, Outcome, Table, fmt
 from bench.stats import median
 from bench.target import Target
@@ -41,8 +42,8 @@ def _dist(result: dict[str, object], key: str) -> dict[str, float]:
 
 
 def streamed(ctx: Context) -> list[Target]:
-    """Streaming is measured on the default configuration (the in-memory ledger twin is for scenario 1)."""
-    return [t for t in ctx.targets if t.name != "tollgate-memory"]
+    """Streaming is measured on the default configuration (the twins are for scenario 1)."""
+    return [t for t in ctx.targets if t.name not in TWIN_NAMES]
 
 
 class StreamScenario:
