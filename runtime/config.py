@@ -158,9 +158,6 @@ class Config:
     tenants: tuple[TenantConfig, ...] = ()
     source: str = "<defaults>"
 
-    def provider(self, name: str) -> ProviderConfig | None:
-        return next((p for p in self.providers if p.name == name), None)
-
     def routing_index(self) -> RoutingIndex:
         """The public model names this config serves: each provider's `models`, then the aliases."""
         return RoutingIndex.build(

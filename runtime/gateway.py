@@ -28,7 +28,7 @@ from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
-from policies.cost import Price, Priced
+from policies.cost import Priced
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -342,4 +342,4 @@ async def open_gateway(
             await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 
 
-__all__ = ["FoundEvent", "Gateway", "GatewayStatistics", "Price", "build_upstream", "open_gateway", "projections_path"]
+__all__ = ["Gateway", "GatewayStatistics", "build_upstream", "open_gateway"]
