@@ -163,6 +163,7 @@ async def test_idle_actor_stops_and_restarts_without_losing_spend(mock_clock: tr
         assert view is not None
         actor = gw.gateway.tenants.find(view.id)
         assert actor is not None
+        await actor.wait_settled()  # the idle timer starts once the settlement is in
         mock_clock.jump(11)
         with trio.fail_after(5):
             await actor.stopped.wait()
@@ -237,13 +238,12 @@ async def test_concurrent_requests_never_overspend_a_hard_budget(
                 nursery.start_soon(one, spec)
         gateway = gw.gateway
 
-        def crowd() -> Any:
-            return next(a for a in gateway.tenants.statistics() if a.tenant == "crowd")
-
-        with trio.fail_after(10):  # quiescence: every request settled, nothing reserved
-            while crowd().in_flight or crowd().reserved_usd != "0":
-                await gateway.journal.next_commit()
-        actor = crowd()
+        crowd = gateway.tenants.find(next(t.id for t in gateway.books.tenants() if t.name == "crowd"))
+        assert crowd is not None
+        with trio.fail_after(30):  # quiescence: every request settled, nothing reserved
+            await crowd.wait_settled()
+        actor = crowd.statistics()
+        assert actor.in_flight == 0 and actor.reserved_usd == "0"
         events = await ledger_events(gw)
     assert len(outcomes) == len(specs)
     assert set(outcomes) <= {"200", "402", "429", "cancelled"}, "every request got a response, a 402/429, or left"
