@@ -100,6 +100,19 @@ async def ledger_events(running: Running, after: int = 0) -> list[Any]:
     return [record.event for record in records]
 
 
+async def wait_for_events(running: Running, done: Callable[[list[Any]], bool]) -> list[Any]:
+    """Read the ledger until `done(events)`; between reads wait for the Journal's next commit, never
+    missing one that lands while the events are read (the commit count is compared before waiting)."""
+    journal = running.gateway.journal
+    while True:
+        commits = journal.statistics().commits
+        events = await ledger_events(running)
+        if done(events):
+            return events
+        if journal.statistics().commits == commits:
+            await journal.next_commit()
+
+
 def request_events(events: list[Any]) -> dict[str, list[str]]:
     """Request aggregates' event type names, by request_id, in order."""
     from events.request import Request

@@ -19,7 +19,15 @@ from events.request import Request
 from events.store import LedgerStore
 from runtime.auth import DEMO_KEY, hash_key
 from tests.fake_openai import Behaviour, fake_openai
-from tests.harness import ADMIN, ledger_events, make_config, openai_provider, request_events, running_gateway
+from tests.harness import (
+    ADMIN,
+    ledger_events,
+    make_config,
+    openai_provider,
+    request_events,
+    running_gateway,
+    wait_for_events,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
@@ -261,8 +269,7 @@ async def test_a_client_that_stops_reading_is_ended_by_the_write_deadline() -> N
         )
         # Never read: the gateway's writes fill the socket buffers, then its write deadline ends the request.
         with trio.fail_after(20):
-            while "Cancelled" not in request_events(await ledger_events(gw)).get("stuck", []):
-                await gw.gateway.journal.next_commit()
+            await wait_for_events(gw, lambda e: "Cancelled" in request_events(e).get("stuck", []))
         await stream.aclose()
         events = await ledger_events(gw)
     cancelled = next(e for e in events if isinstance(e, Request.Cancelled))
