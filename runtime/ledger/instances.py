@@ -1,0 +1,76 @@
+"""`Instances`: this process's instance id and heartbeat, and which instances on the ledger are live.
+
+Every gateway process gets a fresh instance id at start; it is recorded on the events it writes
+(`Request.Admitted.instance`). A heartbeat row (`LedgerStore.beat`) is refreshed every `HEARTBEAT_S`;
+an instance whose last beat is older than `EXPIRY_S` is gone (killed, or its machine lost): its open
+requests are recovered by a survivor and its row dropped. A clean stop drops its own row at once.
+Store calls go through the Journal's limiter (one thread at a time on the store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import partial
+
+import attrs
+import trio
+
+from events.store import Instance, LedgerStore
+
+HEARTBEAT_S = 1.0
+EXPIRY_S = 5.0
+"""An instance silent this long is gone (a few heartbeats: a busy process still beats in time)."""
+
+
+class Instances:
+    def __init__(self, store: LedgerStore, me: Instance, limiter: trio.CapacityLimiter) -> None:
+        self._store = store
+        self.me = me
+        self._limiter = limiter
+        self.beaten = trio.Event()
+        """Set after each heartbeat (then replaced): the orphan recovery runs on it."""
+
+    @property
+    def instance(self) -> str:
+        return self.me.instance
+
+    async def _call(self, fn: Callable[[], object]) -> object:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def beat(self, now: datetime) -> None:
+        self.me = attrs.evolve(self.me, beat_at=now)
+        await self._call(partial(self._store.beat, self.me))
+
+    async def all(self) -> list[Instance]:
+        found = await self._call(self._store.instances)
+        assert isinstance(found, list)
+        return found
+
+    async def live_rows(self, now: datetime) -> list[Instance]:
+        cutoff = now - timedelta(seconds=EXPIRY_S)
+        return [row for row in await self.all() if row.beat_at >= cutoff or row.instance == self.instance]
+
+    async def live(self, now: datetime) -> set[str]:
+        return {row.instance for row in await self.live_rows(now)}
+
+    async def forget_gone(self, now: datetime) -> None:
+        """Drop the rows of instances gone for good (their requests were recovered just before)."""
+        cutoff = now - timedelta(seconds=EXPIRY_S)
+        gone = [row.instance for row in await self.all() if row.beat_at < cutoff and row.instance != self.instance]
+        if gone:
+            await self._call(partial(self._store.forget, gone))
+
+    async def stop(self) -> None:
+        await self._call(partial(self._store.forget, [self.instance]))
+
+    async def run(
+        self, clock: Callable[[], datetime], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.beat(clock())
+        task_status.started()
+        while True:
+            await trio.sleep(HEARTBEAT_S)  # the heartbeat's period, not synchronization
+            await self.beat(clock())
+            self.beaten.set()
+            self.beaten = trio.Event()
