@@ -9,6 +9,7 @@ Store calls go through the Journal's limiter (one thread at a time on the store)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -47,17 +48,24 @@ class Instances:
         assert isinstance(found, list)
         return found
 
+    def _alive(self, row: Instance, now: datetime) -> bool:
+        """Beat within the expiry, and, on this machine, its process still exists (a process that
+        was killed on this host is known gone at once, without waiting for the expiry)."""
+        if row.instance == self.instance:
+            return True
+        if row.beat_at < now - timedelta(seconds=EXPIRY_S):
+            return False
+        return row.host != self.me.host or _pid_exists(row.pid)
+
     async def live_rows(self, now: datetime) -> list[Instance]:
-        cutoff = now - timedelta(seconds=EXPIRY_S)
-        return [row for row in await self.all() if row.beat_at >= cutoff or row.instance == self.instance]
+        return [row for row in await self.all() if self._alive(row, now)]
 
     async def live(self, now: datetime) -> set[str]:
         return {row.instance for row in await self.live_rows(now)}
 
     async def forget_gone(self, now: datetime) -> None:
         """Drop the rows of instances gone for good (their requests were recovered just before)."""
-        cutoff = now - timedelta(seconds=EXPIRY_S)
-        gone = [row.instance for row in await self.all() if row.beat_at < cutoff and row.instance != self.instance]
+        gone = [row.instance for row in await self.all() if not self._alive(row, now)]
         if gone:
             await self._call(partial(self._store.forget, gone))
 
@@ -74,3 +82,13 @@ class Instances:
             await self.beat(clock())
             self.beaten.set()
             self.beaten = trio.Event()
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
