@@ -314,10 +314,10 @@ async def open_gateway(
 
     def on_commit(recorded: list[Any]) -> None:
         aggregates.observed(recorded)
+        if gateway.tenant_actors is not None:  # before the Books fold: it reads their open requests
+            gateway.tenant_actors.restated(recorded)
         books.apply(recorded)
         projector.feed(recorded)
-        if gateway.tenant_actors is not None:
-            gateway.tenant_actors.restated(recorded)
 
     metrics = Metrics((tenant.name for tenant in config.tenants), config.routing_index().models())
     journal = Journal(store, on_commit, observe=metrics.journal_wrote, instance=instance.instance)
@@ -363,6 +363,7 @@ async def open_gateway(
                 clock=gateway.clock,
                 idle_s=config.server.tenant_idle_s,
                 alerts=gateway.alerts.crossed,
+                instance=instance.instance,
             )
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))

@@ -286,3 +286,52 @@ def test_two_projectors_on_one_database_never_fold_a_position_twice(tmp_path: Pa
     for projections in (first, second, rebuilt):
         projections.close()
     ledger.close()
+
+
+def budget_refused(url: str, key: str) -> bool:
+    try:
+        client(url, key).chat.completions.create(
+            model="sim-1", messages=[{"role": "user", "content": "spend"}], max_tokens=20
+        )
+    except openai.APIStatusError as error:
+        refusal = error
+    else:
+        return False
+    if refusal.code != "budget_exceeded":
+        raise AssertionError(refusal.response.text)
+    return True
+
+
+@pytest.mark.slow
+def test_spend_through_one_process_counts_against_the_budget_on_another(tmp_path: Path) -> None:
+    """B's running tenant actor folds A's settlements (and A's open reservations) into the budget."""
+    config = write_config(tmp_path)
+    with serving(config) as (_a, url_a), serving(config) as (_b, url_b):
+        created = httpx.post(
+            url_a + "/admin/tenants",
+            json={"name": "capped", "budget_usd": "0.01", "budget_mode": "hard"},
+            headers=ADMIN,
+        )
+        assert created.status_code == 201, created.text
+        key = created.json()["api_key"]
+        until(
+            lambda: httpx.get(url_b + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200,
+            "the key on B",
+        )
+        assert not budget_refused(url_b, key)  # B's actor for the tenant is running from here on
+        for _ in range(200):
+            if budget_refused(url_a, key):
+                break
+        else:
+            raise AssertionError("A never refused")
+
+        def spent(url: str) -> Decimal:
+            tenants = httpx.get(url + "/admin/statistics", headers=ADMIN).json()["tenants"]
+            return next(Decimal(t["spent_usd"]) for t in tenants if t["tenant"] == "capped")
+
+        total = spent(url_a)
+        until(lambda: spent(url_b) >= total, "A's settlements in B's budget")
+        assert budget_refused(url_b, key)
+    events = ledger_events(config)
+    costs = [r.event.cost_usd or 0 for r in events if isinstance(r.event, Request.Settled)]
+    assert 0 < sum(costs) <= Decimal("0.01")
