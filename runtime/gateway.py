@@ -364,6 +364,7 @@ async def open_gateway(
                 idle_s=config.server.tenant_idle_s,
                 alerts=gateway.alerts.crossed,
                 instance=instance.instance,
+                live=lambda: gateway.instances.live_count,
             )
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))

@@ -129,9 +129,11 @@ class TenantActor:
         idle_s: float,
         alerts: Callable[[Alert], None],
         instance: str | None = None,
+        live: Callable[[], int] = lambda: 1,
     ) -> None:
         self.tenant_id = tenant.id
         self._instance = instance
+        self._live = live
         self._alerts = alerts
         self.name = tenant.name
         self._books = books
@@ -203,13 +205,14 @@ class TenantActor:
         )
 
     def _policy(self) -> TenantPolicy:
+        """The tenant's policy, with this process's share of its rate limits (`TenantPolicy.share`)."""
         view = self._books.tenant(self.tenant_id)
-        return view.tenant_policy if view is not None else TenantPolicy()
+        return (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
 
     async def _admit(self, message: Admit) -> Admission | RequestRefused:
         view = self._books.tenant(self.tenant_id)
         enabled = view is not None and view.enabled
-        policy = view.tenant_policy if view is not None else TenantPolicy()
+        policy = (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
         if enabled:
             now = self._clock()
             start, _ = period_bounds(policy.budget_period, now)
@@ -363,8 +366,10 @@ class TenantActors:
         idle_s: float = 300.0,
         alerts: Callable[[Alert], None] = lambda alert: None,
         instance: str | None = None,
+        live: Callable[[], int] = lambda: 1,
     ) -> None:
         self._instance = instance
+        self._live = live
         self._nursery = nursery
         self._alerts = alerts
         self._books = books
@@ -395,6 +400,7 @@ class TenantActors:
                     idle_s=self.idle_s,
                     alerts=self._alerts,
                     instance=self._instance,
+                    live=self._live,
                 )
                 await self._nursery.start(self._supervised, actor)
                 self._actors[tenant.id] = actor

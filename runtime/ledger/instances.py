@@ -29,6 +29,8 @@ class Instances:
         self._store = store
         self.me = me
         self._limiter = limiter
+        self.live_count = 1
+        """Live instances at the last heartbeat (this one included): rate limits are split by it."""
         self.beaten = trio.Event()
         """Set after each heartbeat (then replaced): the orphan recovery runs on it."""
 
@@ -76,12 +78,16 @@ class Instances:
         self, clock: Callable[[], datetime], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         await self.beat(clock())
+        self.live_count = max(1, len(await self.live_rows(clock())))
         task_status.started()
         while True:
             await trio.sleep(HEARTBEAT_S)  # the heartbeat's period, not synchronization
             await self.beat(clock())
+            self.live_count = max(1, len(await self.live_rows(clock())))
             self.beaten.set()
-            self.beaten = trio.Event()
+            self.live_count = 1
+        """Live instances at the last heartbeat (this one included): rate limits are split by it."""
+        self.beaten = trio.Event()
 
 
 def _pid_exists(pid: int) -> bool:
