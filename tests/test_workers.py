@@ -252,11 +252,22 @@ def test_workers_2_serve_one_port_and_stop_on_sigterm(tmp_path: Path) -> None:
         assert all(r.choices[0].message.content for r in replies)
         instances = httpx.get(url + "/admin/instances", headers=ADMIN).json()["instances"]
         assert {row["instance"] for row in instances} == seen
+        # A worker killed with -9 is restarted by the parent (a new instance id).
+        os.kill(instances[0]["pid"], signal.SIGKILL)
+
+        def replaced() -> set[str]:
+            rows = httpx.get(url + "/admin/instances", headers=ADMIN).json()["instances"]
+            ids = {row["instance"] for row in rows}
+            return ids if len(ids) == 2 and instances[0]["instance"] not in ids else set()
+
+        seen |= until(replaced, "the parent to restart the killed worker")
+        pids = [row["pid"] for row in httpx.get(url + "/admin/instances", headers=ADMIN).json()["instances"]]
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(DEADLINE_S) == 0
     events = ledger_events(config)
     assert not unsettled(events)
     assert {r.event.instance for r in events if isinstance(r.event, Request.Admitted)} <= seen
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]  # no worker outlived the parent
     verified = replay_verify(config, env())
     assert verified.returncode == 0, verified.stderr
 

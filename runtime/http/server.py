@@ -129,7 +129,7 @@ async def run(
     if listen_fd is not None:
         hyper = hypercorn_config(config, host or server.host, 0)
         hyper.bind = [f"fd://{listen_fd}"]
-        await _run(config, hyper, sys.stderr)
+        await _run(config, hyper, sys.stderr, parent=os.getppid())
         return
     count = server.workers if workers is None else workers
     if count < 1:
@@ -141,6 +141,16 @@ async def run(
         await _run(config, hyper, out)
         return
     await _supervise(config, hyper, count, out, config_path)
+
+
+async def _orphaned(gateway: Gateway, parent: int) -> None:
+    """A worker whose supervising parent died (kill -9) drains and stops instead of serving on."""
+    while True:
+        if os.getppid() != parent:
+            break
+        await trio.sleep(1.0)  # a polling interval: Linux tells a child nothing when its parent dies
+    log.warning("the supervising process %d is gone: draining", parent)
+    gateway.begin_drain()
 
 
 RESTARTS = 5
@@ -174,7 +184,9 @@ async def _supervise(config: Config, hyper: HypercornConfig, count: int, out: Te
 
     async def worker(number: int, env: Mapping[str, str]) -> None:
         while not stopping.is_set():
-            process = await trio.lowlevel.open_process(argv, pass_fds=(fd,), env=env)
+            # Its own session: a signal to the parent's group (Ctrl-C, killpg) reaches the parent alone,
+            # which forwards it once; a parent that dies (kill -9) is noticed by its workers (`_orphaned`).
+            process = await trio.lowlevel.open_process(argv, pass_fds=(fd,), env=env, start_new_session=True)
             processes[number] = process
             code = await process.wait()
             if stopping.is_set():
@@ -208,7 +220,7 @@ async def _supervise(config: Config, hyper: HypercornConfig, count: int, out: Te
     log.info("stopped")
 
 
-async def _run(config: Config, hyper: HypercornConfig, out: TextIO) -> None:
+async def _run(config: Config, hyper: HypercornConfig, out: TextIO, parent: int | None = None) -> None:
     configure_logging(config.logging)
     async with open_gateway(config) as gateway:
         if gateway.generated_admin_key:
@@ -220,6 +232,8 @@ async def _run(config: Config, hyper: HypercornConfig, out: TextIO) -> None:
             )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, gateway, nursery.cancel_scope)
+            if parent is not None:
+                nursery.start_soon(_orphaned, gateway, parent)
             binds = await nursery.start(partial(_serve_then_stop, gateway, nursery.cancel_scope, hyper))
             gateway.ready = True
             print(f"listening on {binds[0]}", file=out, flush=True)
