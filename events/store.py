@@ -120,10 +120,6 @@ class LedgerStore:
                 self._heartbeats = sqlite3.connect(
                     path, check_same_thread=False, timeout=LOCK_TIMEOUT_S, isolation_level=None
                 )
-                self._heartbeats.execute(
-                    "create table if not exists tollgate_instances (instance text primary key, pid integer,"
-                    " host text, started_at text, beat_at text)"
-                )
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"ledger {path} cannot be opened: {error}") from None
 
@@ -250,6 +246,10 @@ class LedgerStore:
         if self._heartbeats is None:
             self._instances[instance.instance] = instance
             return
+        self._heartbeats.execute(  # made by the first heartbeat: readers (replay --verify) write nothing
+            "create table if not exists tollgate_instances (instance text primary key, pid integer,"
+            " host text, started_at text, beat_at text)"
+        )
         self._heartbeats.execute(
             "insert or replace into tollgate_instances (instance, pid, host, started_at, beat_at)"
             " values (?, ?, ?, ?, ?)",
@@ -266,6 +266,8 @@ class LedgerStore:
         """Every heartbeat row, oldest start first (live or not: the caller judges by `beat_at`)."""
         if self._heartbeats is None:
             rows = list(self._instances.values())
+        elif not self._heartbeats.execute("select 1 from sqlite_master where name = 'tollgate_instances'").fetchone():
+            rows = []
         else:
             rows = [
                 Instance(i, pid, host, datetime.fromisoformat(started), datetime.fromisoformat(beat))
@@ -280,6 +282,8 @@ class LedgerStore:
         if self._heartbeats is None:
             for instance in instances:
                 self._instances.pop(instance, None)
+            return
+        if not self.instances():
             return
         self._heartbeats.executemany("delete from tollgate_instances where instance = ?", [(i,) for i in instances])
 
