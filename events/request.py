@@ -21,12 +21,23 @@ from events.store import Aggregate
 
 class Request(Aggregate):
     class Admitted(Aggregate.Created):
+        """v2 added `instance`: the id of the gateway process that admitted the request (crash
+        recovery settles only the open requests of instances that are gone); a stored v1 event
+        loads with it None (written by a single-process gateway)."""
+
+        class_version = 2
+
         request_id: str
         tenant: str
         model: str
         stream: bool
         reserved_usd: Decimal
         received_at: datetime
+        instance: str | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["instance"] = None
 
     class Rejected(Aggregate.Created):
         request_id: str
@@ -128,9 +139,11 @@ class Request(Aggregate):
         reserved_usd: Decimal,
         received_at: datetime,
         id: uuid.UUID | None = None,
+        instance: str | None = None,
     ) -> Request:
         """`request_id` is the client's correlation id (any tenant may send any); `id`, the
-        aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given)."""
+        aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given);
+        `instance`, the admitting process's instance id."""
         return cls._create(
             cls.Admitted,
             id=id or uuid.uuid4(),
@@ -140,6 +153,7 @@ class Request(Aggregate):
             stream=stream,
             reserved_usd=reserved_usd,
             received_at=received_at,
+            instance=instance,
         )
 
     @classmethod

@@ -137,6 +137,7 @@ class RequestRecord:
             self.admission.reserved_usd,
             self.received_at,
             id=self._exchange.ledger_id,
+            instance=self._journal.instance,
         )
         try:
             self._journal.submit(aggregate.collect_events())
