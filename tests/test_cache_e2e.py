@@ -112,9 +112,7 @@ async def test_a_stream_fills_the_cache_and_a_hit_replays_as_the_same_stream() -
         client = gw.client()
 
         def consume(**extra: Any) -> tuple[list[Any], str]:
-            raw = client.chat.completions.with_raw_response.create(
-                model="sim-1", messages=PROMPT, stream=True, **extra
-            )
+            raw = client.chat.completions.with_raw_response.create(model="sim-1", messages=PROMPT, stream=True, **extra)
             return list(raw.parse()), raw.headers["x-tollgate-cache"]
 
         original, status = await in_thread(consume, stream_options={"include_usage": True})
