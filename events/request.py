@@ -212,10 +212,17 @@ class Request(Aggregate):
         self.trigger_event(kind, **fields)
 
 
-def restate(aggregate_id: uuid.UUID, version: int, timestamp: datetime, **fields: Any) -> Request.CostRestated:
-    """A bare `CostRestated` for request `aggregate_id` at `version` (its terminal event's version
-    plus the restatements it already has, plus one), without loading the aggregate."""
-    return Request.CostRestated(originator_id=aggregate_id, originator_version=version, timestamp=timestamp, **fields)
+def restate(
+    aggregate_id: uuid.UUID,
+    version: int,
+    timestamp: datetime,
+    kind: type[Request.CostRestated | Request.SavingRestated] = Request.CostRestated,
+    **fields: Any,
+) -> Request.CostRestated | Request.SavingRestated:
+    """A bare `CostRestated` (or a cache hit's `SavingRestated`) for request `aggregate_id` at
+    `version` (its terminal event's version plus the restatements it already has, plus one),
+    without loading the aggregate."""
+    return kind(originator_id=aggregate_id, originator_version=version, timestamp=timestamp, **fields)
 
 
 TERMINAL = (Request.Completed, Request.Failed, Request.Cancelled, Request.ServedFromCache, Request.Rejected)

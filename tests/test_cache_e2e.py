@@ -183,3 +183,36 @@ async def test_the_tenant_cache_policy_is_validated_by_the_admin_api() -> None:
         assert bad.status_code == 400 and "cache_ttl_s" in bad.json()["error"]["message"]
         good = await http.post("/admin/tenants", json={"name": "acme", "cache": "deterministic"}, headers=ADMIN)
         assert good.status_code == 201 and good.json()["cache"] == "deterministic"
+
+
+async def test_repricing_restates_a_hits_saving_and_never_bills_it() -> None:
+    async with running_gateway(cached_config()) as gw, gw.http() as http:
+        miss = (await chat(http)).json()
+        hit = (await chat(http)).json()
+        assert hit["x_gateway"]["cache_hit"] is True
+        tenfold = {"sim/sim-1": {"input_per_mtok": "10", "output_per_mtok": "20"}}
+        report = await http.post("/admin/reprice", json={"prices": tenfold, "commit": True}, headers=ADMIN)
+        assert report.status_code == 200, report.text
+        totals = report.json()["totals"]
+        assert totals["restated"] == 1 and totals["savings_restated"] == 1 and totals["requests"] == 1
+        events = [e.event for e in gw.gateway.store.read(0, 10_000)]
+        (saving,) = [e for e in events if isinstance(e, Request.SavingRestated)]
+        assert saving.old_saved_usd == Decimal(hit["x_gateway"]["saved_usd"])
+        assert saving.new_saved_usd == 10 * saving.old_saved_usd
+        (cost,) = [e for e in events if isinstance(e, Request.CostRestated)]
+        assert str(cost.originator_id) == miss["x_gateway"]["ledger_id"], "only the miss is billed again"
+
+        await gw.gateway.projector.wait_for(gw.gateway.journal.position)
+        usage = (await http.get("/v1/usage", headers={"Authorization": f"Bearer {DEMO_KEY}"})).json()
+        assert Decimal(usage["spent_usd"]) == 10 * Decimal(miss["x_gateway"]["cost_usd"])
+        assert Decimal(usage["saved_usd"]) == saving.new_saved_usd
+        assert await gw.gateway.projector.query(lambda p: verify_open(gw.gateway.store, p)) == []
+
+        again = await http.post("/admin/reprice", json={"prices": tenfold, "commit": True}, headers=ADMIN)
+        assert again.json()["totals"]["savings_restated"] == 0, "a saving already at the new price is skipped"
+        back = {"sim/sim-1": {"input_per_mtok": "1", "output_per_mtok": "2"}}
+        twice = await http.post("/admin/reprice", json={"prices": back, "commit": True}, headers=ADMIN)
+        assert twice.json()["totals"]["savings_restated"] == 1, "a second restatement of the same hit"
+        await gw.gateway.projector.wait_for(gw.gateway.journal.position)
+        usage = (await http.get("/v1/usage", headers={"Authorization": f"Bearer {DEMO_KEY}"})).json()
+        assert Decimal(usage["saved_usd"]) == Decimal(hit["x_gateway"]["saved_usd"])
