@@ -43,7 +43,7 @@ output_per_mtok = "1.50"
 [[tenants]]
 name = "bench"
 api_key_env = "BENCH_TENANT_KEY"
-"""
+{tenant_extra}"""
 
 
 # `[logging]` has no switch for the access log (runtime/http/observe.py sets `tollgate.access` to INFO
@@ -66,6 +66,7 @@ class Variant:
     extra_config: str = ""
     quiet_access_log: bool = False
     note: str = ""
+    tenant_config: str = ""  # lines added to the bench tenant's `[[tenants]]` entry
 
     @property
     def target(self) -> str:
@@ -89,6 +90,12 @@ NO_OBS = Variant(
     "with logging.disable(logging.INFO), which drops every INFO line); to measure what observability costs",
 )
 TWINS = (MEMORY, NO_OBS)
+CACHE = Variant(
+    "cache",
+    label=", response cache on",
+    tenant_config='cache = "all"\n',
+    note='the bench tenant with cache = "all" (run by the cache scenario only, not beside the chat twins)',
+)
 TWIN_NAMES = frozenset(v.target for v in TWINS)
 
 
@@ -105,7 +112,11 @@ def write_config(workdir: Path, upstream_base: str, variant: Variant = DEFAULT) 
     where = (
         ":memory:" if variant.memory_ledger else workdir / f"ledger{'-' + variant.name if variant.name else ''}.sqlite3"
     )
-    path.write_text(CONFIG.format(ledger=where, upstream_base=upstream_base, extra=variant.extra_config))
+    path.write_text(
+        CONFIG.format(
+            ledger=where, upstream_base=upstream_base, extra=variant.extra_config, tenant_extra=variant.tenant_config
+        )
+    )
     return path
 
 
