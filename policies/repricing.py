@@ -181,6 +181,18 @@ class Repricer:
         if self.filters.admits(tenant, received_at):
             self._open[aggregate_id] = Admission(request_id, tenant, model, received_at)
 
+    def _selected(self, aggregate_id: str, provider: str | None, served_model: str | None) -> Admission | None:
+        """The admission of a settled request the filters select (and that was served), or None."""
+        admission = self._open.pop(aggregate_id, None)
+        if admission is None or provider is None or served_model is None:
+            return None
+        wanted = self.filters
+        if wanted.provider is not None and provider != wanted.provider:
+            return None
+        if wanted.model is not None and wanted.model not in (admission.model, served_model):
+            return None
+        return admission
+
     def settled(
         self,
         aggregate_id: str,
@@ -191,13 +203,8 @@ class Repricer:
         recorded_cost: Decimal | None,
     ) -> Restatement | None:
         """Price one settled request; the restatement its cost needs, if it changes."""
-        admission = self._open.pop(aggregate_id, None)
+        admission = self._selected(aggregate_id, provider, served_model)
         if admission is None or provider is None or served_model is None:
-            return None
-        wanted = self.filters
-        if wanted.provider is not None and provider != wanted.provider:
-            return None
-        if wanted.model is not None and wanted.model not in (admission.model, served_model):
             return None
         old, restated = self.current.get(aggregate_id, (recorded_cost, 0))
         priced = self.prices.price(provider, served_model, usage, admission.received_at)
@@ -244,13 +251,8 @@ class Repricer:
     ) -> Restatement | None:
         """Price one cache hit's saving (what the answer would have cost); the restatement it
         needs, if it changes. Its cost ($0) is not the price set's business, and not in the rows."""
-        admission = self._open.pop(aggregate_id, None)
+        admission = self._selected(aggregate_id, provider, served_model)
         if admission is None or provider is None or served_model is None:
-            return None
-        wanted = self.filters
-        if wanted.provider is not None and provider != wanted.provider:
-            return None
-        if wanted.model is not None and wanted.model not in (admission.model, served_model):
             return None
         old, restated = self.current.get(aggregate_id, (recorded_saving, 0))
         priced = self.prices.price(provider, served_model, usage, admission.received_at)
