@@ -44,7 +44,7 @@ output_per_mtok = "1.50"
 [[tenants]]
 name = "bench"
 api_key_env = "BENCH_TENANT_KEY"
-"""
+{tenant_extra}"""
 
 
 # `[logging]` has no switch for the access log (runtime/http/observe.py sets `tollgate.access` to INFO
@@ -68,6 +68,7 @@ class Variant:
     quiet_access_log: bool = False
     serve_args: str = ""  # appended to the default command's `serve` arguments
     note: str = ""
+    tenant_config: str = ""  # lines added to the bench tenant's `[[tenants]]` entry
 
     @property
     def target(self) -> str:
@@ -99,6 +100,12 @@ WORKERS_2 = Variant(
     "cores that the load generator shares)",
 )
 TWINS = (MEMORY, NO_OBS, WORKERS_2)
+CACHE = Variant(
+    "cache",
+    label=", response cache on",
+    tenant_config='cache = "all"\n',
+    note='the bench tenant with cache = "all" (run by the cache scenario only, not beside the chat twins)',
+)
 TWIN_NAMES = frozenset(v.target for v in TWINS)
 
 
@@ -115,7 +122,11 @@ def write_config(workdir: Path, upstream_base: str, variant: Variant = DEFAULT) 
     where = (
         ":memory:" if variant.memory_ledger else workdir / f"ledger{'-' + variant.name if variant.name else ''}.sqlite3"
     )
-    path.write_text(CONFIG.format(ledger=where, upstream_base=upstream_base, extra=variant.extra_config))
+    path.write_text(
+        CONFIG.format(
+            ledger=where, upstream_base=upstream_base, extra=variant.extra_config, tenant_extra=variant.tenant_config
+        )
+    )
     return path
 
 

@@ -5,7 +5,10 @@
                    restated_nanousd the sum of those deltas, newly_priced the requests a restatement
                    priced (they are no longer counted in unpriced); as recorded = cost − restated;
                    interrupted_unknown_usage the requests crash recovery settled as `interrupted`
-                   (their usage is unknown: their recorded 0 tokens and $0 are not true)
+                   (their usage is unknown: their recorded 0 tokens and $0 are not true);
+                   cache_hits the requests the response cache answered (billed $0, their tokens the
+                   original answer's), saved_nanousd what they would have cost at the price in force
+                   (as restated by `SavingRestated`), saved_unpriced the hits whose saving is unknown
     outcomes       provider × outcome: count (terminal outcomes, failed attempts, rejections)
     prices         every price entry (the price book)
     tenants        tenant id → name, enabled, policy, source; tenant_keys: key hash → tenant, valid_until
@@ -35,7 +38,7 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 5  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 6  # bump when a table changes: projections are rebuilt from the ledger
 LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
 SPEND_KEY = ("tenant", "day", "model", "provider")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
@@ -96,6 +99,9 @@ def _spend_row(changes: Changes, key: tuple[str, str, str, str]) -> dict[str, An
             "restated": Decimal(0),
             "newly_priced": 0,
             "interrupted_unknown_usage": 0,
+            "cache_hits": 0,
+            "saved": Decimal(0),
+            "saved_unpriced": 0,
         },
     )
 
@@ -154,7 +160,18 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 totals["unpriced"] += 1
             else:
                 totals["cost"] += event.cost_usd
+            if isinstance(event, Request.ServedFromCache):
+                totals["cache_hits"] += 1
+                if event.saved_usd is None:
+                    totals["saved_unpriced"] += 1
+                else:
+                    totals["saved"] += event.saved_usd
             _count(changes, event.provider or "-", event.outcome)
+        elif isinstance(event, Request.SavingRestated):
+            totals = _spend_row(changes, (event.tenant, _day(event.received_at), event.model, event.provider))
+            totals["saved"] += event.new_saved_usd - (event.old_saved_usd or 0)
+            if event.old_saved_usd is None:
+                totals["saved_unpriced"] -= 1
         elif isinstance(event, Request.CostRestated):
             # The row of the original request; its fields are repeated in the event for this.
             totals = _spend_row(changes, (event.tenant, _day(event.received_at), event.model, event.provider))
@@ -292,6 +309,9 @@ class Projections:
                 "restated_nanousd": int,
                 "newly_priced": int,
                 "interrupted_unknown_usage": int,
+                "cache_hits": int,
+                "saved_nanousd": int,
+                "saved_unpriced": int,
             },
             pk=SPEND_KEY,
             if_not_exists=True,
@@ -388,8 +408,8 @@ class Projections:
             db.conn.executemany(
                 """insert into spend (tenant, day, model, provider, requests, prompt_tokens, completion_tokens,
                        cached_tokens, cost_nanousd, unpriced, restated_nanousd, newly_priced,
-                       interrupted_unknown_usage)
-                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       interrupted_unknown_usage, cache_hits, saved_nanousd, saved_unpriced)
+                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    on conflict (tenant, day, model, provider) do update set
                        requests = requests + excluded.requests,
                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
@@ -399,7 +419,10 @@ class Projections:
                        unpriced = unpriced + excluded.unpriced,
                        restated_nanousd = restated_nanousd + excluded.restated_nanousd,
                        newly_priced = newly_priced + excluded.newly_priced,
-                       interrupted_unknown_usage = interrupted_unknown_usage + excluded.interrupted_unknown_usage""",
+                       interrupted_unknown_usage = interrupted_unknown_usage + excluded.interrupted_unknown_usage,
+                       cache_hits = cache_hits + excluded.cache_hits,
+                       saved_nanousd = saved_nanousd + excluded.saved_nanousd,
+                       saved_unpriced = saved_unpriced + excluded.saved_unpriced""",
                 [
                     (
                         *key,
@@ -412,6 +435,9 @@ class Projections:
                         nano(d["restated"]),
                         d["newly_priced"],
                         d["interrupted_unknown_usage"],
+                        d["cache_hits"],
+                        nano(d["saved"]),
+                        d["saved_unpriced"],
                     )
                     for key, d in changes.spend.items()
                 ],
@@ -470,7 +496,9 @@ def spend_report(
 
     `basis` "restated" (the default, what budgets use) folds re-pricings in; "as_recorded" gives the
     costs as first recorded (and counts newly priced requests as unpriced again).
-    `interrupted_unknown_usage` counts requests whose usage is unknown (their $0 is not true)."""
+    `interrupted_unknown_usage` counts requests whose usage is unknown (their $0 is not true);
+    `cache_hits` the requests the response cache answered, `saved_usd` what they would have cost
+    (restated with prices; `saved_unpriced` hits whose saving is unknown)."""
     as_recorded = basis == "as_recorded"
     where, args = [], []
     if tenant is not None:
@@ -498,6 +526,9 @@ def spend_report(
                 "cost": Decimal(0),
                 "unpriced": 0,
                 "interrupted_unknown_usage": 0,
+                "cache_hits": 0,
+                "saved_unpriced": 0,
+                "saved": Decimal(0),
             },
         )
         for field in (
@@ -507,15 +538,18 @@ def spend_report(
             "cached_tokens",
             "unpriced",
             "interrupted_unknown_usage",
+            "cache_hits",
+            "saved_unpriced",
         ):
             total[field] += row[field]
+        total["saved"] += from_nano(row["saved_nanousd"])
         if as_recorded:
             total["unpriced"] += row["newly_priced"]
         total["cost"] += from_nano(row["cost_nanousd"] - (row["restated_nanousd"] if as_recorded else 0))
     rows = []
     for total in groups.values():
-        cost = total.pop("cost")
-        rows.append({**total, "cost_usd": usd_str(cost)})
+        cost, saved = total.pop("cost"), total.pop("saved")
+        rows.append({**total, "cost_usd": usd_str(cost), "saved_usd": usd_str(saved)})
     return rows
 
 

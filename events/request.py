@@ -1,6 +1,7 @@
 """One `Request` aggregate per client request: the ledger's record of what happened and what it cost.
 
     Admitted → AttemptFailed* → Completed | Failed | Cancelled → CostRestated*   (dispatched to a provider)
+    Admitted → ServedFromCache                                                    (answered by the cache)
     Rejected                                                                      (refused before dispatch)
 
 Usage is a fact; cost is derived from it by `policies.cost` with the price in force when the request
@@ -111,6 +112,26 @@ class Request(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.restatements += 1
 
+    class SavingRestated(Aggregate.Event):
+        """A re-pricing changed a cache hit's `saved_usd` from `old_saved_usd` (None: unpriced) to
+        `new_saved_usd`; its cost stays $0 (a hit is never billed). Repeats what the projections need,
+        like `CostRestated`, and counts as a restatement."""
+
+        request_id: str
+        tenant: str
+        model: str
+        received_at: datetime
+        provider: str
+        served_model: str
+        old_saved_usd: Decimal | None
+        new_saved_usd: Decimal
+        price_ref: str
+        fingerprint: str
+        repricing_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.restatements += 1
+
     class Completed(Settled):
         pass
 
@@ -119,6 +140,14 @@ class Request(Aggregate):
 
     class Cancelled(Settled):
         pass
+
+    class ServedFromCache(Settled):
+        """The response cache answered (outcome `cache_hit`): the counts are the original answer's
+        usage, `cost_usd` is 0 (a hit bills nothing), `provider`/`served_model` the deployment that
+        produced the answer, and `saved_usd` what it would have cost there at the price in force
+        (`price_ref`; None: unpriced). Re-pricing restates `saved_usd`, never `cost_usd`."""
+
+        saved_usd: Decimal | None = None
 
     def __init__(self, request_id: str, tenant: str, model: str | None, stream: bool, **_: Any) -> None:
         self.request_id = request_id
@@ -197,10 +226,17 @@ class Request(Aggregate):
         self.trigger_event(kind, **fields)
 
 
-def restate(aggregate_id: uuid.UUID, version: int, timestamp: datetime, **fields: Any) -> Request.CostRestated:
-    """A bare `CostRestated` for request `aggregate_id` at `version` (its terminal event's version
-    plus the restatements it already has, plus one), without loading the aggregate."""
-    return Request.CostRestated(originator_id=aggregate_id, originator_version=version, timestamp=timestamp, **fields)
+def restate(
+    aggregate_id: uuid.UUID,
+    version: int,
+    timestamp: datetime,
+    kind: type[Request.CostRestated | Request.SavingRestated] = Request.CostRestated,
+    **fields: Any,
+) -> Request.CostRestated | Request.SavingRestated:
+    """A bare `CostRestated` (or a cache hit's `SavingRestated`) for request `aggregate_id` at
+    `version` (its terminal event's version plus the restatements it already has, plus one),
+    without loading the aggregate."""
+    return kind(originator_id=aggregate_id, originator_version=version, timestamp=timestamp, **fields)
 
 
-TERMINAL = (Request.Completed, Request.Failed, Request.Cancelled, Request.Rejected)
+TERMINAL = (Request.Completed, Request.Failed, Request.Cancelled, Request.ServedFromCache, Request.Rejected)

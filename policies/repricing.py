@@ -134,6 +134,9 @@ class Restatement:
     old_cost_usd: Decimal | None
     new_cost_usd: Decimal
     price_ref: str
+    saving: bool = False
+    """A cache hit's `saved_usd` changes (a `SavingRestated`; the old and new amounts are savings):
+    a hit is never billed, so its cost is never restated."""
 
 
 @attrs.define
@@ -172,10 +175,23 @@ class Repricer:
         self._open: dict[str, Admission] = {}
         self._rows: dict[tuple[str, str, str], _Row] = {}
         self.newly_priced_requests: list[str] = []
+        self.savings_restated = 0
 
     def admitted(self, aggregate_id: str, request_id: str, tenant: str, model: str, received_at: datetime) -> None:
         if self.filters.admits(tenant, received_at):
             self._open[aggregate_id] = Admission(request_id, tenant, model, received_at)
+
+    def _selected(self, aggregate_id: str, provider: str | None, served_model: str | None) -> Admission | None:
+        """The admission of a settled request the filters select (and that was served), or None."""
+        admission = self._open.pop(aggregate_id, None)
+        if admission is None or provider is None or served_model is None:
+            return None
+        wanted = self.filters
+        if wanted.provider is not None and provider != wanted.provider:
+            return None
+        if wanted.model is not None and wanted.model not in (admission.model, served_model):
+            return None
+        return admission
 
     def settled(
         self,
@@ -187,13 +203,8 @@ class Repricer:
         recorded_cost: Decimal | None,
     ) -> Restatement | None:
         """Price one settled request; the restatement its cost needs, if it changes."""
-        admission = self._open.pop(aggregate_id, None)
+        admission = self._selected(aggregate_id, provider, served_model)
         if admission is None or provider is None or served_model is None:
-            return None
-        wanted = self.filters
-        if wanted.provider is not None and provider != wanted.provider:
-            return None
-        if wanted.model is not None and wanted.model not in (admission.model, served_model):
             return None
         old, restated = self.current.get(aggregate_id, (recorded_cost, 0))
         priced = self.prices.price(provider, served_model, usage, admission.received_at)
@@ -229,6 +240,40 @@ class Repricer:
             priced.price_ref,
         )
 
+    def served_from_cache(
+        self,
+        aggregate_id: str,
+        version: int,
+        provider: str | None,
+        served_model: str | None,
+        usage: Usage,
+        recorded_saving: Decimal | None,
+    ) -> Restatement | None:
+        """Price one cache hit's saving (what the answer would have cost); the restatement it
+        needs, if it changes. Its cost ($0) is not the price set's business, and not in the rows."""
+        admission = self._selected(aggregate_id, provider, served_model)
+        if admission is None or provider is None or served_model is None:
+            return None
+        old, restated = self.current.get(aggregate_id, (recorded_saving, 0))
+        priced = self.prices.price(provider, served_model, usage, admission.received_at)
+        if priced.cost_usd is None or priced.price_ref is None or priced.cost_usd == old:
+            return None
+        self.savings_restated += 1
+        return Restatement(
+            uuid.UUID(aggregate_id),
+            version + restated + 1,
+            admission.request_id,
+            admission.tenant,
+            admission.model,
+            admission.received_at,
+            provider,
+            served_model,
+            old,
+            priced.cost_usd,
+            priced.price_ref,
+            saving=True,
+        )
+
     def rows(self) -> list[dict[str, Any]]:
         return [
             {
@@ -261,4 +306,5 @@ class Repricer:
             "newly_priced": sum(r.newly_priced for r in rows),
             "restated": sum(r.restated for r in rows),
             "unpriced": sum(r.unpriced for r in rows),
+            "savings_restated": self.savings_restated,
         }

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import attrs
 
 from events.money import usd, usd_str
+from policies.cache import CacheMode
 from policies.routing import RoutingIndex
 
 
@@ -36,6 +37,8 @@ class TenantPolicy:
     allowed_models: tuple[str, ...] = ()
     default_provider: str | None = None
     fallback_providers: tuple[str, ...] = ()
+    cache: CacheMode = "off"  # the response cache (policies.cache): "off", "deterministic" or "all"
+    cache_ttl_s: int = attrs.field(default=3600, validator=attrs.validators.ge(1))
 
     @budget_usd.validator
     def _check_budget(self, _: Any, value: Decimal | None) -> None:

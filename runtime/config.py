@@ -101,6 +101,14 @@ class LedgerConfig:
 
 
 @attrs.frozen
+class CacheConfig:
+    """The response cache's side table in the ledger database (tenants opt in with their `cache` policy)."""
+
+    max_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
+    """Bound on the stored answers' total size; the least recently used go first (0: store nothing)."""
+
+
+@attrs.frozen
 class AdminConfig:
     api_key_env: str = "TOLLGATE_ADMIN_KEY"
 
@@ -149,6 +157,7 @@ class TenantConfig(TenantPolicy):
 class Config:
     server: ServerConfig = ServerConfig()
     ledger: LedgerConfig = LedgerConfig()
+    cache: CacheConfig = CacheConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

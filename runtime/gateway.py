@@ -46,6 +46,7 @@ from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
 from runtime.ledger.breakers import BreakerLog
+from runtime.ledger.cache import CacheStore, ResponseCache
 from runtime.ledger.instances import HEARTBEAT_S, Instances
 from runtime.ledger.journal import Journal, JournalStatistics, LedgerUnavailable
 from runtime.ledger.projector import Projector, projections_path
@@ -109,6 +110,8 @@ class Gateway:
     telemetry: Telemetry = attrs.field(factory=Telemetry)
     """Traces (`[tracing]`): the HTTP edge opens each request's server span with its tracer."""
     tenant_actors: TenantActors | None = None
+    cache: ResponseCache | None = None
+    """The response cache, a side table of the ledger's database (`runtime.ledger.cache`)."""
     http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
     """Wall time for money: received_at, prices in force, budget periods (tests pass a virtual one)."""
@@ -308,6 +311,7 @@ async def open_gateway(
     if not admin_key:
         admin_key = generated = new_key("tga-")
     store, projections = await trio.to_thread.run_sync(_open_ledger, config.ledger.path)
+    cache_store = await trio.to_thread.run_sync(CacheStore, config.ledger.path, config.cache.max_bytes)
     books = Books(projections)
     projector = Projector(store, projections)
     instance = Instance(uuid.uuid4().hex[:12], os.getpid(), socket.gethostname(), datetime.now(UTC), datetime.now(UTC))
@@ -341,6 +345,7 @@ async def open_gateway(
         instances=Instances(store, instance, journal.limiter),
         generated_admin_key=generated,
         telemetry=Telemetry.start(config.tracing, environ),
+        cache=ResponseCache(cache_store),
     )
     if clock is not None:
         gateway.clock = clock
@@ -380,6 +385,7 @@ async def open_gateway(
                 await handle.upstream.aclose()
         store.close()
         projections.close()
+        cache_store.close()
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 

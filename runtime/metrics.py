@@ -27,9 +27,12 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 
 
 class _CostCollector(Collector):
-    """`tollgate_cost_usd_total{tenant, model, provider}` from exact Decimal sums."""
+    """A USD counter (`tollgate_cost_usd_total{tenant, model, provider}` by default) from exact Decimal sums."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, name: str = "tollgate_cost_usd", help_: str = "Cost charged to tenants, in USD (the ledger's exact sums)"
+    ) -> None:
+        self._name, self._help = name, help_
         self._sums: dict[tuple[str, str, str], Decimal] = {}
         self._lock = Lock()  # scrapes may come from prometheus-client's own server thread
 
@@ -38,11 +41,7 @@ class _CostCollector(Collector):
             self._sums[labels] = self._sums.get(labels, Decimal(0)) + cost
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "tollgate_cost_usd",
-            "Cost charged to tenants, in USD (the ledger's exact sums)",
-            labels=["tenant", "model", "provider"],
-        )
+        family = CounterMetricFamily(self._name, self._help, labels=["tenant", "model", "provider"])
         with self._lock:
             sums = list(self._sums.items())
         for labels, total in sums:
@@ -129,8 +128,18 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=registry,
         )
+        self.cache = Counter(
+            "tollgate_cache_lookups",
+            "Chat requests by what the response cache did (hit, miss, bypass)",
+            ["tenant", "result"],
+            registry=registry,
+        )
         self._cost = _CostCollector()
         registry.register(self._cost)
+        self._saved = _CostCollector(
+            "tollgate_cache_saved_usd", "What cache hits would have cost at the price in force, in USD"
+        )
+        registry.register(self._saved)
         self._live: Collector | None = None
         self.url: str | None = None  # where `[metrics] port` serves, once bound
 
@@ -165,6 +174,12 @@ class Metrics:
             self._cost.add((tenant_label, model_label, provider_label), cost_usd)
         self.duration.labels("chat", provider_label, model_label, outcome).observe(latency_s)
         self.overhead.labels(provider_label).observe(overhead_s)
+
+    def cache_used(self, tenant: str, model: str, provider: str | None, result: str, saved_usd: Decimal | None) -> None:
+        """The response cache answered (`hit`, with what it saved when priced), or not (`miss`, `bypass`)."""
+        self.cache.labels(self.label_tenant(tenant), result).inc()
+        if saved_usd:
+            self._saved.add((self.label_tenant(tenant), self.label_model(model), provider or "none"), saved_usd)
 
     def attempted(self, chain: Iterable[tuple[str, str]]) -> None:
         """A request's attempts in order, each `(provider, result)`: a retry repeats the provider

@@ -206,7 +206,8 @@ async def test_cli_talks_to_the_admin_api() -> None:
         assert "cli-co" in listed.stdout and "demo" in listed.stdout
         spend = await trio.to_thread.run_sync(lambda: cli("spend", "--format", "csv", "--group-by", "tenant"))
         assert spend.stdout.splitlines()[0] == (
-            "tenant,requests,prompt_tokens,completion_tokens,cached_tokens,unpriced,interrupted_unknown_usage,cost_usd"
+            "tenant,requests,prompt_tokens,completion_tokens,cached_tokens,unpriced,interrupted_unknown_usage,"
+            "cache_hits,saved_unpriced,cost_usd,saved_usd"
         )
         assert spend.stdout.splitlines()[1].startswith("cli-co,1,")
         priced = await trio.to_thread.run_sync(

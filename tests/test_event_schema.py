@@ -88,6 +88,23 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
         request.attempt_failed(draw(text), draw(text), draw(text), status, draw(st.booleans()))
         request.settle(kind, **draw(settle_fields()))
         requests.append(request)
+    hit = Request.admit(draw(text), draw(text), draw(text), draw(st.booleans()), draw(money), draw(moments))
+    hit.settle(Request.ServedFromCache, **draw(settle_fields()), saved_usd=draw(st.one_of(st.none(), money)))
+    hit.trigger_event(
+        Request.SavingRestated,
+        request_id=draw(text),
+        tenant=draw(text),
+        model=draw(text),
+        received_at=draw(moments),
+        provider=draw(text),
+        served_model=draw(text),
+        old_saved_usd=draw(st.one_of(st.none(), money)),
+        new_saved_usd=draw(money),
+        price_ref=draw(text),
+        fingerprint=draw(text),
+        repricing_id=draw(text),
+    )
+    requests.append(hit)
     requests[0].trigger_event(
         Request.CostRestated,
         request_id=draw(text),

@@ -7,6 +7,7 @@ cannot run now (reported as "skipped: <why>") or None, and ``run(ctx)`` returnin
 from __future__ import annotations
 
 from bench.scenario import Scenario
+from bench.scenarios.cache import CacheScenario
 from bench.scenarios.chat import ChatScenario
 from bench.scenarios.disconnect import DisconnectScenario
 from bench.scenarios.ledger import LedgerScenario
@@ -19,6 +20,7 @@ SCENARIOS: list[Scenario] = [
     DisconnectScenario(),
     LedgerScenario(),
     RepricingScenario(),
+    CacheScenario(),
 ]
 
 

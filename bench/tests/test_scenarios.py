@@ -6,7 +6,7 @@ from bench.scenarios import SCENARIOS, by_name
 
 
 def test_registry_order_and_names() -> None:
-    assert [s.name for s in SCENARIOS] == ["chat", "stream", "disconnect", "ledger", "repricing"]
+    assert [s.name for s in SCENARIOS] == ["chat", "stream", "disconnect", "ledger", "repricing", "cache"]
     assert [s.name for s in by_name(["stream", "chat"])] == ["chat", "stream"]
 
 

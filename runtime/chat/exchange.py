@@ -79,8 +79,11 @@ class Exchange:
     def overhead_ms(self) -> float:
         return round(max(time.perf_counter() - self.started - self.upstream_s, 0.0) * 1000, 3)
 
-    def x_gateway(self, served: Deployment, attempts: int, cost_usd: str | None = None) -> dict[str, Any]:
-        """The gateway's account of an answer: who served it (after `attempts` attempts), timings, cost."""
+    def x_gateway(
+        self, served: Deployment, attempts: int, cost_usd: str | None = None, cache_hit: bool = False
+    ) -> dict[str, Any]:
+        """The gateway's account of an answer: who served it (after `attempts` attempts; for a cache
+        hit, who produced the cached answer, after 0), timings, cost."""
         return {
             "provider": served.provider,
             "served_model": served.model,
@@ -90,6 +93,6 @@ class Exchange:
             "latency_ms": self.latency_ms(),
             "overhead_ms": self.overhead_ms(),
             "cost_usd": cost_usd,
-            "cache_hit": False,
+            "cache_hit": cache_hit,
             "attempts": attempts,
         }

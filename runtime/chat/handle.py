@@ -10,6 +10,7 @@ or a `Streaming` relay, each with its headers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -17,18 +18,22 @@ from typing import Any, Protocol, TypeVar
 import attrs
 import trio
 
+from events.money import usd_str
 from events.request import Request
+from policies import cache
 from policies.errors import RequestRefused
 from policies.routing import Deployment, RoutingIndex
 from policies.validation import parse_chat_request, parse_json
 from runtime.actors.provider import ProviderHandle
 from runtime.actors.tenant import TenantActors
 from runtime.chat import router
+from runtime.chat.cached import CachedAnswer, Replay, cacheable
 from runtime.chat.exchange import Exchange
 from runtime.chat.record import RequestRecord, estimate_usage, reject
 from runtime.chat.relay import StreamRelay
 from runtime.errors import ModelNotFound
-from runtime.ledger.books import Books
+from runtime.ledger.books import Books, TenantView
+from runtime.ledger.cache import ResponseCache
 from runtime.ledger.journal import Journal
 from runtime.metrics import Metrics
 
@@ -59,6 +64,10 @@ class ChatParts:
     clock: Callable[[], datetime]  # wall time for money
     draining: trio.Event
     metrics: Metrics
+    cache: ResponseCache | None = None  # the response cache (tenants opt in with their `cache` policy)
+
+
+log = logging.getLogger("tollgate.chat")
 
 
 @attrs.frozen
@@ -73,7 +82,7 @@ class Answered:
 class Streaming:
     """A stream that has started: the relay to iterate (and close when the request ends) and headers."""
 
-    relay: StreamRelay
+    relay: StreamRelay | Replay
     headers: dict[str, str]
 
 
@@ -83,6 +92,7 @@ async def handle_chat(
     authorization: str | None,
     read_body: Callable[[], Awaitable[bytes | str]],
     judge: Callable[[RequestRefused | ModelNotFound], V],
+    cache_control: str | None = None,
 ) -> Answered | Streaming | V:
     tenant = parts.books.authenticate(authorization)  # before the body is read: an unknown key gets its 401 first
     received_at = parts.clock()
@@ -109,6 +119,8 @@ async def handle_chat(
         chat = attrs.evolve(
             chat, body={**chat.body, "max_tokens": admission.output_cap}, max_tokens=admission.output_cap
         )
+    plan = cache_plan(parts, tenant, "chat", chat.model, chat.body, cache_control)
+    hit = await lookup(parts, tenant, plan)
     record = RequestRecord(
         exchange,
         tenant,
@@ -123,13 +135,19 @@ async def handle_chat(
     )
     await record.open()
     exchange.quotas = admission.quotas
+    if hit is not None:
+        return await answer_from_cache(parts, record, exchange, hit)
+    parts.metrics.cache_used(tenant.name, chat.model, None, plan.status, None)
+    cache_header = {"x-tollgate-cache": plan.status}
+    fill = cache_filler(parts, tenant, plan, record)
     if chat.stream:
         attempt, upstream, opening = await router.open_stream(parts.providers, record, exchange)
-        relay = StreamRelay(attempt, upstream, opening, record, exchange)  # settles when the stream ends
+        relay = StreamRelay(attempt, upstream, opening, record, exchange, fill)  # settles when the stream ends
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
             "x-tollgate-overhead-ms": str(exchange.overhead_ms()),
+            **cache_header,
         }
         return Streaming(relay, headers)
     attempt, completion = await router.complete(parts.providers, record, exchange)
@@ -143,6 +161,68 @@ async def handle_chat(
     answer = completion.body
     if (corrected := record.corrected_usage) is not None:
         answer["usage"] = corrected.as_openai()
+    if fill is not None:
+        await fill(answer, attempt.deployment)
     x_gateway = exchange.x_gateway(attempt.deployment, attempt.number, record.cost_str())
     answer["x_gateway"] = x_gateway
-    return Answered(answer, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"])})
+    return Answered(answer, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"]), **cache_header})
+
+
+def cache_plan(
+    parts: ChatParts, tenant: TenantView, operation: str, model: str, body: Mapping[str, Any], cache_control: str | None
+) -> cache.CachePlan:
+    """What this request does with the response cache (none at all without one)."""
+    if parts.cache is None:
+        return cache.BYPASS
+    policy = tenant.tenant_policy
+    return cache.plan(policy.cache, policy.cache_ttl_s, tenant.id, operation, model, body, cache_control)
+
+
+async def lookup(parts: ChatParts, tenant: TenantView, plan: cache.CachePlan) -> CachedAnswer | None:
+    """The cached answer for `plan`, if it says to look and one is stored; a store that fails is a miss."""
+    if parts.cache is None or plan.key is None or not plan.read:
+        return None
+    try:
+        found = await parts.cache.get(plan.key, tenant.id, parts.clock().timestamp())
+        return None if found is None else CachedAnswer.decode(found)
+    except Exception:  # the cache is an optimisation: never a reason to fail the request
+        log.exception("response cache lookup failed; answering from the provider")
+        return None
+
+
+def cache_filler(
+    parts: ChatParts, tenant: TenantView, plan: cache.CachePlan, record: RequestRecord
+) -> Callable[[dict[str, Any], Deployment], Awaitable[None]] | None:
+    """How a successful answer of this request is stored (None: it is not)."""
+    store, key = parts.cache, plan.key
+    if store is None or key is None or not plan.write:
+        return None
+
+    async def fill(completion: dict[str, Any], served: Deployment) -> None:
+        usage = record.billed
+        if usage is None or usage.source != "provider" or not cacheable(completion):
+            return  # only complete answers whose usage the provider reported
+        entry = CachedAnswer(completion, usage, served).encode()
+        try:
+            await store.put(key, tenant.id, entry, parts.clock().timestamp(), plan.ttl_s)
+        except Exception:
+            log.exception("response cache write failed; the answer is not cached")
+
+    return fill
+
+
+async def answer_from_cache(
+    parts: ChatParts, record: RequestRecord, exchange: Exchange, hit: CachedAnswer
+) -> Answered | Streaming:
+    """Settle a hit (its own terminal event: $0 billed, the saving recorded) and answer with it."""
+    saved = await record.serve_from_cache(hit.usage, hit.served)
+    parts.metrics.cache_used(record.tenant.name, record.chat.model, hit.served.provider, "hit", saved.cost_usd)
+    x_gateway = exchange.x_gateway(hit.served, 0, record.cost_str(), cache_hit=True)
+    x_gateway["saved_usd"] = None if saved.cost_usd is None else usd_str(saved.cost_usd)
+    headers = {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"]), "x-tollgate-cache": "hit"}
+    if record.chat.stream:
+        replay = Replay(hit.replay(record.chat.include_usage, x_gateway))
+        return Streaming(replay, {"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
+    answer = hit.body()
+    answer["x_gateway"] = x_gateway
+    return Answered(answer, headers)

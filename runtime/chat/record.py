@@ -61,6 +61,7 @@ def append_terminal(
     latency_us: int = 0,
     overhead_us: int = 0,
     reported_usage: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> None:
     """Append a request's terminal event: the one place its fields are spelled out (settlement here,
     and the gateway's crash recovery, which settles what an earlier stop left open)."""
@@ -78,6 +79,7 @@ def append_terminal(
         overhead_us=overhead_us,
         outcome=outcome,
         reported_usage=reported_usage,
+        **extra,
     )
 
 
@@ -212,6 +214,33 @@ class RequestRecord:
         with self._exchange.spanned("tollgate.ledger.commit", {"tollgate.outcome": outcome}):
             await self._journal.commit(self._aggregate.collect_events())
         return priced
+
+    async def serve_from_cache(self, usage: Usage, served: Deployment) -> Priced:
+        """Settle as a cache hit: the original `usage`, produced by `served`; $0 billed, the
+        reservation released, and what it would have cost at the price in force recorded as
+        `saved_usd` (None: unpriced). Returns the saving. Not idempotent with `settle`: call one."""
+        assert self._aggregate is not None and self.priced is None
+        saved = self._prices.price(served.provider, served.model, usage, self.received_at)
+        if not usage.total_tokens:
+            saved = Priced(ZERO, saved.price_ref)
+        self.priced = Priced(ZERO, saved.price_ref)
+        self._account("cache_hit", usage, self.priced, served)
+        await self._settle_reservation(self.admission, ZERO, 0)
+        append_terminal(
+            self._aggregate,
+            Request.ServedFromCache,
+            "cache_hit",
+            usage,
+            self.priced,
+            served,
+            latency_us=int(self._exchange.latency_ms() * 1000),
+            overhead_us=int(self._exchange.overhead_ms() * 1000),
+            saved_usd=saved.cost_usd,
+        )
+        self.billed = usage
+        with self._exchange.spanned("tollgate.ledger.commit", {"tollgate.outcome": "cache_hit"}):
+            await self._journal.commit(self._aggregate.collect_events())
+        return saved
 
     def _account(self, outcome: str, usage: Usage, priced: Priced, served: Deployment | None) -> None:
         """Metrics and the exchange's account of the settlement: the exact Decimal cost, the billed tokens."""

@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from events.request import Request
 from events.usage import Usage
+from policies.routing import Deployment
 from providers.errors import ProviderError, UpstreamTimeout
 from providers.upstream import Chunk, ChunkStream
 from runtime.actors.provider import CANCELLED, SUCCESS, Outcome
+from runtime.chat.cached import assemble
 from runtime.chat.exchange import Exchange
 from runtime.chat.record import RequestRecord, estimate_usage
 from runtime.chat.router import Attempt, attempt_failed, close_quietly
@@ -42,8 +45,12 @@ class StreamRelay:
         opening: list[Chunk],
         record: RequestRecord,
         exchange: Exchange,
+        fill: Callable[[dict[str, Any], Deployment], Awaitable[None]] | None = None,
     ) -> None:
+        """`fill`, when given, stores the answer a complete, successful stream amounts to (the cache)."""
         self._attempt = attempt
+        self._fill = fill
+        self._chunks: list[dict[str, Any]] | None = [] if fill is not None else None
         self._timeouts = timeouts = attempt.timeouts
         self._deadline = attempt.started + timeouts.total_s if timeouts.total_s else math.inf
         self._stream = stream
@@ -80,6 +87,10 @@ class StreamRelay:
                 )
         if not batch:
             await self._finish(SUCCESS, Request.Completed, "ok")
+            if self._fill is not None and self._chunks is not None:
+                completion = assemble(self._chunks)
+                if completion is not None:
+                    await self._fill(completion, self._attempt.deployment)
             return self._closing()
         if not self._first_sent:  # time to first token, as the client gets it
             self._first_sent = True
@@ -105,6 +116,8 @@ class StreamRelay:
     def _encode(self, batch: list[Chunk]) -> bytes:
         out = []
         self._last = batch[-1].data
+        if self._chunks is not None:
+            self._chunks.extend(chunk.data for chunk in batch)
         for chunk in batch:
             self.content_bytes += chunk.content_bytes
             text = chunk.raw

@@ -533,6 +533,9 @@ async def usage() -> Response:
             "requests": rows[0]["requests"] if rows else 0,
             "unpriced_requests": rows[0]["unpriced"] if rows else 0,
             "interrupted_unknown_usage": rows[0]["interrupted_unknown_usage"] if rows else 0,
+            "cache_hits": rows[0]["cache_hits"] if rows else 0,
+            "saved_usd": rows[0]["saved_usd"] if rows else usd_str(ZERO),
+            "saved_unpriced": rows[0]["saved_unpriced"] if rows else 0,
         }
     )
 
@@ -545,13 +548,16 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cached_tokens": 0,
         "unpriced": 0,
         "interrupted_unknown_usage": 0,
+        "cache_hits": 0,
+        "saved_unpriced": 0,
     }
-    cost = ZERO
+    cost = saved = ZERO
     for row in rows:
         for field in totals:
             totals[field] += row[field]
         cost += Decimal(row["cost_usd"])
-    return {**totals, "cost_usd": usd_str(cost)}
+        saved += Decimal(row["saved_usd"])
+    return {**totals, "cost_usd": usd_str(cost), "saved_usd": usd_str(saved)}
 
 
 def _effective_from(value: Any) -> datetime | None:

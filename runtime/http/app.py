@@ -244,6 +244,7 @@ def chat_parts(gateway: Gateway) -> ChatParts:
         clock=gateway.clock,
         draining=gateway.draining,
         metrics=gateway.metrics,
+        cache=gateway.cache,
     )
 
 
@@ -294,6 +295,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             request.headers.get("Authorization"),
             lambda: request.get_data(cache=False, as_text=False),
             error_reply,
+            request.headers.get("Cache-Control"),
         )
         if isinstance(answer, ErrorReply):  # refused, and recorded so
             return answer.response()

@@ -56,7 +56,9 @@ class Ledger(Protocol):
 PAGE = 20_000
 ADMITTED = topic_of(Request.Admitted)
 SETTLED = tuple(topic_of(kind) for kind in (Request.Completed, Request.Failed, Request.Cancelled))
+HIT = topic_of(Request.ServedFromCache)
 RESTATED = topic_of(Request.CostRestated)
+SAVING_RESTATED = topic_of(Request.SavingRestated)
 PRICES = (topic_of(PriceList.PriceSet), topic_of(PriceList.PriceRemoved))
 REQUEST_FIELDS: dict[str, type] = {
     "request_id": str,
@@ -69,6 +71,7 @@ REQUEST_FIELDS: dict[str, type] = {
     "completion_tokens": int,
     "cached_tokens": int,
     "cost_usd": Decimal,
+    "saved_usd": Decimal,
 }
 PRICE_FIELDS: dict[str, type] = {
     "key": str,
@@ -106,11 +109,14 @@ class Report:
 
 
 def current_costs(store: LedgerStore, until: int) -> dict[str, tuple[Decimal | None, int]]:
-    """Each restated request's latest cost and how many restatements it has, up to `until`."""
+    """Each restated request's latest cost (a cache hit's: its latest saving) and how many
+    restatements it has, up to `until`."""
     current: dict[str, tuple[Decimal | None, int]] = {}
-    for page in store.scan([RESTATED], {"new_cost_usd": Decimal}, 0, until, PAGE):
+    fields = {"new_cost_usd": Decimal, "new_saved_usd": Decimal}
+    for page in store.scan([RESTATED, SAVING_RESTATED], fields, 0, until, PAGE):
         for raw in page:
-            current[raw.originator_id] = (raw.state["new_cost_usd"], current.get(raw.originator_id, (None, 0))[1] + 1)
+            amount = raw.state["new_saved_usd" if raw.topic == SAVING_RESTATED else "new_cost_usd"]
+            current[raw.originator_id] = (amount, current.get(raw.originator_id, (None, 0))[1] + 1)
     return current
 
 
@@ -143,7 +149,7 @@ class Scan:
         """The next page's restatements, or None when the scan is done."""
         if self.repricer is None:
             self.repricer = Repricer(self.prices, self.filters, current_costs(self.store, self.until))
-            self._pages = self.store.scan([ADMITTED, *SETTLED], REQUEST_FIELDS, 0, self.until, PAGE)
+            self._pages = self.store.scan([ADMITTED, *SETTLED, HIT], REQUEST_FIELDS, 0, self.until, PAGE)
         assert self._pages is not None
         page = next(self._pages, None)
         if page is None:
@@ -158,13 +164,11 @@ class Scan:
                     raw.originator_id, state["request_id"], state["tenant"], state["model"], state["received_at"]
                 )
                 continue
-            restatement = repricer.settled(
-                raw.originator_id,
-                raw.version,
-                state["provider"],
-                state["served_model"],
-                Usage(state["prompt_tokens"], state["completion_tokens"], state["cached_tokens"]),
-                state["cost_usd"],
+            usage = Usage(state["prompt_tokens"], state["completion_tokens"], state["cached_tokens"])
+            price = repricer.served_from_cache if raw.topic == HIT else repricer.settled
+            recorded = state["saved_usd"] if raw.topic == HIT else state["cost_usd"]
+            restatement = price(
+                raw.originator_id, raw.version, state["provider"], state["served_model"], usage, recorded
             )
             if restatement is not None:
                 found.append(restatement)
@@ -185,18 +189,28 @@ class Scan:
 
 
 def restatement_events(found: list[Restatement], prices: PriceSet, repricing_id: uuid.UUID) -> list[Any]:
+    """A `CostRestated` per restatement; a cache hit's is a `SavingRestated` (its cost stays $0)."""
     now = datetime.now(UTC)
-    return [
-        restate(
-            r.aggregate_id,
-            r.version,
-            now,
-            **attrs.asdict(r, recurse=False, filter=lambda field, _: field.name not in ("aggregate_id", "version")),
-            fingerprint=prices.fingerprint,
-            repricing_id=str(repricing_id),
+    events: list[Any] = []
+    for r in found:
+        fields = attrs.asdict(r, recurse=False, filter=lambda field, _: field.name not in ("aggregate_id", "version"))
+        if fields.pop("saving"):
+            fields["old_saved_usd"], fields["new_saved_usd"] = fields.pop("old_cost_usd"), fields.pop("new_cost_usd")
+            kind: type[Any] = Request.SavingRestated
+        else:
+            kind = Request.CostRestated
+        events.append(
+            restate(
+                r.aggregate_id,
+                r.version,
+                now,
+                kind,
+                **fields,
+                fingerprint=prices.fingerprint,
+                repricing_id=str(repricing_id),
+            )
         )
-        for r in found
-    ]
+    return events
 
 
 def dry_run(
@@ -238,7 +252,7 @@ async def steps_in_gateway(
                 await gateway.journal.commit(restatement_events(found, prices, repricing_id))
             yield scan.position, scan.until
         report = scan.report()
-        if not commit or not report.totals["restated"]:
+        if not commit or not (report.totals["restated"] or report.totals["savings_restated"]):
             yield report
             return
         totals = report.totals
