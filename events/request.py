@@ -21,14 +21,28 @@ from events.store import Aggregate
 
 class Request(Aggregate):
     class Admitted(Aggregate.Created):
+        """v2 added `operation`: which API the client called ("chat", "messages", "responses",
+        "embeddings"); a stored v1 event loads as "chat" (the only one there was)."""
+
+        class_version = 2
+
         request_id: str
         tenant: str
         model: str
         stream: bool
         reserved_usd: Decimal
         received_at: datetime
+        operation: str = "chat"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["operation"] = "chat"
 
     class Rejected(Aggregate.Created):
+        """v2 added `operation`, as `Admitted`; a stored v1 event loads as "chat"."""
+
+        class_version = 2
+
         request_id: str
         tenant: str
         model: str | None
@@ -36,6 +50,11 @@ class Request(Aggregate):
         reason: str
         status: int
         received_at: datetime
+        operation: str = "chat"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["operation"] = "chat"
 
     class AttemptFailed(Aggregate.Event):
         provider: str
@@ -109,8 +128,11 @@ class Request(Aggregate):
     class Cancelled(Settled):
         pass
 
-    def __init__(self, request_id: str, tenant: str, model: str | None, stream: bool, **_: Any) -> None:
+    def __init__(
+        self, request_id: str, tenant: str, model: str | None, stream: bool, operation: str = "chat", **_: Any
+    ) -> None:
         self.request_id = request_id
+        self.operation = operation
         self.tenant = tenant
         self.model = model
         self.stream = stream
@@ -128,6 +150,7 @@ class Request(Aggregate):
         reserved_usd: Decimal,
         received_at: datetime,
         id: uuid.UUID | None = None,
+        operation: str = "chat",
     ) -> Request:
         """`request_id` is the client's correlation id (any tenant may send any); `id`, the
         aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given)."""
@@ -140,6 +163,7 @@ class Request(Aggregate):
             stream=stream,
             reserved_usd=reserved_usd,
             received_at=received_at,
+            operation=operation,
         )
 
     @classmethod
@@ -153,6 +177,7 @@ class Request(Aggregate):
         status: int,
         received_at: datetime,
         id: uuid.UUID | None = None,
+        operation: str = "chat",
     ) -> Request:
         return cls._create(
             cls.Rejected,
@@ -164,6 +189,7 @@ class Request(Aggregate):
             reason=reason,
             status=status,
             received_at=received_at,
+            operation=operation,
         )
 
     def attempt_failed(
