@@ -430,6 +430,19 @@ class AnthropicStreamDecoder:
         }
 
 
+class NativeStreamDecoder(AnthropicStreamDecoder):
+    """For a `native` call (the client speaks Messages too): every event kept as it came, on the
+    first chunk it produced (an empty one when it produced none), so it can be relayed unchanged
+    — thinking, citations and event types this adapter does not know included."""
+
+    def feed(self, event: SSEEvent) -> list[Chunk]:
+        chunks = super().feed(event)
+        raw = f"event: {event.event}\ndata: {event.data}\n\n"
+        if not chunks:
+            return [Chunk({}, native=raw)]
+        return [attrs.evolve(chunks[0], native=raw), *chunks[1:]]
+
+
 # --- the caller ----------------------------------------------------------------------------------------
 
 
@@ -481,7 +494,8 @@ class AnthropicUpstream:
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
         content = self._encode(call)
-        decoder = AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()), self.secrets)
+        kind = AnthropicStreamDecoder if call.native is None else NativeStreamDecoder
+        decoder = kind(self.name, call.upstream_model, int(time.time()), self.secrets)
         return await self._endpoint.open_sse(content, call.headers, decoder, "message_stop")
 
     async def aclose(self) -> None:

@@ -53,6 +53,7 @@ class Chunk:
     raw: str | None = None
     usage: Usage | None = None
     content_bytes: int = 0
+    native: str | None = None  # the provider's own SSE event, as it came, in a stream of a `native` call
 
     @property
     def has_content(self) -> bool:

@@ -150,10 +150,17 @@ async def test_the_body_is_passed_through_to_an_anthropic_provider_and_costs_are
                 6,
             )
 
+            async with gw.http() as http:
+                body = {"model": "claude-test", "max_tokens": 64, "messages": HI, "stream": True}
+                raw = (await http.post("/v1/messages", json=body, headers={"x-api-key": DEMO_KEY})).text
+            # the provider's own events, as they came: its ping, its message id and input usage
+            assert "event: ping\n" in raw and '"id": "msg_fake"' in raw and '"cache_read_input_tokens": 100' in raw
+            assert raw.endswith('event: message_stop\ndata: {"type": "message_stop"}\n\n')
+
             counted = await in_thread(client.messages.count_tokens, model="claude-test", messages=HI, system=system)
             assert counted.input_tokens == COUNTED_TOKENS
             assert "max_tokens" not in fake.bodies[-1] and fake.bodies[-1]["system"] == system
-            events = await wait_for_events(gw, lambda events: len(settled(events)) >= 2)
+            events = await wait_for_events(gw, lambda events: len(settled(events)) >= 3)
             client.close()
     # 11 input at $3/M, 100 cache reads at $0.3/M, 6 output at $15/M: (33 + 30 + 90) / 1e6.
     for event in settled(events):

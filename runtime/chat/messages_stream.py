@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from events.usage import Usage
 from providers.errors import ProviderError, UpstreamTimeout
 from providers.upstream import Chunk
 from runtime.chat.messages import anthropic_usage, message_id, stop_reason
@@ -112,8 +113,25 @@ class MessagesStreamEncoder:
         return "".join(out)
 
 
+HELD = ("event: message_delta\n", "event: message_stop\n")
+
+
+def _billed(event: str, corrected: Usage | None) -> str:
+    """A held `message_delta` with the usage billed when it is not what the provider reported."""
+    if corrected is None or not event.startswith(HELD[0]):
+        return event
+    data = json.loads(event.split("data: ", 1)[1])
+    return sse("message_delta", {**data, "usage": anthropic_usage(corrected.as_openai())})
+
+
 class MessagesStreamRelay(StreamRelay):
+    """An Anthropic provider's own events are relayed as they came (`Chunk.native`), its closing
+    `message_delta` and `message_stop` held back until the settlement is durable; any other
+    provider's chunks are encoded by `MessagesStreamEncoder`."""
+
     _encoder: MessagesStreamEncoder | None = None
+    _native = False  # the provider's own events are relayed
+    _held: list[str] | None = None  # a native stream's closing events
 
     def _messages(self) -> MessagesStreamEncoder:
         if self._encoder is None:
@@ -122,18 +140,26 @@ class MessagesStreamRelay(StreamRelay):
         return self._encoder
 
     def _encode(self, batch: list[Chunk]) -> bytes:
-        encoder = self._messages()
         out = []
         for chunk in batch:
             self.content_bytes += chunk.content_bytes
             if chunk.usage is not None:
                 self.usage = chunk.usage
                 self._usage_object = chunk.data.get("usage")
-            out.append(encoder.feed(chunk.data))
+            if chunk.native is not None:
+                self._native = True
+                if chunk.native.startswith(HELD):
+                    self._held = [*(self._held or []), chunk.native]
+                else:
+                    out.append(chunk.native)
+            elif not self._native:  # a native stream's chunks without an event are its OpenAI reading
+                out.append(self._messages().feed(chunk.data))
         return "".join(out).encode()
 
     def _closing(self) -> bytes:
         corrected = self._record.corrected_usage
+        if self._native:  # the provider's own closing events (usage as billed if not as reported)
+            return "".join(_billed(event, corrected) for event in self._held or ()).encode()
         usage = self._usage_object if self._usage_object is not None else self._usage_so_far().as_openai()
         x_gateway = self._exchange.x_gateway(self._attempt.deployment, self._attempt.number, self._record.cost_str())
         return self._messages().finish(corrected.as_openai() if corrected else usage, x_gateway).encode()
