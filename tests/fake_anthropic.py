@@ -80,8 +80,12 @@ def problem(headers: dict[str, str], body: Any) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
+    turns = 0
     for index, message in enumerate(messages):
-        if message.get("role") != ("user" if index % 2 == 0 else "assistant"):
+        if message.get("role") == "system" and index:  # a mid-conversation system turn (Claude Code's beta)
+            continue
+        turns += 1
+        if message.get("role") != ("user" if turns % 2 == 1 else "assistant"):
             return f"messages.{index}.role: roles must alternate between user and assistant, starting with user"
         content = message.get("content")
         if not content or (

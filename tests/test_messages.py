@@ -13,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.request import Request
@@ -170,6 +170,52 @@ async def test_the_body_is_passed_through_to_an_anthropic_provider_and_costs_are
     # at the input price until `policies.cost` prices them; `anthropic_usage` already shows them.
 
 
+CLAUDE_CODE_BODY = {
+    "max_tokens": 32000,
+    "stream": True,
+    "system": [
+        {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1;"},
+        {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
+    ],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Say hello"}]},
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}],
+        },
+    ],
+    "thinking": {"type": "adaptive", "display": "omitted"},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "metadata": {"user_id": '{"device_id":"5198","session_id":"117e"}'},
+}
+
+
+async def test_a_claude_code_request_is_served_by_both_kinds_of_provider() -> None:
+    """What Claude Code sends (research/clients-claude-code-agents.md): `?beta=true`, `anthropic-beta`, a system
+    turn inside `messages`, beta-only fields. Passed through with its headers; translated for the simulator."""
+    headers = {"x-api-key": DEMO_KEY, "anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"}
+    async with fake_anthropic() as fake:
+        providers = [{"name": "sim", "kind": "simulator", "models": ["sim-1"]}, claude_provider(fake.url)]
+        config = make_config(providers=providers, pricing={**SIM_PRICING, **CLAUDE_PRICING})
+        async with running_gateway(config) as gw, gw.http() as http:
+            for model in ("claude-test", "sim-1"):
+                answer = await http.post(
+                    "/v1/messages?beta=true", json={**CLAUDE_CODE_BODY, "model": model}, headers=headers
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.text.startswith("event: message_start\n") and "text_delta" in answer.text
+                assert answer.text.endswith('"type":"message_stop"}\n\n') or answer.text.endswith(
+                    '"type": "message_stop"}\n\n'
+                )
+            counted = await http.post(
+                "/v1/messages/count_tokens?beta=true", json={"model": "claude-test", "messages": HI}, headers=headers
+            )
+            assert counted.json() == {"input_tokens": COUNTED_TOKENS}
+    sent = fake.bodies[0]
+    assert {key: value for key, value in sent.items() if key != "model"} == CLAUDE_CODE_BODY
+    assert fake.headers[0]["anthropic-beta"] == "claude-code-20250219" == fake.headers[1]["anthropic-beta"]
+
+
 # --- errors in Anthropic's shape -----------------------------------------------------------------------------
 
 
@@ -193,7 +239,7 @@ async def test_errors_come_in_anthropics_shape_with_the_right_status() -> None:
             "invalid_request_error",
         )
         assert "max_tokens" in message
-        bad_role = {"model": "sim-1", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}
+        bad_role = {"model": "sim-1", "max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]}
         anthropic_error(await http.post("/v1/messages", json=bad_role, headers=key), 400, "invalid_request_error")
         anthropic_error(await http.post("/v1/messages", content=b"{nope", headers=key), 400, "invalid_request_error")
         good = {"model": "sim-1", "max_tokens": 5, "messages": HI}
@@ -225,6 +271,16 @@ async def test_errors_come_in_anthropics_shape_with_the_right_status() -> None:
     assert all(
         e.operation == "chat" for e in rejected if e.status == 404 and e.model == "nope" and e.operation != "messages"
     )
+
+
+async def test_a_rate_limited_message_is_a_429_rate_limit_error_with_retry_after() -> None:
+    tenant = {"name": "slow", "api_key_sha256": hash_key("tg-slow"), "rpm": 1}
+    async with running_gateway(make_config(pricing=SIM_PRICING, tenants=[tenant])) as gw, gw.http() as http:
+        good = {"model": "sim-1", "max_tokens": 5, "messages": HI}
+        assert (await http.post("/v1/messages", json=good, headers={"x-api-key": "tg-slow"})).status_code == 200
+        limited = await http.post("/v1/messages", json=good, headers={"x-api-key": "tg-slow"})
+    anthropic_error(limited, 429, "rate_limit_error")
+    assert int(limited.headers["retry-after"]) >= 1
 
 
 async def test_the_sdk_raises_its_own_errors() -> None:
@@ -354,6 +410,7 @@ def messages_bodies(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+@settings(deadline=None)  # a shared, loaded machine: no wall-clock limit
 @given(messages_bodies())
 def test_messages_to_chat_and_back_is_the_identity_where_chat_can_say_it(body: dict[str, Any]) -> None:
     chat = to_chat(body)
@@ -369,6 +426,7 @@ USAGE = st.fixed_dictionaries(
 )
 
 
+@settings(deadline=None)
 @given(USAGE)
 def test_usage_to_openai_and_back_is_the_identity(usage: dict[str, int]) -> None:
     assert anthropic_usage(openai_usage(usage)) == usage

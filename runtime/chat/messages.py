@@ -6,6 +6,7 @@ the body as the client wrote it (`Call.native`). The mapping tables live in `pro
 one per mapping, read both ways:
 
     system (string or text blocks)     → a leading system message (blocks kept as text parts, with cache_control)
+    system turns inside messages       → system messages where they stand
     user text / image blocks           → content parts (base64 source → data: URL, url source → the URL)
     user tool_result blocks            → tool messages (their text), before the user's other content
     assistant text / tool_use          → content and tool_calls (input as JSON text)
@@ -30,7 +31,7 @@ from policies.errors import InvalidRequest
 from policies.validation import ChatRequest, body_bytes, parse_chat_request
 from providers.anthropic import STOP_REASONS, TOOL_CHOICES
 
-ROLES = ("user", "assistant")
+ROLES = ("user", "assistant", "system")  # "system" turns inside `messages`: Claude Code sends them
 IMAGE_SOURCES = ("base64", "url")
 
 
@@ -75,9 +76,14 @@ def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
 
 def _messages(turn: Mapping[str, Any], param: str) -> list[dict[str, Any]]:
     role = turn.get("role")
-    if role not in ROLES:
-        raise _invalid(f"{param}.role: must be 'user' or 'assistant', not {role!r}.", f"{param}.role")
     content = turn.get("content")
+    if role not in ROLES:
+        raise _invalid(f"{param}.role: must be 'user', 'assistant' or 'system', not {role!r}.", f"{param}.role")
+    if role == "system":  # a mid-conversation system turn: a system message where it stands
+        blocks = content if isinstance(content, list) else []
+        said = [part for block in blocks if isinstance(block, Mapping) and (part := _part(block)) is not None]
+        text = content if isinstance(content, str) else _content(said)
+        return [{"role": "system", "content": text}] if text else []
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):

@@ -46,6 +46,13 @@ def anthropic_error(status: int, message: str, headers: dict[str, str] | None = 
     return json_response({"type": "error", "error": {"type": kind, "message": message}}, status, headers or {})
 
 
+FORWARDED = ("anthropic-beta", "anthropic-version")  # without them Anthropic rejects beta fields
+
+
+def forward_anthropic_headers() -> None:
+    g.exchange.forwarded = {name: value for name in FORWARDED if (value := request.headers.get(name))}
+
+
 def tenant_key() -> str | None:
     """`Authorization` as sent, else the `x-api-key` header as a bearer credential."""
     authorization = request.headers.get("Authorization")
@@ -67,6 +74,7 @@ def register_messages(app: Quart, parts: ChatParts, judge: Callable[[RequestRefu
 
     @app.post("/v1/messages")
     async def messages() -> Response:
+        forward_anthropic_headers()
         answer = await handle_chat(
             parts,
             g.exchange,
@@ -96,6 +104,7 @@ def register_messages(app: Quart, parts: ChatParts, judge: Callable[[RequestRefu
     @app.post("/v1/messages/count_tokens")
     async def count_tokens() -> Response:
         tenant = parts.books.authenticate(tenant_key())
+        forward_anthropic_headers()
         body = await request.get_json(force=True, silent=True)
         chat = to_chat({"max_tokens": 1, **body} if isinstance(body, dict) else body)
         deployments = router.candidates(parts.routes, chat["model"])
