@@ -116,6 +116,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the second Tollgate without metrics and access log (scenario 1's measure of what they cost)",
     )
     t.add_argument(
+        "--no-workers-twin",
+        action="store_true",
+        help="skip the second Tollgate with --workers 2 (scenario 1's throughput ratio of two workers to one)",
+    )
+    t.add_argument(
         "--peers",
         action="store_true",
         help="also measure the LiteLLM proxy (pinned, own venv in bench/.peers/, no DB, 1 worker)",
@@ -174,7 +179,7 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstream: Target, sk
     else:
         variants = [gateway.DEFAULT]
         if args.gateway_cmd == gateway.DEFAULT_CMD:
-            skip = {"memory": args.no_memory_ledger, "no-obs": args.no_obs_twin}
+            skip = {"memory": args.no_memory_ledger, "no-obs": args.no_obs_twin, "workers-2": args.no_workers_twin}
             variants += [v for v in gateway.TWINS if not skip[v.name]]
         for variant in variants:
             wanted.append(

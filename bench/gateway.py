@@ -1,7 +1,8 @@
 """Tollgate under test: its config (default settings, ledger on) and its process, and its twins.
 
 A twin is the same Tollgate with one thing changed (a `Variant`), run beside the default one in scenario 1
-to price that thing: the SQLite ledger (`memory`), or the metrics and access log (`no-obs`).
+to price that thing: the SQLite ledger (`memory`), the metrics and access log (`no-obs`), or one process
+(`workers-2`: `serve --workers 2`, two worker processes on one port and one ledger).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Variant:
     memory_ledger: bool = False
     extra_config: str = ""
     quiet_access_log: bool = False
+    serve_args: str = ""  # appended to the default command's `serve` arguments
     note: str = ""
 
     @property
@@ -88,7 +90,15 @@ NO_OBS = Variant(
     "still count: no setting turns them off) and the access log off (no setting does that either: started "
     "with logging.disable(logging.INFO), which drops every INFO line); to measure what observability costs",
 )
-TWINS = (MEMORY, NO_OBS)
+WORKERS_2 = Variant(
+    "workers-2",
+    label=", 2 workers",
+    serve_args="--workers 2",
+    note="serve --workers 2: two worker processes sharing the port and the SQLite ledger (each follows the "
+    "log the other writes); its req/s over the default's is the throughput ratio (#13's goal ≥ 1.7×, on two "
+    "cores that the load generator shares)",
+)
+TWINS = (MEMORY, NO_OBS, WORKERS_2)
 TWIN_NAMES = frozenset(v.target for v in TWINS)
 
 
@@ -129,6 +139,8 @@ def start(cmd_template: str, workdir: Path, upstream: Target, variant: Variant =
             python=shlex.quote(sys.executable), config=shlex.quote(str(config)), repo=shlex.quote(str(REPO))
         )
     )
+    if cmd_template == DEFAULT_CMD:
+        argv += shlex.split(variant.serve_args)
     tenant_key = "tg-bench-" + secrets.token_hex(16)
     server = Server(
         variant.target.replace("tollgate", "gateway"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,7 +35,8 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 4  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 5  # bump when a table changes: projections are rebuilt from the ledger
+LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
 SPEND_KEY = ("tenant", "day", "model", "provider")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
 TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
@@ -131,6 +132,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 "day": _day(event.received_at),
                 "received_at": event.received_at.isoformat(),
                 "reserved_usd": usd_str(event.reserved_usd),
+                "instance": event.instance,
             }
             open_requests[request_id] = row
             changes.opened[request_id] = row
@@ -219,13 +221,24 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
     return changes
 
 
+def _read_between(read: Callable[[int, int], Sequence[Recorded]], after: int, before: int) -> list[Recorded]:
+    found: list[Recorded] = []
+    while after < before - 1:
+        page = [r for r in read(after, min(5000, before - 1 - after)) if r.position < before]
+        if not page:
+            break
+        found.extend(page)
+        after = page[-1].position
+    return found
+
+
 class Projections:
     """The projection database: `apply(records)` folds and writes one batch in one transaction."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         # One connection, used from whichever worker thread holds the runtime's limiter of one.
-        connection = sqlite3.connect(path, check_same_thread=False)
+        connection = sqlite3.connect(path, check_same_thread=False, timeout=LOCK_TIMEOUT_S)
         self.db = sqlite_utils.Database(connection)
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -236,11 +249,17 @@ class Projections:
             self.db.conn.execute(
                 "insert or replace into tracking (name, position) values (?, ?)", ("schema", SCHEMA_VERSION)
             )
+        self.state = FoldState()
+        self._folded = -1  # the position `state` reflects (-1: load it from the tables before folding)
+        self._load_state()
+
+    def _load_state(self) -> None:
         self.state = FoldState(
             open_requests={row["id"]: row for row in self.db.table("open_requests").rows},
             tenants={row["id"]: row for row in self.db.table("tenants").rows},
             keys={row["key_sha256"]: row for row in self.db.table("tenant_keys").rows},
         )
+        self._folded = self.position
 
     def _drop_if_outdated(self) -> None:
         """Read models are disposable: tables of another layout are dropped and rebuilt from the log."""
@@ -320,6 +339,7 @@ class Projections:
                 "day": str,
                 "received_at": str,
                 "reserved_usd": str,
+                "instance": str,
             },
             pk="id",
             if_not_exists=True,
@@ -331,15 +351,33 @@ class Projections:
         row = next(iter(self.db.table("tracking").rows_where("name = ?", [TRACKING])), None)
         return int(row["position"]) if row else 0
 
-    def apply(self, records: Sequence[Recorded]) -> int:
-        """Fold and write `records` (those at or before the tracked position are skipped)."""
-        done = self.position
-        fresh = [r for r in records if r.position > done]
-        if not fresh:
-            return done
-        changes = fold(fresh, self.state)
-        with self.db.conn:
-            self._write(changes)
+    def apply(self, records: Sequence[Recorded], read: Callable[[int, int], Sequence[Recorded]] | None = None) -> int:
+        """Fold and write `records` (those at or before the tracked position are skipped).
+
+        Several processes may project into one database (each follows the whole log): the tracked
+        position is read inside the write transaction (`begin immediate`), so a batch another
+        process already wrote is skipped and a position is never folded twice. When another process
+        moved the position, the fold state is reloaded from the tables first. `read(after, limit)`
+        fetches the events between the tracked position and the first of `records` (written by
+        others and not projected yet), so nothing is skipped either."""
+        conn = self.db.conn
+        try:
+            with conn:
+                conn.execute("begin immediate")
+                done = self.position
+                if done != self._folded:
+                    self._load_state()
+                fresh = [r for r in records if r.position > done]
+                if read is not None and fresh and fresh[0].position > done + 1:
+                    fresh = [*_read_between(read, done, fresh[0].position), *fresh]
+                if not fresh:
+                    return done
+                changes = fold(fresh, self.state)
+                self._write(changes)
+        except BaseException:
+            self._folded = -1  # the fold state may hold what was rolled back
+            raise
+        self._folded = changes.position
         return changes.position
 
     def _write(self, changes: Changes) -> None:

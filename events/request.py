@@ -21,10 +21,13 @@ from events.store import Aggregate
 
 class Request(Aggregate):
     class Admitted(Aggregate.Created):
-        """v2 added `operation`: which API the client called ("chat", "messages", "responses",
-        "embeddings"); a stored v1 event loads as "chat" (the only one there was)."""
+        """v2 added `instance`: the id of the gateway process that admitted the request (crash
+        recovery settles only the open requests of instances that are gone); a stored v1 event
+        loads with it None (written by a single-process gateway). v3 added `operation`: which API
+        the client called ("chat", "messages", "responses", "embeddings"); older events load as
+        "chat" (the only one there was)."""
 
-        class_version = 2
+        class_version = 3
 
         request_id: str
         tenant: str
@@ -32,10 +35,15 @@ class Request(Aggregate):
         stream: bool
         reserved_usd: Decimal
         received_at: datetime
+        instance: str | None = None
         operation: str = "chat"
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["instance"] = None
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
             state["operation"] = "chat"
 
     class Rejected(Aggregate.Created):
@@ -150,10 +158,12 @@ class Request(Aggregate):
         reserved_usd: Decimal,
         received_at: datetime,
         id: uuid.UUID | None = None,
+        instance: str | None = None,
         operation: str = "chat",
     ) -> Request:
         """`request_id` is the client's correlation id (any tenant may send any); `id`, the
-        aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given)."""
+        aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given);
+        `instance`, the admitting process's instance id."""
         return cls._create(
             cls.Admitted,
             id=id or uuid.uuid4(),
@@ -163,6 +173,7 @@ class Request(Aggregate):
             stream=stream,
             reserved_usd=reserved_usd,
             received_at=received_at,
+            instance=instance,
             operation=operation,
         )
 

@@ -27,10 +27,13 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import resolve_topic
 
-__all__ = ["MEMORY", "Aggregate", "LedgerError", "LedgerStore", "Raw", "Recorded", "topic_of"]
+__all__ = ["MEMORY", "Aggregate", "Instance", "LedgerError", "LedgerStore", "Raw", "Recorded", "topic_of"]
 
 MEMORY = ":memory:"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+LOCK_TIMEOUT_S = 30.0
+POLL_S = 0.05
+"""How often a process looks for events other processes appended (SQLite has no notifications)."""
 A = TypeVar("A", bound=Aggregate)
 
 
@@ -56,6 +59,17 @@ class Raw:
     version: int
     topic: str
     state: dict[str, Any]
+
+
+@attrs.frozen
+class Instance:
+    """A gateway process's heartbeat row: who it is and when it last said it was alive."""
+
+    instance: str
+    pid: int
+    host: str
+    started_at: datetime
+    beat_at: datetime
 
 
 def topic_of(kind: type) -> str:
@@ -92,10 +106,20 @@ class LedgerStore:
             env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
         else:
             _check_file(Path(path))
-            env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
+            env = {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(path),
+                "SQLITE_LOCK_TIMEOUT": str(int(LOCK_TIMEOUT_S)),  # several processes write one file
+            }
+        self._instances: dict[str, Instance] = {}
+        self._heartbeats: sqlite3.Connection | None = None
         try:
             self._app = _Tollgate(env=env)
             self._app.recorder.max_notification_id()
+            if path != MEMORY:
+                self._heartbeats = sqlite3.connect(
+                    path, check_same_thread=False, timeout=LOCK_TIMEOUT_S, isolation_level=None
+                )
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"ledger {path} cannot be opened: {error}") from None
 
@@ -216,5 +240,54 @@ class LedgerStore:
             raise LedgerError(f"aggregate {aggregate_id} is a {type(found).__name__}, not a {kind.__name__}")
         return found
 
+    # --- instances: one heartbeat row per live gateway process (not events: they would flood the log)
+    def beat(self, instance: Instance) -> None:
+        """Record (or refresh) `instance`'s heartbeat."""
+        if self._heartbeats is None:
+            self._instances[instance.instance] = instance
+            return
+        self._heartbeats.execute(  # made by the first heartbeat: readers (replay --verify) write nothing
+            "create table if not exists tollgate_instances (instance text primary key, pid integer,"
+            " host text, started_at text, beat_at text)"
+        )
+        self._heartbeats.execute(
+            "insert or replace into tollgate_instances (instance, pid, host, started_at, beat_at)"
+            " values (?, ?, ?, ?, ?)",
+            (
+                instance.instance,
+                instance.pid,
+                instance.host,
+                instance.started_at.isoformat(),
+                instance.beat_at.isoformat(),
+            ),
+        )
+
+    def instances(self) -> list[Instance]:
+        """Every heartbeat row, oldest start first (live or not: the caller judges by `beat_at`)."""
+        if self._heartbeats is None:
+            rows = list(self._instances.values())
+        elif not self._heartbeats.execute("select 1 from sqlite_master where name = 'tollgate_instances'").fetchone():
+            rows = []
+        else:
+            rows = [
+                Instance(i, pid, host, datetime.fromisoformat(started), datetime.fromisoformat(beat))
+                for i, pid, host, started, beat in self._heartbeats.execute(
+                    "select instance, pid, host, started_at, beat_at from tollgate_instances"
+                )
+            ]
+        return sorted(rows, key=lambda row: (row.started_at, row.instance))
+
+    def forget(self, instances: Collection[str]) -> None:
+        """Drop the heartbeat rows of `instances` (stopped, or gone and recovered)."""
+        if self._heartbeats is None:
+            for instance in instances:
+                self._instances.pop(instance, None)
+            return
+        if not self.instances():
+            return
+        self._heartbeats.executemany("delete from tollgate_instances where instance = ?", [(i,) for i in instances])
+
     def close(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.close()
         self._app.close()

@@ -42,6 +42,20 @@ class TenantPolicy:
         if value is not None and value < 0:
             raise ValueError(f"'budget_usd' must not be negative, got {value}")
 
+    def share(self, instances: int) -> TenantPolicy:
+        """This process's share of the rate limits and `max_parallel` when `instances` processes
+        serve the tenant: each limit divided among them, rounded up (so the tenant is never held
+        below its limit by the split: all together admit at most limit + instances − 1; a tenant
+        whose traffic reaches only some of the processes gets less than its limit). Budgets are
+        not split here: they are kept across processes by the tenant actor (`runtime.actors.tenant`)."""
+        if instances <= 1:
+            return self
+
+        def part(limit: int | None) -> int | None:
+            return None if limit is None else -(-limit // instances)
+
+        return attrs.evolve(self, rpm=part(self.rpm), tpm=part(self.tpm), max_parallel=part(self.max_parallel))
+
     def to_record(self) -> dict[str, Any]:
         record = attrs.asdict(self, recurse=False)
         record["budget_usd"] = None if self.budget_usd is None else usd_str(self.budget_usd)

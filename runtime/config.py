@@ -54,6 +54,8 @@ class ServerConfig:
     tenant_idle_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
     write_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     header_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    workers: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(64)])
+    """Worker processes `tollgate serve` runs on the one listening port (each a full gateway)."""
 
 
 @attrs.frozen

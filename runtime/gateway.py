@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import Projections, spend_report
 from events.provider import Provider, provider_id
 from events.request import Request
-from events.store import LedgerStore
+from events.store import Instance, LedgerStore
 from events.tenant import Tenant, tenant_id
 from policies.cost import Priced
 from policies.routing import Deployment, RoutingIndex
@@ -45,7 +46,8 @@ from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
 from runtime.ledger.breakers import BreakerLog
-from runtime.ledger.journal import Journal, JournalStatistics
+from runtime.ledger.instances import HEARTBEAT_S, Instances
+from runtime.ledger.journal import Journal, JournalStatistics, LedgerUnavailable
 from runtime.ledger.projector import Projector, projections_path
 from runtime.metrics import Metrics
 from runtime.telemetry import Telemetry
@@ -82,6 +84,7 @@ class GatewayStatistics:
     projected_position: int
     http_in_flight: int
     tenants: tuple[TenantStatistics, ...]
+    instance: str
 
 
 @attrs.define
@@ -99,6 +102,8 @@ class Gateway:
     """Breaker transitions on their way to the ledger, in order."""
     admin: AdminKey
     metrics: Metrics
+    instances: Instances
+    """This process's instance id and heartbeat; the live instances on this ledger."""
     generated_admin_key: str | None = None
     alerts: AlertSender | None = None
     telemetry: Telemetry = attrs.field(factory=Telemetry)
@@ -125,6 +130,7 @@ class Gateway:
             projected_position=self.projector.position,
             http_in_flight=self.http_in_flight,
             tenants=tuple(self.tenant_actors.statistics()) if self.tenant_actors else (),
+            instance=self.instances.instance,
         )
 
     def reserved_usd(self, tenant: str) -> Decimal:
@@ -226,11 +232,7 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     """Recover interrupted requests and reconcile the config into the ledger."""
     now = gateway.clock()
     events: list[Any] = []
-    for row in gateway.books.open_requests():
-        request = await gateway.load(uuid.UUID(row["id"]), Request)
-        if request is not None and request.outcome is None:
-            append_terminal(request, Request.Failed, "interrupted", NOTHING_CONSUMED, Priced(ZERO, None), None)
-            events.extend(request.collect_events())
+    events.extend(await _orphans(gateway, await gateway.instances.live(now)))
     if events:
         log.warning("recorded %d request(s) left unsettled by an earlier stop as interrupted", len(events))
     existing = {}
@@ -257,6 +259,35 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     gateway.aggregates.committed([*existing.values(), *tenants.values(), price_list, *providers])  # only now
 
 
+async def _orphans(gateway: Gateway, live: set[str]) -> list[Any]:
+    """`interrupted` for each open request whose instance is not live (None: a single-process
+    gateway's, from before instances; this process's own are never orphans)."""
+    events: list[Any] = []
+    for row in gateway.books.open_requests():
+        if row.get("instance") in live or row.get("instance") == gateway.instances.instance:
+            continue
+        request = await gateway.load(uuid.UUID(row["id"]), Request)
+        if request is not None and request.outcome is None:
+            append_terminal(request, Request.Failed, "interrupted", NOTHING_CONSUMED, Priced(ZERO, None), None)
+            events.extend(request.collect_events())
+    return events
+
+
+async def _recover_orphans(gateway: Gateway) -> None:
+    """Each heartbeat: settle as `interrupted` the open requests of instances that stopped beating
+    (kill -9), so their reservations do not stay open. Two survivors may race: the second append
+    conflicts on the request's version and is dropped (the first one recorded it)."""
+    while True:
+        await gateway.instances.beaten.wait()
+        live = await gateway.instances.live(gateway.clock())
+        for event in await _orphans(gateway, live):
+            try:
+                await gateway.journal.commit([event])
+            except LedgerUnavailable:
+                log.info("request %s: recovered by another instance", event.originator_id)
+        await gateway.instances.forget_gone(gateway.clock())
+
+
 def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
     from runtime.ledger.projector import catch_up
 
@@ -279,15 +310,18 @@ async def open_gateway(
     store, projections = await trio.to_thread.run_sync(_open_ledger, config.ledger.path)
     books = Books(projections)
     projector = Projector(store, projections)
+    instance = Instance(uuid.uuid4().hex[:12], os.getpid(), socket.gethostname(), datetime.now(UTC), datetime.now(UTC))
 
     def on_commit(recorded: list[Any]) -> None:
+        aggregates.observed(recorded)
+        if gateway.tenant_actors is not None:  # before the Books fold: it reads their open requests
+            gateway.tenant_actors.restated(recorded)
         books.apply(recorded)
         projector.feed(recorded)
-        if gateway.tenant_actors is not None:
-            gateway.tenant_actors.restated(recorded)
 
     metrics = Metrics((tenant.name for tenant in config.tenants), config.routing_index().models())
-    journal = Journal(store, on_commit, observe=metrics.journal_wrote)
+    journal = Journal(store, on_commit, observe=metrics.journal_wrote, instance=instance.instance)
+    journal.followed = projections.position  # where the Books were loaded: follow the log from there
     handles = {
         provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers
     }
@@ -304,6 +338,7 @@ async def open_gateway(
         breakers=BreakerLog(aggregates),
         admin=AdminKey(admin_key),
         metrics=metrics,
+        instances=Instances(store, instance, journal.limiter),
         generated_admin_key=generated,
         telemetry=Telemetry.start(config.tracing, environ),
     )
@@ -314,7 +349,10 @@ async def open_gateway(
             await nursery.start(projector.run)
             await nursery.start(journal.run)
             await nursery.start(gateway.breakers.run)
+            await nursery.start(partial(gateway.instances.run, gateway.clock))
             await _start_ledger(gateway, environ)
+            await nursery.start(journal.follow)
+            nursery.start_soon(_recover_orphans, gateway)
             gateway.alerts = AlertSender(config.alerts, gateway.aggregates, gateway.metrics)
             await nursery.start(gateway.alerts.run)
             gateway.tenant_actors = TenantActors(
@@ -325,6 +363,8 @@ async def open_gateway(
                 clock=gateway.clock,
                 idle_s=config.server.tenant_idle_s,
                 alerts=gateway.alerts.crossed,
+                instance=instance.instance,
+                live=lambda: gateway.instances.live_count,
             )
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
@@ -332,6 +372,8 @@ async def open_gateway(
             with trio.move_on_after(5):  # leave the read models caught up with the ledger
                 await projector.wait_for(journal.position)
             nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await gateway.instances.stop()  # a clean stop: no longer live, nothing to recover
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             for handle in handles.values():
@@ -342,4 +384,4 @@ async def open_gateway(
             await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 
 
-__all__ = ["Gateway", "GatewayStatistics", "build_upstream", "open_gateway"]
+__all__ = ["HEARTBEAT_S", "Gateway", "GatewayStatistics", "build_upstream", "open_gateway"]

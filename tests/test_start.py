@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.test_serve import CONFIG, ROOT, serving
+from tests.test_serve import CONFIG, ROOT
 
 
 def serve_once(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,17 +38,11 @@ def test_a_busy_port_is_one_line_and_exit_2_before_the_ledger_is_touched(tmp_pat
     assert not ledger.parent.exists()  # no ledger, no projections, no lock file
 
 
-@pytest.mark.slow
-def test_a_second_serve_on_one_ledger_refuses_to_start(tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.sqlite3"
-    with serving(tmp_path) as (first, _url):
-        second = serve_once(tmp_path / "config.toml", "--port", "0")
-        assert second.returncode == 2 and second.stdout == ""
-        assert second.stderr == (
-            f"tollgate: the ledger {ledger} is in use by another tollgate serve (pid {first.pid});"
-            " stop it first or use another [ledger].path\n"
-        )
-        first.kill()  # the kernel releases the lock even on kill -9
-        first.wait(10)
-    with serving(tmp_path) as (third, url):
-        assert third.poll() is None and url.startswith("http://127.0.0.1:")
+def test_workers_on_an_in_memory_ledger_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Several processes share a ledger file; an in-memory ledger belongs to one process (the one
+    multi-process setup still refused, now that several `serve` may follow one ledger: test_workers)."""
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG + '[ledger]\npath = ":memory:"\n')
+    done = serve_once(config, "--port", "0", "--workers", "2")
+    assert done.stderr == "tollgate: --workers needs a ledger file: an in-memory ledger belongs to one process\n"
+    assert done.returncode == 2 and done.stdout == ""

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -127,8 +128,12 @@ class TenantActor:
         clock: Callable[[], datetime],
         idle_s: float,
         alerts: Callable[[Alert], None],
+        instance: str | None = None,
+        live: Callable[[], int] = lambda: 1,
     ) -> None:
         self.tenant_id = tenant.id
+        self._instance = instance
+        self._live = live
         self._alerts = alerts
         self.name = tenant.name
         self._books = books
@@ -200,21 +205,26 @@ class TenantActor:
         )
 
     def _policy(self) -> TenantPolicy:
+        """The tenant's policy, with this process's share of its rate limits (`TenantPolicy.share`)."""
         view = self._books.tenant(self.tenant_id)
-        return view.tenant_policy if view is not None else TenantPolicy()
+        return (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
 
     async def _admit(self, message: Admit) -> Admission | RequestRefused:
         view = self._books.tenant(self.tenant_id)
         enabled = view is not None and view.enabled
-        policy = view.tenant_policy if view is not None else TenantPolicy()
+        policy = (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
         if enabled:
             now = self._clock()
             start, _ = period_bounds(policy.budget_period, now)
             if start != self._state.budget.period_start:
                 await self._load_period(now)  # a new period restores the budget
+        others = self._others_reserved()
+        state = self._state
+        if others:  # other processes' requests in flight count against the budget too
+            state = attrs.evolve(state, budget=attrs.evolve(state.budget, reserved=state.budget.reserved + others))
         decision = admission.admit(
             policy,
-            self._state,
+            state,
             message.chat,
             message.output_tokens,
             [admission.Candidate(d, self._price(d, message.received_at)) for d in message.candidates],
@@ -223,6 +233,9 @@ class TenantActor:
             enabled=enabled,
         )
         self._state = decision.state
+        if others:
+            kept = decision.state.budget
+            self._state = attrs.evolve(decision.state, budget=attrs.evolve(kept, reserved=kept.reserved - others))
         if isinstance(decision, admission.Refused):
             self._refused += 1
             return decision.reason
@@ -243,6 +256,22 @@ class TenantActor:
         )
         self._tickets[granted.ticket] = granted
         return granted
+
+    def _others_reserved(self) -> Decimal:
+        """What other processes reserved for this tenant's requests in flight in this period, as far
+        as this process has followed the log (their `Admitted` not yet settled)."""
+        start = self._state.budget.period_start.isoformat()
+        return sum(
+            (
+                Decimal(row["reserved_usd"])
+                for row in self._books.open_requests()
+                if row["tenant"] == self.name
+                and row.get("instance") != self._instance
+                and row["instance"] is not None
+                and row["received_at"] >= start
+            ),
+            ZERO,
+        )
 
     def _price(self, deployment: Deployment, at: datetime) -> Price | None:
         entry = self._books.prices.lookup(deployment.provider, deployment.model, at)
@@ -336,7 +365,11 @@ class TenantActors:
         clock: Callable[[], datetime],
         idle_s: float = 300.0,
         alerts: Callable[[Alert], None] = lambda alert: None,
+        instance: str | None = None,
+        live: Callable[[], int] = lambda: 1,
     ) -> None:
+        self._instance = instance
+        self._live = live
         self._nursery = nursery
         self._alerts = alerts
         self._books = books
@@ -366,6 +399,8 @@ class TenantActors:
                     clock=self._clock,
                     idle_s=self.idle_s,
                     alerts=self._alerts,
+                    instance=self._instance,
+                    live=self._live,
                 )
                 await self._nursery.start(self._supervised, actor)
                 self._actors[tenant.id] = actor
@@ -433,12 +468,34 @@ class TenantActors:
         """Route committed `CostRestated` deltas to the running actors of their tenants (called by the
         Journal's commit hook, in the trio thread). An actor not running reads them from projections."""
         deltas: dict[tuple[str, datetime], Decimal] = {}
+        admitted: dict[Any, Request.Admitted] = {}
         for record in recorded:
             event = record.event
             if isinstance(event, Request.CostRestated):
                 day = datetime.combine(event.received_at.date(), time(), tzinfo=UTC)
                 key = (str(tenant_id(event.tenant)), day)
                 deltas[key] = deltas.get(key, ZERO) + event.new_cost_usd - (event.old_cost_usd or ZERO)
+            elif isinstance(event, Request.Admitted):
+                admitted[event.originator_id] = event
+            elif isinstance(event, Request.Settled) and event.cost_usd:
+                # Another process's settlement: its cost is this tenant's spend here too (ours are
+                # settled through `settle`). The admission is in this batch or still open in the Books.
+                found = admitted.get(event.originator_id)
+                if found is not None:
+                    tenant, instance, received = found.tenant, found.instance, found.received_at
+                else:
+                    row = self._books.open_request(str(event.originator_id))
+                    if row is None:
+                        continue
+                    tenant, instance, received = (
+                        row["tenant"],
+                        row["instance"],
+                        datetime.fromisoformat(row["received_at"]),
+                    )
+                if instance is None or instance == self._instance:
+                    continue
+                key = (str(tenant_id(tenant)), datetime.combine(received.date(), time(), tzinfo=UTC))
+                deltas[key] = deltas.get(key, ZERO) + event.cost_usd
         for (tenant, day), delta in deltas.items():
             actor = self._actors.get(tenant)
             if actor is None or not delta:

@@ -139,6 +139,7 @@ class RequestRecord:
             self.admission.reserved_usd,
             self.received_at,
             id=self._exchange.ledger_id,
+            instance=self._journal.instance,
             operation=self.operation,
         )
         try:

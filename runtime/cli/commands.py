@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="config file (default: $TOLLGATE_CONFIG or config.toml)")
     serve.add_argument("--host", help="override [server].host")
     serve.add_argument("--port", type=int, help="override [server].port (0 = any free port)")
+    serve.add_argument("--workers", type=int, help="override [server].workers (worker processes on one port)")
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker: serve this inherited socket
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", help="config file (default: $TOLLGATE_CONFIG or config.toml)")
 
@@ -498,7 +500,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = load_config_or_exit(args.config)
             try:
-                trio.run(lambda: run(config, host=args.host, port=args.port))
+                trio.run(
+                    lambda: run(
+                        config,
+                        host=args.host,
+                        port=args.port,
+                        workers=args.workers,
+                        listen_fd=args.listen_fd,
+                        config_path=args.config,
+                    )
+                )
             except CannotStart as error:
                 print(f"tollgate: {error}", file=sys.stderr)
                 return 2

@@ -474,6 +474,29 @@ async def get_statistics() -> Response:
     return _json(attrs.asdict(gateway.statistics()))
 
 
+@admin.get("/admin/instances")
+async def get_instances() -> Response:
+    """The gateway processes live on this ledger (heartbeat within the expiry), this one marked."""
+    gateway = _check_admin()
+    rows = await gateway.instances.live_rows(gateway.clock())
+    return _json(
+        {
+            "instance": gateway.instances.instance,
+            "instances": [
+                {
+                    "instance": row.instance,
+                    "pid": row.pid,
+                    "host": row.host,
+                    "started_at": row.started_at.isoformat(),
+                    "beat_at": row.beat_at.isoformat(),
+                    "this": row.instance == gateway.instances.instance,
+                }
+                for row in rows
+            ],
+        }
+    )
+
+
 @admin.get("/admin/providers")
 async def get_providers() -> Response:
     gateway = _check_admin()

@@ -331,11 +331,12 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        instance = gateway.instances.instance
         if gateway.draining.is_set():
-            return json_response({"status": "draining"}, 503)
+            return json_response({"status": "draining", "instance": instance}, 503)
         if not gateway.ready:
-            return json_response({"status": "starting"}, 503)
-        return json_response({"status": "ready"})
+            return json_response({"status": "starting", "instance": instance}, 503)
+        return json_response({"status": "ready", "instance": instance})
 
     if gateway.config.metrics.enabled and gateway.config.metrics.port is None:
         gateway.metrics.add_collector(lambda: live_metrics(gateway))

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import trio
 
-from events.store import Aggregate, LedgerStore
+from events.store import Aggregate, LedgerStore, Recorded
 from runtime.ledger.journal import Journal
 
 A = TypeVar("A", bound=Aggregate)
@@ -35,6 +35,14 @@ class Aggregates:
         for aggregate in aggregates:
             assert not aggregate.pending_events, "only committed state is kept"
             self._committed[aggregate.id] = aggregate
+
+    def observed(self, recorded: Iterable[Recorded]) -> None:
+        """Forget kept states that committed events (another process's) have moved past: the next
+        change reads the aggregate again instead of failing on a version another process took."""
+        for record in recorded:
+            kept = self._committed.get(record.event.originator_id)
+            if kept is not None and kept.version < record.event.originator_version:
+                del self._committed[record.event.originator_id]
 
     async def get(self, aggregate_id: uuid.UUID, kind: type[A]) -> A | None:
         """The committed state, read from the store on first use; None if there is no such aggregate."""

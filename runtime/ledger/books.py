@@ -115,5 +115,8 @@ class Books:
         row = self._state.keys.get(key_sha256)
         return row["tenant_id"] if row is not None else None
 
+    def open_request(self, ledger_id: str) -> dict[str, Any] | None:
+        return self._state.open_requests.get(ledger_id)
+
     def open_requests(self) -> list[dict[str, Any]]:
         return list(self._state.open_requests.values())

@@ -7,18 +7,26 @@ somebody waits on (a settlement) commits everything queued at once, so no client
 The queue is bounded: `submit` (used at admission) refuses with `Overloaded` when it is full, so new
 requests get 503 while money events already accepted are never dropped; `commit` (used to settle)
 waits for room instead.
+
+Several processes may write one ledger. The Journal is also its process's door for what the others
+append: `follow` looks for new positions every `POLL_S` (SQLite has no notifications; a store that
+can wake it may do so instead) and hands them to `on_commit` too, and a commit of ours hands over
+first the others' events that landed before it. So `on_commit` sees the whole log, once, in order,
+whoever wrote it; `followed` is how far it got.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import trio
 
-from events.store import LedgerError, LedgerStore, Recorded
+from events.store import POLL_S, LedgerError, LedgerStore, Recorded
 from runtime.errors import GatewayError, Overloaded
 
 log = logging.getLogger("tollgate.journal")
@@ -47,6 +55,12 @@ class JournalStatistics:
     commits: int
     largest_batch: int
     position: int
+    followed: int
+    """The last position handed to `on_commit` (ours and other processes')."""
+    foreign_events: int
+    """Events other processes wrote that this one folded."""
+    follow_delay_p99_s: float | None
+    """Of the last 1 000 foreign events: 99th percentile of (folded here − written there)."""
 
 
 class Journal:
@@ -57,8 +71,17 @@ class Journal:
         capacity: int = 8192,
         linger_s: float = LINGER_S,
         observe: Callable[[float, int], None] = lambda seconds, events: None,
+        instance: str | None = None,
     ) -> None:
         self.store = store
+        self.instance = instance
+        """This process's instance id, recorded on the events it writes (`Request.Admitted`)."""
+        self.followed = -1
+        """The last position handed to `on_commit`; -1 until set (by the gateway: where its Books
+        were loaded) or, at `run`, the ledger's position."""
+        self._order = trio.Lock()  # reading the log and handing it to on_commit, one at a time
+        self._foreign = 0
+        self._delays: deque[float] = deque(maxlen=1000)
         self._observe = observe  # each batch written: its duration and size (the gateway's metrics)
         self.linger_s = linger_s
         self.capacity = capacity
@@ -112,10 +135,51 @@ class Journal:
             commits=self._commits,
             largest_batch=self._largest,
             position=self.position,
+            followed=self.followed,
+            foreign_events=self._foreign,
+            follow_delay_p99_s=_p99(self._delays),
         )
+
+    def _foreign_before(self, position: int) -> list[Recorded]:
+        """Other processes' events after `followed` and before `position` (worker thread)."""
+        found: list[Recorded] = []
+        after = self.followed
+        while after < position - 1:
+            page = [r for r in self.store.read(after, min(1000, position - 1 - after)) if r.position < position]
+            if not page:
+                break
+            found.extend(page)
+            after = page[-1].position
+        return found
+
+    def _hand_over(self, foreign: list[Recorded], ours: list[Recorded]) -> None:
+        if foreign:
+            now = datetime.now(UTC)
+            self._foreign += len(foreign)
+            self._delays.extend((now - r.event.timestamp).total_seconds() for r in foreign)
+        recorded = [*foreign, *ours]
+        if recorded:
+            self.followed = max(self.followed, recorded[-1].position)
+            self._on_commit(recorded)
+
+    async def follow_once(self) -> int:
+        """Hand over whatever other processes appended since `followed`; return how many events."""
+        async with self._order:
+            page = await trio.to_thread.run_sync(self.store.read, self.followed, 1000, limiter=self.limiter)
+            self._hand_over(page, [])
+        return len(page)
+
+    async def follow(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fold other processes' events as they land (every `POLL_S`, a page at a time)."""
+        task_status.started()
+        while True:
+            if await self.follow_once() < 1000:
+                await trio.sleep(POLL_S)  # polling interval, not synchronization: SQLite cannot notify
 
     async def run(self, task_status: trio.TaskStatus[Journal] = trio.TASK_STATUS_IGNORED) -> None:
         self.position = await trio.to_thread.run_sync(self.store.position, limiter=self.limiter)
+        if self.followed < 0:
+            self.followed = self.position
         task_status.started(self)
         async for first in self._receive:
             batch = [first]
@@ -139,20 +203,33 @@ class Journal:
                 events.extend(entry.events)
             await self._write(batch, events)
 
+    def _append(self, events: list[Any]) -> tuple[list[Recorded], list[Recorded]]:
+        """Worker thread: write `events`; also read the other processes' events that came before."""
+        recorded = self.store.append(events)
+        return (self._foreign_before(recorded[0].position) if recorded else []), recorded
+
     async def _write(self, batch: list[Entry], events: list[Any]) -> None:
         began = trio.current_time()
-        try:
-            with trio.CancelScope(shield=True):
-                recorded = await trio.to_thread.run_sync(self.store.append, events, limiter=self.limiter)
-        except Exception as error:  # the Journal outlives any write failure
+        failure: Exception | None = None
+        with trio.CancelScope(shield=True):
+            async with self._order:
+                try:
+                    foreign, recorded = await trio.to_thread.run_sync(self._append, events, limiter=self.limiter)
+                except Exception as error:  # the Journal outlives any write failure
+                    failure = error
+                else:
+                    self._hand_over(foreign, recorded)
+        if failure is not None:
             if len(batch) > 1:
                 # One bad entry (say, a duplicate aggregate) must not fail the others: write them alone.
                 for entry in batch:
                     await self._write([entry], list(entry.events))
                 return
-            log.error("ledger write failed: %s", error)
+            log.error("ledger write failed: %s", failure)
             (entry,) = batch
-            entry.error = error if isinstance(error, LedgerError) else LedgerError(f"ledger write failed: {error}")
+            entry.error = (
+                failure if isinstance(failure, LedgerError) else LedgerError(f"ledger write failed: {failure}")
+            )
             if entry.done is not None:
                 entry.done.set()
             return
@@ -166,7 +243,6 @@ class Journal:
         for entry in batch:
             entry.recorded = recorded[start : start + len(entry.events)]
             start += len(entry.events)
-        self._on_commit(recorded)
         for entry in batch:
             if entry.done is not None:
                 entry.done.set()
@@ -175,3 +251,10 @@ class Journal:
 
     def close(self) -> None:
         self._send.close()
+
+
+def _p99(values: deque[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]

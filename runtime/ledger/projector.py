@@ -92,13 +92,11 @@ class Projector:
                     batch.extend(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            if batch[0].position > self.position + 1:
-                until = batch[-1].position
-                self.position = await trio.to_thread.run_sync(
-                    catch_up, self.store, self.projections, until, limiter=self._limiter
-                )
-            else:
-                self.position = await trio.to_thread.run_sync(self.projections.apply, batch, limiter=self._limiter)
+            # Events before the batch's first that are not projected yet (another process's, or
+            # missed when the inbox was full) are read from the ledger by `apply`.
+            self.position = await trio.to_thread.run_sync(
+                self.projections.apply, batch, self.store.read, limiter=self._limiter
+            )
             self._caught_up.set()
             self._caught_up = trio.Event()
             self._flush = trio.Event()
