@@ -24,9 +24,11 @@ class Request(Aggregate):
     class Admitted(Aggregate.Created):
         """v2 added `instance`: the id of the gateway process that admitted the request (crash
         recovery settles only the open requests of instances that are gone); a stored v1 event
-        loads with it None (written by a single-process gateway)."""
+        loads with it None (written by a single-process gateway). v3 added `operation`: which API
+        the client called ("chat", "messages", "responses", "embeddings"); older events load as
+        "chat" (the only one there was)."""
 
-        class_version = 2
+        class_version = 3
 
         request_id: str
         tenant: str
@@ -35,12 +37,21 @@ class Request(Aggregate):
         reserved_usd: Decimal
         received_at: datetime
         instance: str | None = None
+        operation: str = "chat"
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state["instance"] = None
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["operation"] = "chat"
+
     class Rejected(Aggregate.Created):
+        """v2 added `operation`, as `Admitted`; a stored v1 event loads as "chat"."""
+
+        class_version = 2
+
         request_id: str
         tenant: str
         model: str | None
@@ -48,6 +59,11 @@ class Request(Aggregate):
         reason: str
         status: int
         received_at: datetime
+        operation: str = "chat"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["operation"] = "chat"
 
     class AttemptFailed(Aggregate.Event):
         provider: str
@@ -149,8 +165,11 @@ class Request(Aggregate):
 
         saved_usd: Decimal | None = None
 
-    def __init__(self, request_id: str, tenant: str, model: str | None, stream: bool, **_: Any) -> None:
+    def __init__(
+        self, request_id: str, tenant: str, model: str | None, stream: bool, operation: str = "chat", **_: Any
+    ) -> None:
         self.request_id = request_id
+        self.operation = operation
         self.tenant = tenant
         self.model = model
         self.stream = stream
@@ -169,6 +188,7 @@ class Request(Aggregate):
         received_at: datetime,
         id: uuid.UUID | None = None,
         instance: str | None = None,
+        operation: str = "chat",
     ) -> Request:
         """`request_id` is the client's correlation id (any tenant may send any); `id`, the
         aggregate's own, is unique: the request's ledger id (a fresh uuid4 unless given);
@@ -183,6 +203,7 @@ class Request(Aggregate):
             reserved_usd=reserved_usd,
             received_at=received_at,
             instance=instance,
+            operation=operation,
         )
 
     @classmethod
@@ -196,6 +217,7 @@ class Request(Aggregate):
         status: int,
         received_at: datetime,
         id: uuid.UUID | None = None,
+        operation: str = "chat",
     ) -> Request:
         return cls._create(
             cls.Rejected,
@@ -207,6 +229,7 @@ class Request(Aggregate):
             reason=reason,
             status=status,
             received_at=received_at,
+            operation=operation,
         )
 
     def attempt_failed(

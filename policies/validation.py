@@ -40,6 +40,9 @@ class ChatRequest:
     image_parts: int = 0
     n: int = 1
     tool_count: int = 0
+    # The body as the client sent it when it spoke another API than chat (Anthropic Messages): what
+    # a provider of that format is sent. `body` is then its translation to chat.
+    native: Mapping[str, Any] | None = None
 
 
 MAX_JSON_DEPTH = 128

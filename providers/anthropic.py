@@ -60,6 +60,11 @@ FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# OpenAI finish_reason → Anthropic stop_reason, for answers the gateway writes in Anthropic's format
+# (the inverse of FINISH_REASONS on the reasons it produces).
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+# OpenAI tool_choice string → Anthropic tool_choice type (a named function is `tool` both ways).
+TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 # Anthropic error `type` → the HTTP status it comes with (used for `error` events inside a 200 stream).
 ERROR_STATUSES = {
     "invalid_request_error": 400,
@@ -90,6 +95,8 @@ class UntranslatableRequest(ValueError):
 
 
 def encode_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> bytes:
+    if call.native is not None:  # the client spoke Messages: its body as sent, only the model mapped
+        return _dumps({**call.native, "model": call.upstream_model})
     body = call.body
     system: list[Mapping[str, Any]] = []
     turns: list[dict[str, Any]] = []
@@ -129,6 +136,10 @@ def encode_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> 
     out.update(_tools(body))
     if call.stream:
         out["stream"] = True
+    return _dumps(out)
+
+
+def _dumps(out: Mapping[str, Any]) -> bytes:
     try:
         return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:
@@ -223,10 +234,8 @@ def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     choice = body.get("tool_choice")
     mapped: dict[str, Any] | None = None
-    if choice in ("auto", "none"):
-        mapped = {"type": choice}
-    elif choice == "required":
-        mapped = {"type": "any"}
+    if isinstance(choice, str) and choice in TOOL_CHOICES:
+        mapped = {"type": TOOL_CHOICES[choice]}
     elif isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
         mapped = {"type": "tool", "name": choice["function"].get("name")}
     if body.get("parallel_tool_calls") is False and (mapped is None or mapped["type"] != "none"):
@@ -316,7 +325,7 @@ def decode_response(provider: str, content: bytes, created: int | None = None) -
     }
     if usage is not None:
         body["usage"] = openai_usage(usage)
-    return Completion(body, normalise_usage(usage) if usage is not None else None)
+    return Completion(body, normalise_usage(usage) if usage is not None else None, message)
 
 
 def event_error(provider: str, data: Mapping[str, Any], secrets: Iterable[str] = ()) -> ProviderError:
@@ -421,6 +430,19 @@ class AnthropicStreamDecoder:
         }
 
 
+class NativeStreamDecoder(AnthropicStreamDecoder):
+    """For a `native` call (the client speaks Messages too): every event kept as it came, on the
+    first chunk it produced (an empty one when it produced none), so it can be relayed unchanged
+    — thinking, citations and event types this adapter does not know included."""
+
+    def feed(self, event: SSEEvent) -> list[Chunk]:
+        chunks = super().feed(event)
+        raw = f"event: {event.event}\ndata: {event.data}\n\n"
+        if not chunks:
+            return [Chunk({}, native=raw)]
+        return [attrs.evolve(chunks[0], native=raw), *chunks[1:]]
+
+
 # --- the caller ----------------------------------------------------------------------------------------
 
 
@@ -456,9 +478,24 @@ class AnthropicUpstream:
     async def complete(self, call: Call) -> Completion:
         return decode_response(self.name, await self._endpoint.post(self._encode(call), call.headers))
 
+    async def count_tokens(self, body: Mapping[str, Any], model: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The provider's `POST /messages/count_tokens` for a Messages body (its model mapped)."""
+        content = _dumps(
+            {key: value for key, value in body.items() if key not in ("max_tokens", "stream")} | {"model": model}
+        )
+        answer = await self._endpoint.post(content, headers, "/count_tokens")
+        try:
+            counted = json.loads(answer)
+        except ValueError:
+            counted = None
+        if not isinstance(counted, dict) or not isinstance(counted.get("input_tokens"), int):
+            raise MalformedResponse(self.name, f"provider {self.name!r} sent a token count that is not one")
+        return counted
+
     async def open_stream(self, call: Call) -> SSEChunkStream:
         content = self._encode(call)
-        decoder = AnthropicStreamDecoder(self.name, call.upstream_model, int(time.time()), self.secrets)
+        kind = AnthropicStreamDecoder if call.native is None else NativeStreamDecoder
+        decoder = kind(self.name, call.upstream_model, int(time.time()), self.secrets)
         return await self._endpoint.open_sse(content, call.headers, decoder, "message_stop")
 
     async def aclose(self) -> None:

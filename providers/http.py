@@ -167,10 +167,11 @@ class Endpoint:
         self._client = build_client(timeouts, max_connections, headers, transport)
         self._stream_timeout = stream_timeout(timeouts)
 
-    async def post(self, content: bytes, headers: Mapping[str, str]) -> bytes:
-        """The body of a 200 answer; any other status or failure is a `ProviderError`."""
+    async def post(self, content: bytes, headers: Mapping[str, str], path: str = "") -> bytes:
+        """The body of a 200 answer (from the URL with `path` appended); any other status or failure
+        is a `ProviderError`."""
         with translate_errors(self.provider):
-            response = await self._client.post(self._url, content=content, headers=dict(headers))
+            response = await self._client.post(self._url + path, content=content, headers=dict(headers))
         if response.status_code != 200:
             raise await status_error(self.provider, response, self.secrets)
         return response.content

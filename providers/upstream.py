@@ -26,6 +26,9 @@ class Call:
     upstream_model: str
     stream: bool
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    # The client's body in the provider's own wire format, when it spoke it (an Anthropic Messages
+    # body): an adapter for that format sends it as is (model and max_tokens set), not `body`.
+    native: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -34,6 +37,7 @@ class Completion:
 
     body: dict[str, Any]
     usage: Usage | None
+    native: dict[str, Any] | None = None  # the provider's own answer, for a call that was `native`
 
 
 @attrs.frozen
@@ -49,6 +53,7 @@ class Chunk:
     raw: str | None = None
     usage: Usage | None = None
     content_bytes: int = 0
+    native: str | None = None  # the provider's own SSE event, as it came, in a stream of a `native` call
 
     @property
     def has_content(self) -> bool:

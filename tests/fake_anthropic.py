@@ -33,6 +33,7 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+COUNTED_TOKENS = 4321
 Fault = Literal[None, "malformed_json", "reset_mid_body", "no_message_stop", "error_event"]
 
 
@@ -49,6 +50,7 @@ class Behaviour:
     chunks: int = 4
     chunk_delay_s: float = 0.0
     first_byte_delay_s: float = 0.0
+    stall_after_first_s: float = 0.0  # a stream that sends its first piece, then waits this long
     retry_after: str | None = None
     error_type: str | None = None  # None: the type Anthropic pairs with `status`
     error_message: str = "upstream secret internals"
@@ -78,8 +80,12 @@ def problem(headers: dict[str, str], body: Any) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
+    turns = 0
     for index, message in enumerate(messages):
-        if message.get("role") != ("user" if index % 2 == 0 else "assistant"):
+        if message.get("role") == "system" and index:  # a mid-conversation system turn (Claude Code's beta)
+            continue
+        turns += 1
+        if message.get("role") != ("user" if turns % 2 == 1 else "assistant"):
             return f"messages.{index}.role: roles must alternate between user and assistant, starting with user"
         content = message.get("content")
         if not content or (
@@ -162,6 +168,8 @@ class FakeAnthropic:
             for position, piece in enumerate(pieces):
                 if b.chunk_delay_s:
                     await trio.sleep(b.chunk_delay_s)
+                if position == 1 and b.stall_after_first_s:
+                    await trio.sleep(b.stall_after_first_s)
                 if position == 1 and b.fault == "reset_mid_body":
                     raise ConnectionResetError("fake Anthropic dies mid-stream")
                 if position == 1 and b.fault == "error_event":
@@ -229,6 +237,16 @@ class FakeAnthropic:
             if b.fault == "reset_mid_body":
                 return Response(self.cut(answer), 200, content_type="application/json")
             return Response(answer, 200, content_type="application/json")
+
+        @app.post("/v1/messages/count_tokens")
+        async def count_tokens() -> Response:
+            """A count that no estimate would give: the test can tell it was asked."""
+            body = await request.get_json(force=True)
+            self.bodies.append(body)
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            if "max_tokens" in body or not isinstance(body.get("messages"), list):
+                return Response(error_body("invalid_request_error", "max_tokens: Extra inputs are not permitted"), 400)
+            return Response(json.dumps({"input_tokens": COUNTED_TOKENS}), 200, content_type="application/json")
 
         return app
 

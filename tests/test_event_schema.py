@@ -441,3 +441,19 @@ def test_the_fast_scan_goes_through_the_upcasters(tmp_path: Path) -> None:
         store.close()
     assert scanned == [{"cost_usd": Decimal("0.5"), "note": "v1"}, {"cost_usd": Decimal(2), "note": "v2"}]
     assert mapped == [(Decimal("0.5"), "v1"), (Decimal(2), "v2")]
+
+
+def test_stored_v1_admitted_and_rejected_load_as_chat_requests(tmp_path: Path) -> None:
+    """`operation` came with v2: every request before it was a chat completion."""
+    topics = {topic_of(Request.Admitted), topic_of(Request.Rejected)}
+    entries = [e for e in golden.load() if e["topic"] in topics and e["class_version"] == 1]
+    assert len(entries) == 2
+    path = str(tmp_path / "v1.sqlite3")
+    _write_rows(path, entries)
+    store = LedgerStore(path)
+    try:
+        loaded = [record.event for record in store.read(0, 10)]
+    finally:
+        store.close()
+    assert sorted(type(e).__name__ for e in loaded) == ["Admitted", "Rejected"]
+    assert [e.operation for e in loaded] == ["chat", "chat"]

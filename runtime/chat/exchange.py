@@ -48,6 +48,7 @@ class Exchange:
     tracer: Tracer = attrs.field(factory=NoOpTracer)
     serving: Span | None = None  # the attempt that answered: ended at settlement, with usage and cost
     account: Account | None = None  # what the ledger was told of it, once settled or rejected (metrics, access log)
+    forwarded: dict[str, str] = attrs.field(factory=dict)  # client headers every upstream call carries (anthropic-beta)
 
     def child(self, name: str, attributes: dict[str, Any]) -> Span:
         """A span under the request's server span (a no-op span when tracing is off); end it."""
@@ -71,7 +72,7 @@ class Exchange:
             self.upstream_s += time.perf_counter() - began
 
     def upstream_headers(self) -> dict[str, str]:
-        return {"traceparent": self.trace.traceparent, "x-request-id": self.request_id}
+        return {**self.forwarded, "traceparent": self.trace.traceparent, "x-request-id": self.request_id}
 
     def latency_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)

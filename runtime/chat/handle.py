@@ -23,7 +23,7 @@ from events.request import Request
 from policies import cache
 from policies.errors import RequestRefused
 from policies.routing import Deployment, RoutingIndex
-from policies.validation import parse_chat_request, parse_json
+from policies.validation import ChatRequest, parse_chat_request, parse_json
 from runtime.actors.provider import ProviderHandle
 from runtime.actors.tenant import TenantActors
 from runtime.chat import router
@@ -76,6 +76,8 @@ class Answered:
 
     body: dict[str, Any]
     headers: dict[str, str]
+    native: dict[str, Any] | None = None  # the provider's own answer to a `native` call (see `Call`)
+    usage_corrected: bool = False  # `body["usage"]` is what was billed, not what the provider reported
 
 
 @attrs.frozen
@@ -93,14 +95,20 @@ async def handle_chat(
     read_body: Callable[[], Awaitable[bytes | str]],
     judge: Callable[[RequestRefused | ModelNotFound], V],
     cache_control: str | None = None,
+    operation: str = "chat",
+    parse: Callable[[Any], ChatRequest] = parse_chat_request,
+    relay: type[StreamRelay] = StreamRelay,
 ) -> Answered | Streaming | V:
+    """`operation` names the API the client called, for the ledger; `parse` reads its decoded body
+    into a `ChatRequest` (another API's body translated to chat, its own kept as `native`); `relay`
+    writes a stream in that API's format."""
     tenant = parts.books.authenticate(authorization)  # before the body is read: an unknown key gets its 401 first
     received_at = parts.clock()
     raw = await read_body()
     body: Any = None
     try:
         body = parse_json(raw)  # decoded once, also for recording what a refused request asked for
-        chat = parse_chat_request(body)
+        chat = parse(body)
         deployments = router.candidates(parts.routes, chat.model)
         with exchange.spanned(
             "tollgate.admission", {"tollgate.tenant": tenant.name, "gen_ai.request.model": chat.model}
@@ -113,13 +121,15 @@ async def handle_chat(
         asked = body if isinstance(body, dict) else {}
         model = asked.get("model") if isinstance(asked.get("model"), str) else None
         stream = asked.get("stream") is True
-        await reject(parts.journal, exchange, tenant, model, stream, verdict.code, verdict.status, received_at)
+        await reject(
+            parts.journal, exchange, tenant, model, stream, verdict.code, verdict.status, received_at, operation
+        )
         return verdict
     if admission.output_cap is not None:  # a hard budget bounds what the provider may generate
-        chat = attrs.evolve(
-            chat, body={**chat.body, "max_tokens": admission.output_cap}, max_tokens=admission.output_cap
-        )
-    plan = cache_plan(parts, tenant, "chat", chat.model, chat.body, cache_control)
+        cap = admission.output_cap
+        native = None if chat.native is None else {**chat.native, "max_tokens": cap}
+        chat = attrs.evolve(chat, body={**chat.body, "max_tokens": cap}, max_tokens=cap, native=native)
+    plan = cache_plan(parts, tenant, operation, chat.model, chat.body, cache_control)
     hit = await lookup(parts, tenant, plan)
     record = RequestRecord(
         exchange,
@@ -132,6 +142,7 @@ async def handle_chat(
         settle_reservation=parts.tenants.settle,
         draining=parts.draining,
         metrics=parts.metrics,
+        operation=operation,
     )
     await record.open()
     exchange.quotas = admission.quotas
@@ -142,14 +153,14 @@ async def handle_chat(
     fill = cache_filler(parts, tenant, plan, record)
     if chat.stream:
         attempt, upstream, opening = await router.open_stream(parts.providers, record, exchange)
-        relay = StreamRelay(attempt, upstream, opening, record, exchange, fill)  # settles when the stream ends
+        relayed = relay(attempt, upstream, opening, record, exchange, fill)  # settles when the stream ends
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
             "x-tollgate-overhead-ms": str(exchange.overhead_ms()),
             **cache_header,
         }
-        return Streaming(relay, headers)
+        return Streaming(relayed, headers)
     attempt, completion = await router.complete(parts.providers, record, exchange)
     try:
         delivered = router.content_bytes(completion)
@@ -165,14 +176,16 @@ async def handle_chat(
         await fill(answer, attempt.deployment)
     x_gateway = exchange.x_gateway(attempt.deployment, attempt.number, record.cost_str())
     answer["x_gateway"] = x_gateway
-    return Answered(answer, {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"]), **cache_header})
+    headers = {"x-tollgate-overhead-ms": str(x_gateway["overhead_ms"]), **cache_header}
+    return Answered(answer, headers, completion.native, corrected is not None)
 
 
 def cache_plan(
     parts: ChatParts, tenant: TenantView, operation: str, model: str, body: Mapping[str, Any], cache_control: str | None
 ) -> cache.CachePlan:
-    """What this request does with the response cache (none at all without one)."""
-    if parts.cache is None:
+    """What this request does with the response cache (none at all without one). Only chat completions
+    are cached: other APIs' answers (a Messages pass-through's native body) are not chat bodies."""
+    if parts.cache is None or operation != "chat":
         return cache.BYPASS
     policy = tenant.tenant_policy
     return cache.plan(policy.cache, policy.cache_ttl_s, tenant.id, operation, model, body, cache_control)

@@ -97,8 +97,10 @@ class RequestRecord:
         settle_reservation: SettleReservation,
         draining: trio.Event,
         metrics: Metrics,
+        operation: str = "chat",
     ) -> None:
         self.admission = admission
+        self.operation = operation
         self.metrics = metrics
         self._failures: list[tuple[str, str]] = []  # (provider, kind) per failed attempt
         self._journal = journal
@@ -140,6 +142,7 @@ class RequestRecord:
             self.received_at,
             id=self._exchange.ledger_id,
             instance=self._journal.instance,
+            operation=self.operation,
         )
         try:
             self._journal.submit(aggregate.collect_events())
@@ -297,10 +300,19 @@ async def reject(
     reason: str,
     status: int,
     received_at: datetime,
+    operation: str = "chat",
 ) -> None:
     """Record a request refused before dispatch (authentication failures of unknown keys excepted)."""
     aggregate = Request.reject(
-        exchange.request_id, tenant.name, model, stream, reason, status, received_at, id=exchange.ledger_id
+        exchange.request_id,
+        tenant.name,
+        model,
+        stream,
+        reason,
+        status,
+        received_at,
+        id=exchange.ledger_id,
+        operation=operation,
     )
     await journal.commit(aggregate.collect_events())
     exchange.recorded = True

@@ -80,11 +80,7 @@ class StreamRelay:
                 attempt = self._attempt
                 attempt_failed(self._record, self._exchange, attempt.deployment, attempt.number, error)
                 await self._finish(Outcome.failed(error), Request.Failed, "truncated")
-                return sse_error(
-                    f"The upstream stream failed after it had started ({error.message}); the answer is incomplete.",
-                    "api_error",
-                    "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error",
-                )
+                return self._failure(error)
         if not batch:
             await self._finish(SUCCESS, Request.Completed, "ok")
             if self._fill is not None and self._chunks is not None:
@@ -109,6 +105,14 @@ class StreamRelay:
         if idle <= self._deadline:
             raise UpstreamTimeout(provider, f"provider {provider!r} sent nothing for {self._timeouts.idle_s:g}s")
         raise UpstreamTimeout(provider, f"provider {provider!r} did not finish within {self._timeouts.total_s:g}s")
+
+    def _failure(self, error: ProviderError) -> bytes:
+        """The event that ends a stream failing mid-answer."""
+        return sse_error(
+            f"The upstream stream failed after it had started ({error.message}); the answer is incomplete.",
+            "api_error",
+            "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error",
+        )
 
     def _usage_so_far(self) -> Usage:
         return self.usage or estimate_usage(self._record.chat, self.content_bytes)

@@ -45,6 +45,7 @@ from runtime.errors import (
 from runtime.gateway import Gateway
 from runtime.http import admin_series, dashboard
 from runtime.http.admin import register_admin
+from runtime.http.messages import CLOSERS, anthropic_error, anthropic_route, register_messages
 from runtime.http.observe import live_metrics, request_ended, server_span
 from runtime.http.quota_headers import quota_headers
 from runtime.http.responses import json_response
@@ -52,7 +53,6 @@ from runtime.http.tracing import continue_or_start, request_id
 from runtime.ledger.journal import LedgerUnavailable
 
 log = logging.getLogger("tollgate.web")
-CLOSERS = "tollgate.closers"
 EXCHANGE = "tollgate.exchange"
 CLEANUP_DEADLINE_S = 10.0
 
@@ -137,8 +137,13 @@ def error_response(error: BaseException, max_body_bytes: int) -> Response:
         status = error.code or 500
         type_, code, template = HTTP_CODES.get(status, ("invalid_request_error", "http_error", "{name}."))
         message = template.format(path=request.path, method=request.method, limit=max_body_bytes, name=error.name)
+        if anthropic_route(request.path):
+            return anthropic_error(status, message)
         return json_response(error_body(message, type_, code), status)
-    return error_reply(error).response()
+    reply = error_reply(error)
+    if anthropic_route(request.path):
+        return anthropic_error(reply.status, reply.message, reply.headers)
+    return reply.response()
 
 
 def model_json(name: str) -> dict[str, Any]:
@@ -303,6 +308,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
             closers(request.scope).append(answer.relay.aclose)
             return Response(answer.relay, 200, answer.headers, content_type="text/event-stream; charset=utf-8")
         return json_response(answer.body, 200, answer.headers)
+
+    register_messages(app, parts, error_reply)
 
     @app.get("/v1/models")
     async def models() -> Response:
