@@ -199,8 +199,12 @@ class RequestLifetime:
         """The shared write watcher: a system task, ending when no request is alive."""
         try:
             async with trio.open_nursery() as nursery:
-                while self._alive:
+                while True:
                     await trio.sleep(self.write_timeout_s / 2)
+                    if not self._alive:
+                        # decided with no checkpoint in between: a request arriving from now on starts a new one
+                        self._watching = False
+                        return
                     now = trio.current_time()
                     for life in list(self._alive):
                         started = life.write_started
@@ -208,9 +212,11 @@ class RequestLifetime:
                             life.stuck = True
                             nursery.start_soon(life.end_stuck)
         except Exception:  # a system task's failure would crash the run: log it, the next request restarts it
-            log.exception("the response write watcher failed")
-        finally:
             self._watching = False
+            log.exception("the response write watcher failed")
+        except BaseException:  # the run ends (its system tasks are cancelled)
+            self._watching = False
+            raise
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
         if scope["type"] != "http":
