@@ -47,16 +47,6 @@ api_key_env = "BENCH_TENANT_KEY"
 {tenant_extra}"""
 
 
-# `[logging]` has no switch for the access log (runtime/http/observe.py sets `tollgate.access` to INFO
-# whatever `level` says), so the no-obs twin starts the same CLI with `logging.disable(logging.INFO)`
-# first: every INFO-and-below record is then dropped at `isEnabledFor`, the access log's first check.
-QUIET_CMD = (
-    '{python} -c "import logging, sys; logging.disable(logging.INFO); '
-    'from runtime.cli.commands import main; sys.exit(main(sys.argv[1:]))" '
-    "serve --config {config} --host 127.0.0.1 --port 0"
-)
-
-
 @dataclass(frozen=True)
 class Variant:
     """One configuration of Tollgate under test: its target name, label suffix, config and note."""
@@ -65,7 +55,6 @@ class Variant:
     label: str = ""
     memory_ledger: bool = False
     extra_config: str = ""
-    quiet_access_log: bool = False
     serve_args: str = ""  # appended to the default command's `serve` arguments
     note: str = ""
     tenant_config: str = ""  # lines added to the bench tenant's `[[tenants]]` entry
@@ -85,11 +74,9 @@ MEMORY = Variant(
 NO_OBS = Variant(
     "no-obs",
     label=", no metrics or access log",
-    extra_config="\n[metrics]\nenabled = false\n",
-    quiet_access_log=True,
+    extra_config="\n[metrics]\nenabled = false\n\n[logging]\naccess = false\n",
     note="[metrics] enabled = false (no /metrics route and no live-gauge collector; the in-process counters "
-    "still count: no setting turns them off) and the access log off (no setting does that either: started "
-    "with logging.disable(logging.INFO), which drops every INFO line); to measure what observability costs",
+    "still count: no setting turns them off) and [logging] access = false; to measure what observability costs",
 )
 WORKERS_2 = Variant(
     "workers-2",
@@ -144,9 +131,8 @@ def start(cmd_template: str, workdir: Path, upstream: Target, variant: Variant =
     """Start the gateway with its generated config; wait for ``listening on`` and ``/readyz``."""
     upstream_base = upstream.url.removesuffix("/chat/completions")
     config = write_config(workdir, upstream_base, variant)
-    template = QUIET_CMD if variant.quiet_access_log and cmd_template == DEFAULT_CMD else cmd_template
     argv = shlex.split(
-        template.format(
+        cmd_template.format(
             python=shlex.quote(sys.executable), config=shlex.quote(str(config)), repo=shlex.quote(str(REPO))
         )
     )

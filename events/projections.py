@@ -368,8 +368,9 @@ class Projections:
 
     @property
     def position(self) -> int:
-        row = next(iter(self.db.table("tracking").rows_where("name = ?", [TRACKING])), None)
-        return int(row["position"]) if row else 0
+        # plain SQL: sqlite-utils' `rows_where` asks the schema whether the table exists on every call
+        row = self.db.conn.execute("select position from tracking where name = ?", (TRACKING,)).fetchone()
+        return int(row[0]) if row else 0
 
     def apply(self, records: Sequence[Recorded], read: Callable[[int, int], Sequence[Recorded]] | None = None) -> int:
         """Fold and write `records` (those at or before the tracked position are skipped).

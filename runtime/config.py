@@ -83,6 +83,8 @@ class LoggingConfig:
 
     format: Literal["json", "text"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access: bool = True
+    """The access log's one line per request; false writes none (and does no work for it)."""
 
 
 @attrs.frozen

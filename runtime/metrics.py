@@ -141,6 +141,11 @@ class Metrics:
         )
         registry.register(self._saved)
         self._live: Collector | None = None
+        # labelled children looked up once per label set: prometheus-client's `labels()` validates
+        # and locks on every call, the request path calls it half a dozen times per request
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        self._settled: dict[tuple[str, str, str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        self._first_token: dict[tuple[str, str], Histogram] = {}
         self.url: str | None = None  # where `[metrics] port` serves, once bound
 
     def label_tenant(self, name: str | None) -> str:
@@ -162,18 +167,24 @@ class Metrics:
         overhead_s: float,
     ) -> None:
         """A request settled (`RequestRecord.settle`, the one place): its tokens, cost and timings."""
-        tenant_label, model_label, provider_label = (
-            self.label_tenant(tenant),
-            self.label_model(model),
-            provider or "none",
-        )
+        labels = (self.label_tenant(tenant), self.label_model(model), provider or "none")
+        key = (*labels, outcome)
+        children = self._settled.get(key)
+        if children is None:
+            tenant_label, model_label, provider_label = labels
+            children = self._settled[key] = (
+                self.tokens.labels("input", provider_label, model_label, tenant_label),
+                self.tokens.labels("output", provider_label, model_label, tenant_label),
+                self.duration.labels("chat", provider_label, model_label, outcome),
+                self.overhead.labels(provider_label),
+            )
         if prompt_tokens or completion_tokens:
-            self.tokens.labels("input", provider_label, model_label, tenant_label).observe(prompt_tokens)
-            self.tokens.labels("output", provider_label, model_label, tenant_label).observe(completion_tokens)
+            children[0].observe(prompt_tokens)
+            children[1].observe(completion_tokens)
         if cost_usd:
-            self._cost.add((tenant_label, model_label, provider_label), cost_usd)
-        self.duration.labels("chat", provider_label, model_label, outcome).observe(latency_s)
-        self.overhead.labels(provider_label).observe(overhead_s)
+            self._cost.add(labels, cost_usd)
+        children[2].observe(latency_s)
+        children[3].observe(overhead_s)
 
     def cache_used(self, tenant: str, model: str, provider: str | None, result: str, saved_usd: Decimal | None) -> None:
         """The response cache answered (`hit`, with what it saved when priced), or not (`miss`, `bypass`)."""
@@ -186,19 +197,31 @@ class Metrics:
         before it, a fallback changes it."""
         before: str | None = None
         for provider, result in chain:
-            self.attempts.labels(provider, result).inc()
+            self._child(self.attempts, provider, result).inc()
             if before is not None:
-                (self.retries if provider == before else self.fallbacks).labels(provider).inc()
+                self._child(self.retries if provider == before else self.fallbacks, provider).inc()
             before = provider
 
     def finished(self, tenant: str | None, model: str | None, provider: str | None, outcome: str, status: int) -> None:
         """A chat request ended at the HTTP edge, with the status it was answered with."""
-        self.requests.labels(
-            self.label_tenant(tenant), self.label_model(model), provider or "none", outcome, str(status)
+        self._child(
+            self.requests, self.label_tenant(tenant), self.label_model(model), provider or "none", outcome, str(status)
         ).inc()
 
+    def _child(self, metric: Counter, *labels: str) -> Counter:
+        """`metric.labels(*labels)`, looked up once per label set (the labels are bounded, so is this)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def first_token(self, provider: str, model: str, seconds: float) -> None:
-        self.time_to_first_token.labels(provider, self.label_model(model)).observe(seconds)
+        key = (provider, self.label_model(model))
+        child = self._first_token.get(key)
+        if child is None:
+            child = self._first_token[key] = self.time_to_first_token.labels(*key)
+        child.observe(seconds)
 
     def journal_wrote(self, seconds: float, events: int) -> None:
         self.journal_commit.observe(seconds)

@@ -3,8 +3,10 @@ request's account — never a key or message content."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -89,3 +91,46 @@ def test_configure_logging_silences_httpx_and_gives_json_lines_their_own_handler
         logging.getLogger().setLevel(saved[2])
         tollgate.setLevel(saved[3])
         access_log.setLevel(saved[4])
+
+
+async def _one_request_through_configured_logging(settings: dict[str, Any]) -> tuple[str, str]:
+    """A request through a gateway whose access log is set up as `tollgate serve` sets it up, written
+    to a string: the request id and what was written."""
+    saved = (access_log.handlers[:], access_log.propagate, logging.getLogger().level, access_log.level)
+    tollgate_level = logging.getLogger("tollgate").level
+    written = io.StringIO()
+    try:
+        configure_logging(LoggingConfig(**settings), stream=written)
+        async with running_gateway(make_config(logging=settings)) as gw:
+            completion = await in_thread(gw.client().chat.completions.create, model="sim-1", messages=PROMPT)
+    finally:
+        access_log.handlers[:], access_log.propagate = saved[0], saved[1]
+        logging.getLogger().setLevel(saved[2])
+        access_log.setLevel(saved[3])
+        logging.getLogger("tollgate").setLevel(tollgate_level)
+    return completion.model_extra["x_gateway"]["request_id"], written.getvalue()
+
+
+async def test_access_log_through_its_own_handler_writes_whole_lines() -> None:
+    request_id, written = await _one_request_through_configured_logging({"format": "json"})
+    [line] = written.splitlines()
+    fields = json.loads(line)
+    assert fields["request_id"] == request_id and fields["status"] == 200 and fields["tenant"] == "demo"
+    assert fields["outcome"] == "ok" and fields["provider"] == "sim" and fields["time"].endswith("+00:00")
+    assert SECRET not in written and DEMO_KEY not in written
+
+
+async def test_text_access_log_through_its_own_handler_keeps_the_formatter_prefix() -> None:
+    request_id, written = await _one_request_through_configured_logging({"format": "text"})
+    [line] = written.splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO tollgate\.access: method=POST .*", line)
+    assert f"request_id={request_id}" in line and "status=200" in line and "outcome=ok" in line
+
+
+async def test_access_false_logs_no_access_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tollgate.access")
+    async with running_gateway(make_config(logging={"access": False})) as gw:
+        await in_thread(gw.client().chat.completions.create, model="sim-1", messages=PROMPT)
+    assert access_lines(caplog) == []
+    _, written = await _one_request_through_configured_logging({"access": False})
+    assert written == ""

@@ -298,3 +298,40 @@ def test_projections_of_another_layout_are_rebuilt_from_the_ledger(tmp_path: Pat
     assert [row["cost_nanousd"] for row in reopened.rows("spend")] == [250_000_000]
     reopened.close()
     store.close()
+
+
+def test_folding_a_batch_asks_nothing_of_the_schema(tmp_path: Path) -> None:
+    """The Projector's per-batch work is its own SQL: no `sqlite_master` lookup per batch (#14)."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from events.request import Request
+
+    store = LedgerStore(str(tmp_path / "ledger.sqlite3"))
+    for n in range(3):
+        request = Request.admit(f"r{n}", "t", "m", False, Decimal(0), datetime.now(UTC))
+        request.settle(
+            Request.Completed,
+            provider="p",
+            served_model="m",
+            prompt_tokens=1,
+            completion_tokens=2,
+            cached_tokens=0,
+            usage_source="provider",
+            cost_usd=Decimal("0.25"),
+            price_ref=None,
+            latency_us=1,
+            overhead_us=1,
+            outcome="ok",
+        )
+        store.append([request])
+    live = Projections(str(tmp_path / "ledger.projections.sqlite3"))
+    statements: list[str] = []
+    live.db.conn.set_trace_callback(statements.append)
+    for record in store.read(0, 100):
+        live.apply([record])
+    live.db.conn.set_trace_callback(None)
+    assert live.position == store.position() and [r["requests"] for r in live.rows("spend")] == [3]
+    assert statements and not [s for s in statements if "sqlite_master" in s or "pragma" in s.lower()]
+    live.close()
+    store.close()

@@ -157,6 +157,29 @@ def closers(scope: Any) -> list[Callable[[str], Awaitable[None]]]:
     return found
 
 
+@attrs.define(eq=False)
+class _Lifetime:
+    """One request's state as `RequestLifetime` and the shared write watcher see it."""
+
+    scope: dict[str, Any]
+    closers: list[Callable[[str], Awaitable[None]]]
+    app_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    reason: str = "client_disconnected"
+    write_started: float | None = None
+    stuck: bool = False
+
+    async def close_all(self, why: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
+            for close in self.closers:
+                await close(why)
+
+    async def end_stuck(self) -> None:
+        self.reason = "client_stuck"
+        log.info("%s %s: client stopped reading; ending its request", self.scope.get("method"), self.scope.get("path"))
+        await self.close_all(self.reason)
+        self.app_scope.cancel()
+
+
 class RequestLifetime:
     """ASGI wrapper around the app, for every HTTP request:
 
@@ -165,7 +188,8 @@ class RequestLifetime:
     - a response write blocked longer than `write_timeout_s` (a client that stopped reading) runs the
       closers at once: the upstream stream is closed, the lease released, the request settled as
       `client_stuck`. (Hypercorn shields its socket writes, so the connection itself goes when the
-      kernel gives up on the peer.)
+      kernel gives up on the peer.) One watcher task checks every request's write, twice per
+      `write_timeout_s`, while any request is alive — not a watchdog task per request;
     - `in_flight` counts requests alive, for `statistics()`.
     """
 
@@ -173,6 +197,31 @@ class RequestLifetime:
         self.app = app
         self.gateway = gateway
         self.write_timeout_s = gateway.config.server.write_timeout_s
+        self._alive: set[_Lifetime] = set()
+        self._watching = False
+
+    async def _watch(self) -> None:
+        """The shared write watcher: a system task, ending when no request is alive."""
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    await trio.sleep(self.write_timeout_s / 2)
+                    if not self._alive:
+                        # decided with no checkpoint in between: a request arriving from now on starts a new one
+                        self._watching = False
+                        return
+                    now = trio.current_time()
+                    for life in list(self._alive):
+                        started = life.write_started
+                        if started is not None and not life.stuck and now - started >= self.write_timeout_s:
+                            life.stuck = True
+                            nursery.start_soon(life.end_stuck)
+        except Exception:  # a system task's failure would crash the run: log it, the next request restarts it
+            self._watching = False
+            log.exception("the response write watcher failed")
+        except BaseException:  # the run ends (its system tasks are cancelled)
+            self._watching = False
+            raise
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
         if scope["type"] != "http":
@@ -180,15 +229,9 @@ class RequestLifetime:
             return
         closers: list[Callable[[str], Awaitable[None]]] = []
         scope[CLOSERS] = closers
-        reason = "client_disconnected"
-        write_started: float | None = None
+        life = _Lifetime(scope, closers)
         status: int | None = None
         accounted = False
-
-        async def close_all(why: str) -> None:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_DEADLINE_S):
-                for close in closers:
-                    await close(why)
 
         def ended(disconnected: str | None) -> None:
             nonlocal accounted
@@ -197,44 +240,33 @@ class RequestLifetime:
                 request_ended(self.gateway, scope, scope.get(EXCHANGE), status or 499, disconnected)
 
         async def tracked_send(message: Any) -> None:
-            nonlocal write_started, status
+            nonlocal status
             if message.get("type") == "http.response.start":
                 status = message.get("status")
             elif message.get("type") == "http.response.body" and not message.get("more_body", False):
                 ended(None)  # before the last byte leaves: a client that saw its answer finds it counted
-            write_started = trio.current_time()
+            life.write_started = trio.current_time()
             try:
                 await send(message)
             finally:
-                write_started = None
-
-        async def watchdog(app_scope: trio.CancelScope) -> None:
-            # Checks twice per write_timeout_s rather than waking on every write: streams send a lot.
-            nonlocal reason
-            while True:
-                await trio.sleep(self.write_timeout_s / 2)
-                started = write_started
-                if started is None or trio.current_time() - started < self.write_timeout_s:
-                    continue
-                reason = "client_stuck"
-                log.info("%s %s: client stopped reading; ending its request", scope.get("method"), scope.get("path"))
-                await close_all(reason)
-                app_scope.cancel()
-                return
+                life.write_started = None
 
         self.gateway.http_in_flight += 1
+        self._alive.add(life)
+        if not self._watching:
+            self._watching = True
+            trio.lowlevel.spawn_system_task(self._watch, name="response write watcher")
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watchdog, nursery.cancel_scope)
+            with life.app_scope:
                 await self.app(scope, receive, tracked_send)
-                nursery.cancel_scope.cancel()
         finally:
-            if self.gateway.draining.is_set() and reason == "client_disconnected":
-                reason = "shutdown"
+            self._alive.discard(life)
+            if self.gateway.draining.is_set() and life.reason == "client_disconnected":
+                life.reason = "shutdown"
             if closers:
-                await close_all(reason)
+                await life.close_all(life.reason)
             self.gateway.http_in_flight -= 1
-            ended(reason)  # the answer never completed
+            ended(life.reason)  # the answer never completed
 
 
 def chat_parts(gateway: Gateway) -> ChatParts:

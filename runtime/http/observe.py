@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry.context import Context
 from opentelemetry.trace import (
@@ -135,43 +136,87 @@ def request_ended(
     account = exchange.account if exchange is not None else None
     if exchange is not None:
         _end_span(exchange, status, disconnected)
-    chat = scope.get("path") == "/v1/chat/completions"
-    if chat:
+    if scope.get("path") == "/v1/chat/completions":
         if account is not None:
             gateway.metrics.finished(account.tenant, account.model, account.provider, account.outcome, status)
         else:
             gateway.metrics.finished(None, None, None, "unauthenticated" if status == 401 else "error", status)
-    if not access_log.isEnabledFor(logging.INFO):
+    settings = gateway.config.logging
+    if not settings.access or not access_log.isEnabledFor(logging.INFO):
         return
+    fields = _access_fields(scope, exchange, status, disconnected)
+    if settings.format == "json":
+        line = json.dumps(fields, separators=(",", ":"))
+    else:
+        line = " ".join([f"{key}={_text(value)}" for key, value in fields.items() if key != "time"])
+    handler = _ours()
+    if handler is not None:  # the line as the handler's Formatter would write it, without a LogRecord
+        handler.write_line(line if settings.format == "json" else f"{_asctime()} INFO {access_log.name}: {line}")
+    else:
+        access_log.info(line, extra={"access": fields})
+
+
+def _access_fields(
+    scope: dict[str, Any], exchange: Exchange | None, status: int, disconnected: str | None
+) -> dict[str, Any]:
+    if exchange is None:
+        return {
+            "time": _now(),
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": status,
+            "request_id": None,
+            "trace_id": None,
+            "latency_ms": None,
+            "overhead_ms": None,
+            "client_disconnected": disconnected is not None,
+        }
     fields: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "time": _now(),
         "method": scope.get("method"),
         "path": scope.get("path"),
         "status": status,
-        "request_id": exchange.request_id if exchange else None,
-        "trace_id": exchange.trace.trace_id if exchange else None,
-        "latency_ms": exchange.latency_ms() if exchange else None,
-        "overhead_ms": exchange.overhead_ms() if exchange else None,
+        "request_id": exchange.request_id,
+        "trace_id": exchange.trace.trace_id,
+        "latency_ms": exchange.latency_ms(),
+        "overhead_ms": exchange.overhead_ms(),
     }
+    account = exchange.account
     if account is not None:
-        fields.update(
-            tenant=account.tenant,
-            model=account.model,
-            provider=account.provider,
-            outcome=account.outcome,
-            stream=account.stream,
-            attempts=len(account.failures) + (1 if account.outcome == "ok" else 0),
-            failures=[f"{provider}: {kind}" for provider, kind in account.failures],
-            prompt_tokens=account.prompt_tokens,
-            completion_tokens=account.completion_tokens,
-            cost_usd=account.cost_usd,
-        )
+        fields["tenant"] = account.tenant
+        fields["model"] = account.model
+        fields["provider"] = account.provider
+        fields["outcome"] = account.outcome
+        fields["stream"] = account.stream
+        fields["attempts"] = len(account.failures) + (1 if account.outcome == "ok" else 0)
+        fields["failures"] = [f"{provider}: {kind}" for provider, kind in account.failures]
+        fields["prompt_tokens"] = account.prompt_tokens
+        fields["completion_tokens"] = account.completion_tokens
+        fields["cost_usd"] = account.cost_usd
     fields["client_disconnected"] = disconnected is not None
-    if gateway.config.logging.format == "json":
-        access_log.info(json.dumps(fields, separators=(",", ":")), extra={"access": fields})
-    else:
-        text = " ".join(f"{key}={_text(value)}" for key, value in fields.items() if key != "time")
-        access_log.info(text, extra={"access": fields})
+    return fields
+
+
+_utc: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_local: list[Any] = [-1, ""]
+
+
+def _now() -> str:
+    """`datetime.now(UTC).isoformat(timespec="milliseconds")`, with the seconds formatted once a second."""
+    now = time.time()
+    second = int(now)
+    if second != _utc[0]:
+        _utc[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_utc[1]}.{int((now - second) * 1000):03d}+00:00"
+
+
+def _asctime() -> str:
+    """logging.Formatter's default `%(asctime)s` (local time, `,mmm`), formatted once a second."""
+    now = time.time()
+    second = int(now)
+    if second != _local[0]:
+        _local[:] = [second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))]
+    return f"{_local[1]},{int((now - second) * 1000):03d}"
 
 
 def _text(value: Any) -> str:
@@ -183,14 +228,38 @@ def _text(value: Any) -> str:
     return json.dumps(text) if " " in text else text
 
 
-def configure_logging(settings: LoggingConfig) -> None:
+class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The access log's own handler (`configure_logging` installs it): a line is the whole message, so
+    `request_ended` hands it the finished line and skips the LogRecord and the Formatter; records that
+    come through logging anyway (another writer of `tollgate.access`) are written the usual way."""
+
+    def write_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(line + "\n")
+                self.flush()
+            except Exception:  # logging's own rule: a failing log write never fails the request
+                self.handleError(logging.makeLogRecord({"msg": line, "name": access_log.name}))
+
+
+def _ours() -> AccessLogHandler | None:
+    """Our handler when it is the access log's only way out (no filters, no propagation), else None."""
+    handlers = access_log.handlers
+    if len(handlers) == 1 and not access_log.propagate and not access_log.filters:
+        handler = handlers[0]
+        if isinstance(handler, AccessLogHandler) and not handler.filters and handler.level <= logging.INFO:
+            return handler
+    return None
+
+
+def configure_logging(settings: LoggingConfig, stream: TextIO | None = None) -> None:
     """`tollgate serve`'s logging, in one place: the level, the access log's own handler (a JSON line
     is the whole line), and httpx/httpcore's one INFO line per upstream call silenced."""
     logging.getLogger().setLevel(settings.level)
     logging.getLogger("tollgate").setLevel(settings.level)
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = AccessLogHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(
         logging.Formatter(
             "%(message)s" if settings.format == "json" else "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -198,7 +267,8 @@ def configure_logging(settings: LoggingConfig) -> None:
     )
     access_log.handlers[:] = [handler]
     access_log.propagate = False
-    access_log.setLevel(logging.INFO)  # one line per request whatever `level` says of the rest
+    # one line per request whatever `level` says of the rest; none at all with `access = false`
+    access_log.setLevel(logging.INFO if settings.access else logging.CRITICAL + 1)
 
 
 def _admin(gateway: Gateway, scope: dict[str, Any]) -> bool:
