@@ -99,6 +99,13 @@ class LedgerConfig:
 
 
 @attrs.frozen
+class ResponsesConfig:
+    """`[responses]`: how long Tollgate keeps a stored Responses API conversation (`store`, the default)."""
+
+    retention_s: float = attrs.field(default=30 * 86400.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
 class AdminConfig:
     api_key_env: str = "TOLLGATE_ADMIN_KEY"
 
@@ -147,6 +154,7 @@ class TenantConfig(TenantPolicy):
 class Config:
     server: ServerConfig = ServerConfig()
     ledger: LedgerConfig = LedgerConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

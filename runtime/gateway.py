@@ -45,6 +45,7 @@ from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
 from runtime.ledger.breakers import BreakerLog
+from runtime.ledger.conversations import Conversations
 from runtime.ledger.journal import Journal, JournalStatistics
 from runtime.ledger.projector import Projector, projections_path
 from runtime.metrics import Metrics
@@ -104,6 +105,8 @@ class Gateway:
     telemetry: Telemetry = attrs.field(factory=Telemetry)
     """Traces (`[tracing]`): the HTTP edge opens each request's server span with its tracer."""
     tenant_actors: TenantActors | None = None
+    conversations: Conversations | None = None
+    """Stored Responses API turns (`runtime.ledger.conversations`), opened with the ledger."""
     http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
     """Wall time for money: received_at, prices in force, budget periods (tests pass a virtual one)."""
@@ -257,6 +260,16 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     gateway.aggregates.committed([*existing.values(), *tenants.values(), price_list, *providers])  # only now
 
 
+EXPIRY_INTERVAL_S = 3600.0
+
+
+async def _expire_conversations(conversations: Conversations, clock: Callable[[], datetime]) -> None:
+    """Delete stored Responses turns past their retention (reads already ignore them)."""
+    while True:
+        await trio.sleep(min(EXPIRY_INTERVAL_S, conversations.retention_s))
+        await conversations.expire(clock().timestamp())
+
+
 def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
     from runtime.ledger.projector import catch_up
 
@@ -309,6 +322,8 @@ async def open_gateway(
     )
     if clock is not None:
         gateway.clock = clock
+    conversations = await trio.to_thread.run_sync(Conversations, config.ledger.path, config.responses.retention_s)
+    gateway.conversations = conversations
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(projector.run)
@@ -326,6 +341,7 @@ async def open_gateway(
                 idle_s=config.server.tenant_idle_s,
                 alerts=gateway.alerts.crossed,
             )
+            nursery.start_soon(_expire_conversations, conversations, gateway.clock)
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway
@@ -338,6 +354,7 @@ async def open_gateway(
                 await handle.upstream.aclose()
         store.close()
         projections.close()
+        conversations.close()
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 
