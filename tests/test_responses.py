@@ -6,14 +6,26 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import trio
+import trio.testing
 
 from events.request import Request
 from runtime.auth import DEMO_KEY, hash_key
 from tests.fake_anthropic import fake_anthropic
-from tests.harness import ADMIN, in_thread, make_config, running_gateway, wait_for_events
+from tests.fake_openai import Behaviour as FakeBehaviour
+from tests.fake_openai import fake_openai
+from tests.harness import (
+    ADMIN,
+    in_thread,
+    make_config,
+    openai_provider,
+    request_events,
+    running_gateway,
+    wait_for_events,
+)
 
 PRICING = {"sim/sim-1": {"input_per_mtok": "10", "output_per_mtok": "20"}}
 OTHER_KEY = "tg-other-tenant-key"
@@ -301,3 +313,41 @@ async def test_models_retrieve_with_the_sdk() -> None:
         assert model.id == "sim-1"
         with pytest.raises(openai.NotFoundError):
             await in_thread(client.models.retrieve, "no-such-model")
+
+
+async def test_a_client_that_hangs_up_mid_stream_is_settled_as_cancelled(mock_clock: trio.testing.MockClock) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    mock_clock.autojump_threshold = 5
+    async with fake_openai(FakeBehaviour(reply=words, chunks=40, chunk_delay_s=10)) as fake:
+        config = make_config(
+            providers=[openai_provider(fake.url, timeouts={"first_token_s": 200, "idle_s": 100})],
+            pricing={"up/gpt-test": {"input_per_mtok": "1", "output_per_mtok": "2"}},
+        )
+        async with running_gateway(config) as gw, httpx.AsyncClient(base_url=gw.url, timeout=None) as http:
+            delta = trio.Event()
+
+            async def ask() -> None:
+                headers = {"Authorization": f"Bearer {DEMO_KEY}", "X-Request-ID": "gone"}
+                body = {"model": "gpt-test", "input": "hi", "stream": True}
+                async with http.stream("POST", "/v1/responses", json=body, headers=headers) as answer:
+                    async for line in answer.aiter_lines():
+                        if line == "event: response.output_text.delta":
+                            delta.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                await fake.wait_for_requests(1)
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(10)
+                await delta.wait()
+                nursery.cancel_scope.cancel()  # the client hangs up
+            await fake.wait_idle()
+            assert fake.open_streams == 0
+            events = await wait_for_events(gw, lambda es: "Cancelled" in request_events(es).get("gone", []))
+            conversations = gw.gateway.conversations
+            assert conversations is not None
+            rows = await conversations._run("SELECT count(*) FROM tollgate_responses", ())
+    assert request_events(events)["gone"] == ["Admitted", "Cancelled"]
+    (cancelled,) = [e for e in events if isinstance(e, Request.Cancelled)]
+    assert cancelled.outcome == "client_disconnected" and cancelled.completion_tokens > 0
+    assert rows[0][0] == 0  # an interrupted response is not stored
