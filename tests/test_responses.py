@@ -351,3 +351,30 @@ async def test_a_client_that_hangs_up_mid_stream_is_settled_as_cancelled(mock_cl
     (cancelled,) = [e for e in events if isinstance(e, Request.Cancelled)]
     assert cancelled.outcome == "client_disconnected" and cancelled.completion_tokens > 0
     assert rows[0][0] == 0  # an interrupted response is not stored
+
+
+async def test_replay_verify_is_clean_after_a_mixed_workload(tmp_path: Any) -> None:
+    from runtime.ledger.replay import verify_open
+
+    config = make_config(pricing=PRICING, ledger={"path": str(tmp_path / "ledger.sqlite3")})
+    async with running_gateway(config) as gw, gw.http() as http:
+        auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+        chat = {"model": "sim-1", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await http.post("/v1/chat/completions", json=chat, headers=auth)).status_code == 200
+        first = await http.post("/v1/responses", json={"model": "sim-1", "input": "One."}, headers=auth)
+        follow = {"model": "sim-1", "input": "Two.", "previous_response_id": first.json()["id"], "stream": True}
+        assert "response.completed" in (await http.post("/v1/responses", json=follow, headers=auth)).text
+        assert (await http.post("/v1/responses", json={"model": "sim-1"}, headers=auth)).status_code == 400
+        gateway = gw.gateway
+        await gateway.projector.wait_for(gateway.journal.position)
+
+        def check() -> list[str]:
+            return verify_open(gateway.store, gateway.projector.projections)
+
+        problems = await trio.to_thread.run_sync(check, limiter=gateway.projector._limiter)
+        spent = await gateway.spent("demo", datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+        events = await wait_for_events(gw, lambda es: True)
+    assert problems == []
+    costs = [e.cost_usd for e in events if isinstance(e, Request.Completed)]
+    assert len(costs) == 3 and all(cost is not None and cost > 0 for cost in costs)
+    assert spent == sum(costs)
