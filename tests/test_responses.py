@@ -378,3 +378,21 @@ async def test_replay_verify_is_clean_after_a_mixed_workload(tmp_path: Any) -> N
     costs = [e.cost_usd for e in events if isinstance(e, Request.Completed)]
     assert len(costs) == 3 and all(cost is not None and cost > 0 for cost in costs)
     assert spent == sum(costs)
+
+
+async def test_the_reservation_covers_earlier_turns_instructions_and_tools() -> None:
+    async with running_gateway(make_config(pricing=PRICING)) as gw, gw.http() as http:
+        created = await http.post("/admin/tenants", json={"name": "budgeted", "budget_usd": "1000"}, headers=ADMIN)
+        auth = {"Authorization": f"Bearer {created.json()['api_key']}"}  # a budget: reservations are made
+        base = {"model": "sim-1", "input": "Two.", "max_output_tokens": 4}
+        fresh = await http.post("/v1/responses", json=base, headers={**auth, "X-Request-ID": "fresh"})
+        tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+        long_input = {"model": "sim-1", "input": "One. " * 200}
+        first = await http.post("/v1/responses", json=long_input, headers=auth)
+        later = {**base, "previous_response_id": first.json()["id"], "instructions": "Be brief.", "tools": tools}
+        follow = await http.post("/v1/responses", json=later, headers={**auth, "X-Request-ID": "later"})
+        assert fresh.status_code == follow.status_code == 200
+        events = await wait_for_events(gw, lambda es: len(request_events(es).get("later", [])) == 2)
+    reserved = {e.request_id: e.reserved_usd for e in events if isinstance(e, Request.Admitted)}
+    history_bytes = len("One. " * 200) + len("Be brief.") + len("lookup")
+    assert reserved["later"] - reserved["fresh"] >= Decimal(history_bytes) * 10 / 1_000_000
