@@ -396,3 +396,26 @@ async def test_the_reservation_covers_earlier_turns_instructions_and_tools() -> 
     reserved = {e.request_id: e.reserved_usd for e in events if isinstance(e, Request.Admitted)}
     history_bytes = len("One. " * 200) + len("Be brief.") + len("lookup")
     assert reserved["later"] - reserved["fresh"] >= Decimal(history_bytes) * 10 / 1_000_000
+
+
+async def test_a_stream_that_fails_mid_answer_ends_with_response_failed() -> None:
+    simulator = {"error_rate": 1.0, "fail_at": "mid_stream"}
+    providers = [{"name": "sim", "kind": "simulator", "models": ["sim-1"], "simulator": simulator}]
+    async with running_gateway(make_config(providers=providers, pricing=PRICING)) as gw:
+        client = gw.client()
+
+        def consume() -> list[Any]:
+            return list(client.responses.create(model="sim-1", input="Say something.", stream=True))
+
+        events = await in_thread(consume)
+        ledger = await wait_for_events(gw, lambda es: any(isinstance(e, Request.Failed) for e in es))
+        conversations = gw.gateway.conversations
+        assert conversations is not None
+        rows = await conversations._run("SELECT count(*) FROM tollgate_responses", ())
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.status == "failed" and events[-1].response.error is not None
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    (failed,) = [e for e in ledger if isinstance(e, Request.Failed)]
+    assert failed.outcome == "truncated"
+    assert rows[0][0] == 0
