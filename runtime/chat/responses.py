@@ -97,6 +97,7 @@ async def handle_responses(
         asked = body if isinstance(body, dict) else {}
         model = asked.get("model") if isinstance(asked.get("model"), str) else None
         stream = asked.get("stream") is True
+        # operation: record operation="responses" on this Rejected too, if the field reaches `reject`
         await reject(parts.journal, exchange, tenant, model, stream, verdict.code, verdict.status, received_at)
         return verdict
     encoded = json.dumps(chat, separators=(",", ":")).encode()
