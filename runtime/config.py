@@ -111,6 +111,13 @@ class CacheConfig:
 
 
 @attrs.frozen
+class ResponsesConfig:
+    """`[responses]`: how long Tollgate keeps a stored Responses API conversation (`store`, the default)."""
+
+    retention_s: float = attrs.field(default=30 * 86400.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
 class AdminConfig:
     api_key_env: str = "TOLLGATE_ADMIN_KEY"
 
@@ -160,6 +167,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     ledger: LedgerConfig = LedgerConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

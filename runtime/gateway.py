@@ -47,6 +47,7 @@ from runtime.ledger.audit import FoundEvent, find_events
 from runtime.ledger.books import Books
 from runtime.ledger.breakers import BreakerLog
 from runtime.ledger.cache import CacheStore, ResponseCache
+from runtime.ledger.conversations import Conversations
 from runtime.ledger.instances import HEARTBEAT_S, Instances
 from runtime.ledger.journal import Journal, JournalStatistics, LedgerUnavailable
 from runtime.ledger.projector import Projector, projections_path
@@ -112,6 +113,8 @@ class Gateway:
     tenant_actors: TenantActors | None = None
     cache: ResponseCache | None = None
     """The response cache, a side table of the ledger's database (`runtime.ledger.cache`)."""
+    conversations: Conversations | None = None
+    """Stored Responses API turns (`runtime.ledger.conversations`), opened with the ledger."""
     http_in_flight: int = 0
     clock: Callable[[], datetime] = attrs.field(default=lambda: datetime.now(UTC))
     """Wall time for money: received_at, prices in force, budget periods (tests pass a virtual one)."""
@@ -291,6 +294,16 @@ async def _recover_orphans(gateway: Gateway) -> None:
         await gateway.instances.forget_gone(gateway.clock())
 
 
+EXPIRY_INTERVAL_S = 3600.0
+
+
+async def _expire_conversations(conversations: Conversations, clock: Callable[[], datetime]) -> None:
+    """Delete stored Responses turns past their retention (reads already ignore them)."""
+    while True:
+        await trio.sleep(min(EXPIRY_INTERVAL_S, conversations.retention_s))
+        await conversations.expire(clock().timestamp())
+
+
 def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
     from runtime.ledger.projector import catch_up
 
@@ -349,6 +362,8 @@ async def open_gateway(
     )
     if clock is not None:
         gateway.clock = clock
+    conversations = await trio.to_thread.run_sync(Conversations, config.ledger.path, config.responses.retention_s)
+    gateway.conversations = conversations
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(projector.run)
@@ -371,6 +386,7 @@ async def open_gateway(
                 instance=instance.instance,
                 live=lambda: gateway.instances.live_count,
             )
+            nursery.start_soon(_expire_conversations, conversations, gateway.clock)
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway
@@ -386,6 +402,7 @@ async def open_gateway(
         store.close()
         projections.close()
         cache_store.close()
+        conversations.close()
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await trio.to_thread.run_sync(gateway.telemetry.shutdown, abandon_on_cancel=True)
 

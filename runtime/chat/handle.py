@@ -118,12 +118,7 @@ async def handle_chat(
             )
     except (RequestRefused, ModelNotFound) as refusal:
         verdict = judge(refusal)
-        asked = body if isinstance(body, dict) else {}
-        model = asked.get("model") if isinstance(asked.get("model"), str) else None
-        stream = asked.get("stream") is True
-        await reject(
-            parts.journal, exchange, tenant, model, stream, verdict.code, verdict.status, received_at, operation
-        )
+        await reject(parts.journal, exchange, tenant, body, verdict.code, verdict.status, received_at, operation)
         return verdict
     if admission.output_cap is not None:  # a hard budget bounds what the provider may generate
         cap = admission.output_cap

@@ -295,14 +295,18 @@ async def reject(
     journal: Journal,
     exchange: Exchange,
     tenant: TenantView,
-    model: str | None,
-    stream: bool,
+    asked: Any,
     reason: str,
     status: int,
     received_at: datetime,
     operation: str = "chat",
 ) -> None:
-    """Record a request refused before dispatch (authentication failures of unknown keys excepted)."""
+    """Record a request refused before dispatch (authentication failures of unknown keys excepted);
+    `asked` is its decoded body (None or anything when it could not be read), whose model and stream
+    flag are recorded when they are what they should be."""
+    asked = asked if isinstance(asked, dict) else {}
+    model = asked.get("model") if isinstance(asked.get("model"), str) else None
+    stream = asked.get("stream") is True
     aggregate = Request.reject(
         exchange.request_id,
         tenant.name,

@@ -30,6 +30,7 @@ from policies.errors import (
 from providers.errors import ProviderError
 from runtime.chat.exchange import Exchange
 from runtime.chat.handle import ChatParts, Streaming, handle_chat
+from runtime.chat.responses import PreviousResponseNotFound, StreamingResponse, handle_responses
 from runtime.errors import (
     ActorUnavailable,
     Conflict,
@@ -62,6 +63,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (NotFound, 404, "invalid_request_error", "not_found"),
     (Conflict, 409, "invalid_request_error", "conflict"),
+    (PreviousResponseNotFound, 404, "invalid_request_error", "previous_response_not_found"),
     (InvalidRequest, 400, "invalid_request_error", "invalid_request"),
     (TenantDisabled, 403, "permission_error", "tenant_disabled"),
     (ModelNotAllowed, 403, "permission_error", "model_not_allowed"),
@@ -342,6 +344,45 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return json_response(answer.body, 200, answer.headers)
 
     register_messages(app, parts, error_reply)
+
+    conversations = gateway.conversations
+    assert conversations is not None  # opened with the ledger
+
+    @app.post("/v1/responses")
+    async def responses_create() -> Response:
+        answer = await handle_responses(
+            parts,
+            conversations,
+            g.exchange,
+            request.headers.get("Authorization"),
+            lambda: request.get_data(cache=False, as_text=False),
+            error_reply,
+        )
+        if isinstance(answer, ErrorReply):
+            return answer.response()
+        if isinstance(answer, StreamingResponse):
+            closers(request.scope).append(answer.stream.aclose)
+            return Response(answer.stream, 200, answer.headers, content_type="text/event-stream; charset=utf-8")
+        return json_response(answer.body, 200, answer.headers)
+
+    def response_missing(response_id: str) -> NotFound:
+        return NotFound(f"Response with id '{response_id}' not found.")
+
+    @app.get("/v1/responses/<response_id>")
+    async def responses_retrieve(response_id: str) -> Response:
+        """This tenant's stored response; another tenant's, or an expired one, is not found (404)."""
+        tenant = gateway.books.authenticate(request.headers.get("Authorization"))
+        stored = await conversations.get(tenant.name, response_id, gateway.clock().timestamp())
+        if stored is None:
+            raise response_missing(response_id)
+        return json_response(stored.response)
+
+    @app.delete("/v1/responses/<response_id>")
+    async def responses_delete(response_id: str) -> Response:
+        tenant = gateway.books.authenticate(request.headers.get("Authorization"))
+        if not await conversations.delete(tenant.name, response_id, gateway.clock().timestamp()):
+            raise response_missing(response_id)
+        return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
     @app.get("/v1/models")
     async def models() -> Response:
