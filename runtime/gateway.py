@@ -257,10 +257,10 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     gateway.aggregates.committed([*existing.values(), *tenants.values(), price_list, *providers])  # only now
 
 
-def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
+def _open_ledger(path: str, password: str = "") -> tuple[LedgerStore, Projections]:
     from runtime.ledger.projector import catch_up
 
-    store = LedgerStore(path)
+    store = LedgerStore(path, password)
     projections = Projections(projections_path(path))
     catch_up(store, projections)
     return store, projections
@@ -276,7 +276,9 @@ async def open_gateway(
     generated = None
     if not admin_key:
         admin_key = generated = new_key("tga-")
-    store, projections = await trio.to_thread.run_sync(_open_ledger, config.ledger.path)
+    store, projections = await trio.to_thread.run_sync(
+        _open_ledger, config.ledger.location, config.ledger.password(environ)
+    )
     books = Books(projections)
     projector = Projector(store, projections)
 

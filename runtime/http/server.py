@@ -111,7 +111,7 @@ async def run(config: Config, *, host: str | None = None, port: int | None = Non
     server = config.server
     hyper = listen(config, host or server.host, server.port if port is None else port)
     try:
-        with ledger_lock(config.ledger.path):
+        with ledger_lock(config.ledger.location):
             await _run(config, hyper, out)
     except LedgerBusy as error:
         raise CannotStart(str(error)) from None

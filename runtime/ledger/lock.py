@@ -5,7 +5,8 @@ disagree (a tenant created on one is unknown to the other) until several process
 (DESIGN §5). So `serve` takes `fcntl.flock(LOCK_EX | LOCK_NB)` on `<ledger>.lock` next to the ledger
 and keeps the descriptor open until it exits; the kernel drops the lock when the process ends,
 even on `kill -9`, so a crash never leaves a stale lock behind. The file holds the owner's pid, for
-the message the second process prints. `:memory:` ledgers belong to one process and need none.
+the message the second process prints. `:memory:` ledgers belong to one process and need none;
+PostgreSQL ledgers take none either (its server serialises appends).
 
 Offline commands that only read (`replay --verify`, `reprice --offline`, a dry run) do not take it:
 they never write the ledger, and an operator may want to check a live gateway.
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from events.store import MEMORY
+from events.store import MEMORY, is_postgres
 
 
 class LedgerBusy(Exception):
@@ -34,7 +35,7 @@ def lock_path(ledger_path: str) -> Path:
 @contextmanager
 def ledger_lock(ledger_path: str) -> Iterator[None]:
     """Hold the ledger's lock for the `with` block; raise `LedgerBusy` at once if it is taken."""
-    if ledger_path == MEMORY:
+    if ledger_path == MEMORY or is_postgres(ledger_path):
         yield
         return
     path = lock_path(ledger_path)
