@@ -205,3 +205,21 @@ def test_bad_postgres_ledgers_stop_the_start_with_a_clear_message(postgres_url: 
             assert message in result.stderr, (ledger, command, result.stderr)
             assert "Traceback" not in result.stderr
             assert "wrong-password" not in result.stderr and "secret-pw" not in result.stderr
+
+
+async def test_a_sqlite_url_is_the_path_s_long_form(tmp_path: Path) -> None:
+    ledger = tmp_path / "var" / "ledger.sqlite3"
+    config = make_config(ledger={"url": f"sqlite:///{ledger}"})
+    assert config.ledger.location == str(ledger)
+    async with running_gateway(config) as gw, gw.http() as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": "sim-1", "messages": [{"role": "user", "content": "hi"}]},
+            headers=AUTH,
+        )
+        assert answer.status_code == 200
+    store = LedgerStore(str(ledger))
+    try:
+        assert store.position() > 0
+    finally:
+        store.close()
