@@ -10,11 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from events.store import LedgerStore
+from events.projections import Projections
+from events.store import MEMORY, LedgerError, LedgerStore
+from events.tenant import Tenant
 from runtime.auth import DEMO_KEY, hash_key
-from runtime.ledger.copy import summarize
+from runtime.ledger.copy import copy_ledger, summarize
+from runtime.ledger.projector import catch_up
 from runtime.ledger.replay import verify_open
 from tests.fake_openai import fake_openai
 from tests.harness import ADMIN, make_config, openai_provider, running_gateway
@@ -223,3 +227,35 @@ async def test_a_sqlite_url_is_the_path_s_long_form(tmp_path: Path) -> None:
         assert store.position() > 0
     finally:
         store.close()
+
+
+def test_a_rolled_back_append_leaves_a_gap_that_every_reader_steps_over(postgres_url: str, tmp_path: Path) -> None:
+    """A failed insert consumes a sequence value: positions are increasing, not dense, on PostgreSQL.
+    Readers page by "after the last position", so the fold sees every event; a copy to SQLite has
+    dense positions and the copy's check says exactly that."""
+    store = LedgerStore(postgres_url, PASSWORD)
+    try:
+        store.append([Tenant.register("twin", "a" * 64, {}, "api")])
+        with pytest.raises(LedgerError):
+            store.append([Tenant.register("twin", "b" * 64, {}, "api")])  # same aggregate id: refused
+        store.append([Tenant.register("other", "c" * 64, {}, "api")])
+        positions = [r.position for r in store.read_all()]
+        assert positions == [1, 3]
+        projections = Projections(MEMORY)
+        try:
+            assert catch_up(store, projections) == 3
+            assert sorted(row["name"] for row in projections.rows("tenants")) == ["other", "twin"]
+        finally:
+            projections.close()
+        target = LedgerStore(str(tmp_path / "copy.sqlite3"))
+        try:
+            problems = copy_ledger(store, target)
+            assert [r.position for r in target.read_all()] == [1, 2]
+        finally:
+            target.close()
+    finally:
+        store.close()
+    assert problems == [
+        "last position: source 3, copy 2 (the source has gaps)",
+        "hash: the events' positions differ but every event's stored state matches",
+    ]
