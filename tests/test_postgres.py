@@ -136,6 +136,7 @@ async def test_the_gateway_on_a_postgres_ledger_end_to_end(postgres_url: str, tm
     config = _config_file(tmp_path, f'url = "{postgres_url}"\npassword_env = "{PASSWORD_ENV}"')
     verified = _cli("replay", "--verify", "--config", str(config))
     assert verified.returncode == 0, verified.stderr
+    assert "folds the same paged and whole (PostgreSQL)" in verified.stdout
     # Re-pricing reads PostgreSQL through the mapper and SQLite through its JSON fast path: same answer.
     prices = tmp_path / "prices.toml"
     prices.write_text('[pricing."sim/sim-1"]\ninput_per_mtok = "100"\noutput_per_mtok = "200"\n')

@@ -37,7 +37,7 @@ import httpx
 import trio
 
 from events.projections import SPEND_BASES
-from events.store import LedgerError, LedgerStore, redact
+from events.store import LedgerError, LedgerStore, is_postgres, redact
 from policies.tenant import POLICY_FIELDS
 from runtime.cli.output import FORMATS, write_rows
 from runtime.cli.progress import Progress
@@ -376,7 +376,10 @@ def _replay(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    print("replay --verify: the live projections match a rebuild from the ledger")
+    if is_postgres(ledger.location):
+        print("replay --verify: every event decodes and the log folds the same paged and whole (PostgreSQL)")
+    else:
+        print("replay --verify: the live projections match a rebuild from the ledger")
     return 0
 
 
