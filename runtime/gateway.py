@@ -304,10 +304,10 @@ async def _expire_conversations(conversations: Conversations, clock: Callable[[]
         await conversations.expire(clock().timestamp())
 
 
-def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
+def _open_ledger(path: str, password: str = "") -> tuple[LedgerStore, Projections]:
     from runtime.ledger.projector import catch_up
 
-    store = LedgerStore(path)
+    store = LedgerStore(path, password)
     projections = Projections(projections_path(path))
     catch_up(store, projections)
     return store, projections
@@ -323,8 +323,10 @@ async def open_gateway(
     generated = None
     if not admin_key:
         admin_key = generated = new_key("tga-")
-    store, projections = await trio.to_thread.run_sync(_open_ledger, config.ledger.path)
-    cache_store = await trio.to_thread.run_sync(CacheStore, config.ledger.path, config.cache.max_bytes)
+    store, projections = await trio.to_thread.run_sync(
+        _open_ledger, config.ledger.location, config.ledger.password(environ)
+    )
+    cache_store = await trio.to_thread.run_sync(CacheStore, config.ledger.side_path, config.cache.max_bytes)
     books = Books(projections)
     projector = Projector(store, projections)
     instance = Instance(uuid.uuid4().hex[:12], os.getpid(), socket.gethostname(), datetime.now(UTC), datetime.now(UTC))
@@ -362,7 +364,7 @@ async def open_gateway(
     )
     if clock is not None:
         gateway.clock = clock
-    conversations = await trio.to_thread.run_sync(Conversations, config.ledger.path, config.responses.retention_s)
+    conversations = await trio.to_thread.run_sync(Conversations, config.ledger.side_path, config.responses.retention_s)
     gateway.conversations = conversations
     try:
         async with trio.open_nursery() as nursery:
