@@ -29,13 +29,13 @@ import attrs
 import sqlite_utils
 
 from events.money import usd, usd_str
-from events.pricelist import PriceList
+from events.pricelist import V2_FIELDS, PriceList
 from events.request import Request
 from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 4  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 5  # bump when a table changes: projections are rebuilt from the ledger
 SPEND_KEY = ("tenant", "day", "model", "provider")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
 TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
@@ -174,6 +174,8 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 "input_per_mtok": None,
                 "output_per_mtok": None,
                 "cached_input_per_mtok": None,
+                "rates": None,
+                "catalogue": None,
                 "removed": 1,
                 "source": event.source,
                 "recorded_at": event.timestamp.isoformat(),
@@ -183,6 +185,8 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 price_row["input_per_mtok"] = usd_str(event.input_per_mtok)
                 price_row["output_per_mtok"] = usd_str(event.output_per_mtok)
                 price_row["cached_input_per_mtok"] = None if cached is None else usd_str(cached)
+                price_row["rates"] = _more_rates(event)
+                price_row["catalogue"] = event.catalogue
                 price_row["removed"] = 0
             changes.prices.append(price_row)
         elif isinstance(event, Tenant.Registered):
@@ -288,6 +292,8 @@ class Projections:
                 "input_per_mtok": str,
                 "output_per_mtok": str,
                 "cached_input_per_mtok": str,
+                "rates": str,
+                "catalogue": str,
                 "removed": int,
                 "source": str,
                 "recorded_at": str,
@@ -497,3 +503,13 @@ def tenant_keys(projections: Projections, tenant_id: str) -> list[dict[str, Any]
             "tenant_id = ?", [tenant_id], order_by="valid_until is null, valid_until"
         )
     ]
+
+
+def _more_rates(event: PriceList.PriceSet) -> str | None:
+    """The price's rates beyond the three with columns, as JSON of decimal strings (None: none set)."""
+    rates: dict[str, Any] = {}
+    for name in V2_FIELDS:
+        value = getattr(event, name)
+        if value is not None and name != "catalogue":
+            rates[name] = usd_str(value) if isinstance(value, Decimal) else value
+    return json.dumps(rates, sort_keys=True) if rates else None

@@ -28,7 +28,7 @@ from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
-from policies.cost import Priced
+from policies.cost import Priced, price_fields
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -217,9 +217,7 @@ def _config_price_changes(gateway: Gateway, price_list: PriceList, now: datetime
     for key, price in gateway.config.pricing.items():
         entry = gateway.books.prices.entry_at(key, now)
         if entry is None or entry.price != price:
-            price_list.set_price(
-                key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, now, "config"
-            )
+            price_list.set_price(key, now, "config", **price_fields(price))
 
 
 async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:

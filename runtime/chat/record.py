@@ -71,6 +71,8 @@ def append_terminal(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         usage_source=usage.source,
         cost_usd=priced.cost_usd,
         price_ref=priced.price_ref,

@@ -33,7 +33,7 @@ from events.repricing import Repricing
 from events.request import Request, restate
 from events.store import MEMORY, LedgerStore, Raw, topic_of
 from events.usage import Usage
-from policies.cost import Price, PriceBook, PriceEntry
+from policies.cost import PRICE_EVENT_FIELDS, Price, PriceBook, PriceEntry, price_from_fields
 from policies.errors import InvalidRequest
 from policies.repricing import Filters, PriceSet, Repricer, Restatement, flat_prices, ledger_history, prices_as_of
 from runtime.config import converter, format_problems
@@ -68,14 +68,14 @@ REQUEST_FIELDS: dict[str, type] = {
     "prompt_tokens": int,
     "completion_tokens": int,
     "cached_tokens": int,
+    "cache_write_tokens": int,
+    "cache_write_1h_tokens": int,
     "cost_usd": Decimal,
 }
 PRICE_FIELDS: dict[str, type] = {
     "key": str,
     "effective_from": datetime,
-    "input_per_mtok": Decimal,
-    "output_per_mtok": Decimal,
-    "cached_input_per_mtok": Decimal,
+    **{name: int if name == "long_context_above_prompt_tokens" else Decimal for name in PRICE_EVENT_FIELDS},
 }
 
 
@@ -114,6 +114,17 @@ def current_costs(store: LedgerStore, until: int) -> dict[str, tuple[Decimal | N
     return current
 
 
+def usage_of(state: dict[str, Any]) -> Usage:
+    """The billed usage a terminal event's `state` records (cache-write counts 0 before they existed)."""
+    return Usage(
+        state["prompt_tokens"],
+        state["completion_tokens"],
+        state["cached_tokens"],
+        cache_write_tokens=state.get("cache_write_tokens") or 0,
+        cache_write_1h_tokens=state.get("cache_write_1h_tokens") or 0,
+    )
+
+
 def ledger_price_book(store: LedgerStore, until: int | None = None) -> PriceBook:
     """The ledger's price list, folded from its events (for offline runs)."""
     book = PriceBook()
@@ -122,7 +133,7 @@ def ledger_price_book(store: LedgerStore, until: int | None = None) -> PriceBook
             state = raw.state
             price = None
             if raw.topic == PRICES[0]:
-                price = Price(state["input_per_mtok"], state["output_per_mtok"], state["cached_input_per_mtok"])
+                price = price_from_fields(state)
             book.add(PriceEntry(state["key"], state["effective_from"], price))
     return book
 
@@ -163,7 +174,7 @@ class Scan:
                 raw.version,
                 state["provider"],
                 state["served_model"],
-                Usage(state["prompt_tokens"], state["completion_tokens"], state["cached_tokens"]),
+                usage_of(state),
                 state["cost_usd"],
             )
             if restatement is not None:
