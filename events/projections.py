@@ -147,11 +147,12 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             totals["prompt_tokens"] += event.prompt_tokens
             totals["completion_tokens"] += event.completion_tokens
             totals["cached_tokens"] += event.cached_tokens
-            totals["interrupted_unknown_usage"] += event.outcome == INTERRUPTED
-            if event.cost_usd is None:
-                totals["unpriced"] += 1
-            else:
+            unknown = event.outcome == INTERRUPTED  # usage unknown (before v3 of the events: recorded as $0)
+            totals["interrupted_unknown_usage"] += unknown
+            if event.cost_usd is not None:
                 totals["cost"] += event.cost_usd
+            elif not unknown:
+                totals["unpriced"] += 1
             _count(changes, event.provider or "-", event.outcome)
         elif isinstance(event, Request.CostRestated):
             # The row of the original request; its fields are repeated in the event for this.

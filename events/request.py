@@ -55,6 +55,10 @@ class Request(Aggregate):
         `provider_invalid`, `provider_capped`): kept as it came, JSON-safe and bounded
         (`policies.usage.reported_record`), for audit only — costs are computed from the counts.
 
+        A request crash recovery settles (outcome `interrupted`) has `usage_source` "unknown" and
+        `cost_usd` None: its usage is unknown, neither $0 nor unpriced (ledgers written before
+        recorded such a request with cost 0 and source "estimated"; reports count both as unknown).
+
         `cache_write_tokens` (within `prompt_tokens`) were written to the provider's prompt cache,
         `cache_write_1h_tokens` of them with a 1-hour lifetime; each is billed at its own rate.
 

@@ -6,8 +6,12 @@ from typing import Any, Literal
 
 import attrs
 
-UsageSource = Literal["provider", "estimated", "provider_invalid", "provider_capped"]
-"""How the counts were obtained; `policies.usage` documents each value."""
+UsageSource = Literal["provider", "estimated", "provider_invalid", "provider_capped", "unknown"]
+"""How the counts were obtained; `policies.usage` documents each value. `unknown`: nobody knows —
+the gateway stopped while the request was in flight (crash recovery records it with counts 0 and
+cost None: neither a $0 nor unpriced, a state of its own)."""
+
+UNKNOWN_USAGE = "unknown"
 
 
 @attrs.frozen

@@ -28,7 +28,7 @@ from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import LedgerStore
 from events.tenant import Tenant, tenant_id
-from policies.cost import Priced, price_fields
+from policies.cost import UNPRICED, price_fields
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -39,7 +39,7 @@ from runtime.actors.provider import ProviderHandle, ProviderStatistics
 from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
 from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
-from runtime.chat.record import NOTHING_CONSUMED, append_terminal
+from runtime.chat.record import USAGE_UNKNOWN, append_terminal
 from runtime.config import Config, ProviderConfig
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.audit import FoundEvent, find_events
@@ -227,7 +227,7 @@ async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
     for row in gateway.books.open_requests():
         request = await gateway.load(uuid.UUID(row["id"]), Request)
         if request is not None and request.outcome is None:
-            append_terminal(request, Request.Failed, "interrupted", NOTHING_CONSUMED, Priced(ZERO, None), None)
+            append_terminal(request, Request.Failed, "interrupted", USAGE_UNKNOWN, UNPRICED, None)
             events.extend(request.collect_events())
     if events:
         log.warning("recorded %d request(s) left unsettled by an earlier stop as interrupted", len(events))

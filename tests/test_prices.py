@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.request import Request
+from events.store import LedgerStore
 from events.usage import Usage
 from policies.budget import worst_case_cost
 from policies.cost import LongContext, Price, cost_of, price_fields, price_from_fields
@@ -17,7 +20,7 @@ from policies.usage import UsageBounds, billed_usage, is_valid
 from providers.anthropic import normalise_usage
 from runtime.config import ConfigError
 from tests.fake_anthropic import Behaviour, fake_anthropic
-from tests.harness import ADMIN, in_thread, make_config, running_gateway, wait_for_events
+from tests.harness import ADMIN, in_thread, ledger_events, make_config, running_gateway, wait_for_events
 
 PROMPT = [{"role": "user", "content": "Say something about ledgers. " * 80}]  # room for 1600 prompt tokens
 D = Decimal
@@ -270,3 +273,22 @@ def test_config_pricing_takes_the_new_fields_and_refuses_bad_ones() -> None:
         make_config(
             pricing={"sim/sim-1": {**SONNET_TOML, "long_context": {"input_per_mtok": "6", "output_per_mtok": "1"}}}
         )
+
+
+async def test_a_request_the_gateway_stopped_under_has_unknown_usage_not_zero_cost(tmp_path: Path) -> None:
+    """Before: crash recovery recorded it with cost $0 (usage_source `estimated`), a $0 that is not true."""
+    ledger = str(tmp_path / "ledger.sqlite3")
+    store = LedgerStore(ledger)
+    left_open = Request.admit("left-open", "demo", "sim-1", False, D("0.5"), datetime.now(UTC))
+    store.append([left_open])  # a crash between admission and settlement
+    store.close()
+    pricing = {"sim/sim-1": {"input_per_mtok": "1", "output_per_mtok": "2"}}
+    async with running_gateway(make_config(ledger={"path": ledger}, pricing=pricing)) as gw, gw.http() as http:
+        events = await ledger_events(gw)
+        [failed] = [e for e in events if isinstance(e, Request.Failed)]
+        assert (failed.outcome, failed.usage_source, failed.cost_usd) == ("interrupted", "unknown", None)
+        report = (await http.get("/admin/spend", headers=ADMIN)).json()["totals"]
+        assert (report["interrupted_unknown_usage"], report["unpriced"]) == (1, 0), "unknown is not unpriced"
+        repriced = (await http.post("/admin/reprice", json={"ledger": True, "commit": True}, headers=ADMIN)).json()
+        assert repriced["totals"]["restated"] == 0, "re-pricing never turns an unknown usage into $0"
+        assert not [e for e in await ledger_events(gw) if isinstance(e, Request.CostRestated)]

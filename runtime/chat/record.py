@@ -48,6 +48,7 @@ def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
 
 
 NOTHING_CONSUMED = Usage(0, 0, 0, "estimated")
+USAGE_UNKNOWN = Usage(0, 0, 0, "unknown")  # a request the gateway stopped under: recorded with cost None
 
 
 def append_terminal(

@@ -32,7 +32,7 @@ from events.pricelist import PriceList
 from events.repricing import Repricing
 from events.request import Request, restate
 from events.store import MEMORY, LedgerStore, Raw, topic_of
-from events.usage import Usage
+from events.usage import UNKNOWN_USAGE, Usage
 from policies.cost import PRICE_EVENT_FIELDS, Price, PriceBook, PriceEntry, price_from_fields
 from policies.errors import InvalidRequest
 from policies.repricing import Filters, PriceSet, Repricer, Restatement, flat_prices, ledger_history, prices_as_of
@@ -71,6 +71,7 @@ REQUEST_FIELDS: dict[str, type] = {
     "cache_write_tokens": int,
     "cache_write_1h_tokens": int,
     "cost_usd": Decimal,
+    "usage_source": str,
 }
 PRICE_FIELDS: dict[str, type] = {
     "key": str,
@@ -169,6 +170,8 @@ class Scan:
                     raw.originator_id, state["request_id"], state["tenant"], state["model"], state["received_at"]
                 )
                 continue
+            if state["usage_source"] == UNKNOWN_USAGE:
+                continue  # no usage to price: re-pricing never turns an unknown into a $0
             restatement = repricer.settled(
                 raw.originator_id,
                 raw.version,
