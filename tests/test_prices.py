@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from events.pricelist import PriceList
+from events.projections import Projections
 from events.request import Request
 from events.store import LedgerStore
 from events.usage import Usage
@@ -19,6 +21,8 @@ from policies.cost import LongContext, Price, cost_of, price_fields, price_from_
 from policies.usage import UsageBounds, billed_usage, is_valid
 from providers.anthropic import normalise_usage
 from runtime.config import ConfigError
+from runtime.ledger.projector import catch_up
+from runtime.ledger.replay import verify_open
 from tests.fake_anthropic import Behaviour, fake_anthropic
 from tests.harness import ADMIN, in_thread, ledger_events, make_config, running_gateway, wait_for_events
 
@@ -292,3 +296,54 @@ async def test_a_request_the_gateway_stopped_under_has_unknown_usage_not_zero_co
         repriced = (await http.post("/admin/reprice", json={"ledger": True, "commit": True}, headers=ADMIN)).json()
         assert repriced["totals"]["restated"] == 0, "re-pricing never turns an unknown usage into $0"
         assert not [e for e in await ledger_events(gw) if isinstance(e, Request.CostRestated)]
+
+
+def _settled(
+    request_id: str, prompt: int, cached: int, written: int, cost: Decimal | None, source: str, ref: str | None = None
+) -> Request:
+    request = Request.admit(request_id, "demo", "sim-1", False, D("0.5"), datetime.now(UTC))
+    request.settle(
+        Request.Completed,
+        provider="sim",
+        served_model="sim-1",
+        prompt_tokens=prompt,
+        completion_tokens=0,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=0,
+        usage_source=source,
+        cost_usd=cost,
+        price_ref=ref,
+        latency_us=0,
+        overhead_us=0,
+        outcome="ok",
+    )
+    return request
+
+
+def test_replay_verify_checks_token_semantics(tmp_path: Path) -> None:
+    store = LedgerStore(str(tmp_path / "ledger.sqlite3"))
+    live = Projections(":memory:")
+    try:
+        free = PriceList.open()
+        moment = datetime(2026, 1, 1, tzinfo=UTC)
+        free.set_price("sim/free", moment, "api", **price_fields(Price(D(0), D(0))))
+        fine = [
+            free,
+            _settled("at-a-free-price", 10, 0, 0, D(0), "provider", f"sim/free@{moment.isoformat()}"),
+            _settled("priced", 10, 2, 3, D("0.01"), "provider"),
+            _settled("unpriced", 10, 0, 0, None, "provider"),
+            _settled("unknown", 0, 0, 0, None, "unknown"),
+        ]
+        store.append(fine)
+        catch_up(store, live)
+        assert verify_open(store, live) == []
+        overlap = _settled("overlap", 10, 6, 5, D("0.01"), "provider")
+        store.append([overlap, _settled("free", 10, 0, 0, D(0), "provider")])
+        catch_up(store, live)
+        problems = verify_open(store, live)
+        assert len(problems) == 2
+        assert "exceed its prompt tokens" in problems[0] and "10 tokens at a cost of 0" in problems[1]
+    finally:
+        store.close()
+        live.close()
