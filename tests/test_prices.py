@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,8 +29,9 @@ from runtime.config import ConfigError
 from runtime.ledger.projector import catch_up
 from runtime.ledger.replay import verify_open
 from tests.fake_anthropic import Behaviour, fake_anthropic
-from tests.harness import ADMIN, in_thread, ledger_events, make_config, running_gateway, wait_for_events
+from tests.harness import ADMIN, ADMIN_KEY, in_thread, ledger_events, make_config, running_gateway, wait_for_events
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [{"role": "user", "content": "Say something about ledgers. " * 80}]  # room for 1600 prompt tokens
 D = Decimal
 # Claude Sonnet 4's list prices: cache writes 1.25× (5 minutes) and 2× (1 hour) the input rate.
@@ -347,3 +353,29 @@ def test_replay_verify_checks_token_semantics(tmp_path: Path) -> None:
     finally:
         store.close()
         live.close()
+
+
+async def test_cli_sets_every_price_field() -> None:
+    async with running_gateway(make_config()) as gw:
+        tier = '{"above_prompt_tokens": 200000, "input_per_mtok": "6", "output_per_mtok": "22.5"}'
+        args = ["--cache-write", "3.75", "--cache-write-1h", "6", "--per-request", "0.01", "--long-context", tier]
+        command = [sys.executable, "-m", "runtime.cli", "pricing", "set", "sim/sim-1", "--input", "3", "--output", "15"]
+        env = {**os.environ, "TOLLGATE_ADMIN_KEY": ADMIN_KEY}
+        run = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [*command, *args, "--url", gw.url, "--format", "json"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+                check=False,
+            )
+        )
+        assert run.returncode == 0, run.stderr
+        [shown] = json.loads(run.stdout)["data"]
+        assert (shown["cache_write_per_mtok"], shown["cache_write_1h_per_mtok"], shown["per_request_usd"]) == (
+            "3.75",
+            "6",
+            "0.01",
+        )
+        assert shown["long_context"]["output_per_mtok"] == "22.5"
