@@ -26,8 +26,10 @@ from policies.cost import LongContext, Price, cost_of, price_fields, price_from_
 from policies.usage import UsageBounds, billed_usage, is_valid
 from providers.anthropic import normalise_usage
 from runtime.config import ConfigError
+from runtime.http.dashboard import price_toml, reprice_body
 from runtime.ledger.projector import catch_up
 from runtime.ledger.replay import verify_open
+from runtime.ledger.reprice import parse_prices
 from tests.fake_anthropic import Behaviour, fake_anthropic
 from tests.harness import ADMIN, ADMIN_KEY, in_thread, ledger_events, make_config, running_gateway, wait_for_events
 
@@ -379,3 +381,14 @@ async def test_cli_sets_every_price_field() -> None:
             "0.01",
         )
         assert shown["long_context"]["output_per_mtok"] == "22.5"
+
+
+TIERED = Price(D(3), D(15), long_context=LongContext(200_000, D(6), D("22.5")))
+
+
+@pytest.mark.parametrize("price", [SONNET, Price(D(1), D(2)), TIERED])
+def test_the_repricing_page_example_keeps_every_price_field(price: Price) -> None:
+    """Before: the dashboard's example price set had only input and output rates, so re-pricing
+    with it unedited dropped the cached and cache-write rates."""
+    body = reprice_body(price_toml("sim/sim-1", price), {})
+    assert parse_prices(body["prices"]) == {"sim/sim-1": price}
