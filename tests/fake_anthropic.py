@@ -114,7 +114,7 @@ class FakeAnthropic:
         stop_reason = b.stop_reason if b.tool_use is None else "tool_use"
         if max_tokens < len(words):
             words, stop_reason = words[:max_tokens], "max_tokens"
-        usage = {
+        usage: dict[str, Any] = {
             "input_tokens": b.input_tokens,
             "cache_creation_input_tokens": b.cache_creation_input_tokens,
             "cache_read_input_tokens": b.cache_read_input_tokens,

@@ -244,7 +244,8 @@ async def test_admin_pricing_sets_and_shows_every_field() -> None:
         assert shown["long_context"]["above_prompt_tokens"] == 200000
         assert shown["long_context"]["input_per_mtok"] == "6"
         assert shown["long_context"]["cached_input_per_mtok"] is None
-        assert gw.gateway.books.prices.lookup("sim", "sim-1", gw.gateway.clock()).price == price_from_fields(
+        entry = gw.gateway.books.prices.lookup("sim", "sim-1", gw.gateway.clock())
+        assert entry is not None and entry.price == price_from_fields(
             {
                 "input_per_mtok": D(3),
                 "output_per_mtok": D(15),
