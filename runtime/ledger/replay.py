@@ -63,7 +63,8 @@ def token_problems(store: LedgerStore, until: int) -> list[str]:
                 problems.append(f"{where}: 1-hour cache writes exceed its cache writes")
             cost = state["cost_usd"]
             price = prices.get(state["price_ref"])
-            free = price is not None and cost_of(usage, price) == 0  # a price of $0 is a price
+            ref = state["price_ref"]  # a price of $0 is a price (one the ledger does not hold is not judged)
+            free = ref is not None and (price is None or cost_of(usage, price) == 0)
             if usage.total_tokens > 0 and cost is not None and cost <= 0 and not free:
                 problems.append(f"{where}: {usage.total_tokens} tokens at a cost of {cost} (not unpriced, not unknown)")
     return problems
