@@ -32,13 +32,13 @@ import attrs
 import sqlite_utils
 
 from events.money import usd, usd_str
-from events.pricelist import PriceList
+from events.pricelist import V2_FIELDS, PriceList
 from events.request import Request
 from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 6  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 7  # bump when a table changes: projections are rebuilt from the ledger
 LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
 SPEND_KEY = ("tenant", "day", "model", "provider")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
@@ -155,11 +155,12 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             totals["prompt_tokens"] += event.prompt_tokens
             totals["completion_tokens"] += event.completion_tokens
             totals["cached_tokens"] += event.cached_tokens
-            totals["interrupted_unknown_usage"] += event.outcome == INTERRUPTED
-            if event.cost_usd is None:
-                totals["unpriced"] += 1
-            else:
+            unknown = event.outcome == INTERRUPTED  # usage unknown (before v3 of the events: recorded as $0)
+            totals["interrupted_unknown_usage"] += unknown
+            if event.cost_usd is not None:
                 totals["cost"] += event.cost_usd
+            elif not unknown:
+                totals["unpriced"] += 1
             if isinstance(event, Request.ServedFromCache):
                 totals["cache_hits"] += 1
                 if event.saved_usd is None:
@@ -193,6 +194,8 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 "input_per_mtok": None,
                 "output_per_mtok": None,
                 "cached_input_per_mtok": None,
+                "rates": None,
+                "catalogue": None,
                 "removed": 1,
                 "source": event.source,
                 "recorded_at": event.timestamp.isoformat(),
@@ -202,6 +205,8 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 price_row["input_per_mtok"] = usd_str(event.input_per_mtok)
                 price_row["output_per_mtok"] = usd_str(event.output_per_mtok)
                 price_row["cached_input_per_mtok"] = None if cached is None else usd_str(cached)
+                price_row["rates"] = _more_rates(event)
+                price_row["catalogue"] = event.catalogue
                 price_row["removed"] = 0
             changes.prices.append(price_row)
         elif isinstance(event, Tenant.Registered):
@@ -327,6 +332,8 @@ class Projections:
                 "input_per_mtok": str,
                 "output_per_mtok": str,
                 "cached_input_per_mtok": str,
+                "rates": str,
+                "catalogue": str,
                 "removed": int,
                 "source": str,
                 "recorded_at": str,
@@ -570,3 +577,13 @@ def tenant_keys(projections: Projections, tenant_id: str) -> list[dict[str, Any]
             "tenant_id = ?", [tenant_id], order_by="valid_until is null, valid_until"
         )
     ]
+
+
+def _more_rates(event: PriceList.PriceSet) -> str | None:
+    """The price's rates beyond the three with columns, as JSON of decimal strings (None: none set)."""
+    rates: dict[str, Any] = {}
+    for name in V2_FIELDS:
+        value = getattr(event, name)
+        if value is not None and name != "catalogue":
+            rates[name] = usd_str(value) if isinstance(value, Decimal) else value
+    return json.dumps(rates, sort_keys=True) if rates else None

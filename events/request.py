@@ -83,9 +83,17 @@ class Request(Aggregate):
         `provider_invalid`, `provider_capped`): kept as it came, JSON-safe and bounded
         (`policies.usage.reported_record`), for audit only — costs are computed from the counts.
 
-        v2 added `reported_usage`; a stored v1 event loads with it None."""
+        A request crash recovery settles (outcome `interrupted`) has `usage_source` "unknown" and
+        `cost_usd` None: its usage is unknown, neither $0 nor unpriced (ledgers written before
+        recorded such a request with cost 0 and source "estimated"; reports count both as unknown).
 
-        class_version = 2
+        `cache_write_tokens` (within `prompt_tokens`) were written to the provider's prompt cache,
+        `cache_write_1h_tokens` of them with a 1-hour lifetime; each is billed at its own rate.
+
+        v2 added `reported_usage`; a stored v1 event loads with it None. v3 added the cache-write
+        counts; an older event loads with them 0 (it was priced without them)."""
+
+        class_version = 3
 
         provider: str | None
         served_model: str | None
@@ -99,10 +107,17 @@ class Request(Aggregate):
         overhead_us: int
         outcome: str
         reported_usage: dict[str, Any] | None = None
+        cache_write_tokens: int = 0
+        cache_write_1h_tokens: int = 0
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state["reported_usage"] = None
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["cache_write_tokens"] = 0
+            state["cache_write_1h_tokens"] = 0
 
         def apply(self, aggregate: Any) -> None:
             aggregate.outcome = self.outcome

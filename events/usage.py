@@ -6,8 +6,12 @@ from typing import Any, Literal
 
 import attrs
 
-UsageSource = Literal["provider", "estimated", "provider_invalid", "provider_capped"]
-"""How the counts were obtained; `policies.usage` documents each value."""
+UsageSource = Literal["provider", "estimated", "provider_invalid", "provider_capped", "unknown"]
+"""How the counts were obtained; `policies.usage` documents each value. `unknown`: nobody knows —
+the gateway stopped while the request was in flight (crash recovery records it with counts 0 and
+cost None: neither a $0 nor unpriced, a state of its own)."""
+
+UNKNOWN_USAGE = "unknown"
 
 
 @attrs.frozen
@@ -16,6 +20,9 @@ class Usage:
 
     `cached_tokens` counts prompt tokens served from the provider's prompt cache; for OpenAI-style
     providers they are included in `prompt_tokens` (Anthropic's adapter normalises to that rule).
+    `cache_write_tokens` counts prompt tokens written to the provider's prompt cache (Anthropic's
+    `cache_creation_input_tokens`, also included in `prompt_tokens`), `cache_write_1h_tokens` the
+    part of them written with a 1-hour lifetime (billed at their own rates, `policies.cost`).
     `reported` is the provider's usage object as it came, when one was read (not part of equality:
     two usages with the same counts and source are the same usage); `policies.usage` records it
     when what is billed differs from it.
@@ -26,6 +33,8 @@ class Usage:
     cached_tokens: int = 0
     source: UsageSource = "provider"
     reported: Any = attrs.field(default=None, eq=False, repr=False)
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

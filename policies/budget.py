@@ -57,10 +57,13 @@ def prompt_upper_bound(prompt_bytes: int, messages: int, images: int = 0, tools:
 
 def worst_case_cost(prompt_tokens: int, output_tokens: int, price: Price) -> Decimal:
     """The most `prompt_tokens` in and `output_tokens` out (all choices together) can cost; never
-    below `policies.cost.cost_of` of any usage within those counts."""
-    cached = price.cached_input_per_mtok
-    input_rate = max(price.input_per_mtok, cached) if cached is not None else price.input_per_mtok
-    return usd((prompt_tokens * input_rate + output_tokens * price.output_per_mtok) / MTOK)
+    below `policies.cost.cost_of` of any usage within those counts: every prompt token at the
+    dearest input rate (plain, cache read, cache write 5-minute or 1-hour) of the dearest tier, every
+    output token at the dearest output rate, plus the per-request fee."""
+    rates = price.all_rates
+    input_rate = max(r.max_input_rate for r in rates)
+    output_rate = max(r.output_per_mtok for r in rates)
+    return usd((prompt_tokens * input_rate + output_tokens * output_rate) / MTOK + price.fee)
 
 
 @attrs.frozen

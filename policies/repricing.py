@@ -30,15 +30,19 @@ import attrs
 
 from events.money import ZERO, usd_str
 from events.usage import Usage
-from policies.cost import Price, PriceBook, Priced, PriceEntry, cost_of
+from policies.cost import PRICE_EVENT_FIELDS, Price, PriceBook, Priced, PriceEntry, cost_of, field_text, price_fields
 
 FLAT_FROM = datetime(1, 1, 1, tzinfo=UTC)
 NEWLY_PRICED_LISTED = 1000
 
 
-def _price_record(price: Price) -> list[str | None]:
-    cached = price.cached_input_per_mtok
-    return [usd_str(price.input_per_mtok), usd_str(price.output_per_mtok), None if cached is None else usd_str(cached)]
+def _price_record(price: Price) -> list[Any]:
+    """The price as its fingerprint sees it: the three base rates, then (only when some is set, so a
+    price without them keeps its fingerprint) the other fields as decimal strings."""
+    fields = price_fields(price)
+    record: list[Any] = [field_text(fields.pop(name)) for name in PRICE_EVENT_FIELDS[:3]]
+    more = {name: field_text(value) for name, value in fields.items() if value is not None}
+    return [*record, more] if more else record
 
 
 def fingerprint(document: Any) -> str:

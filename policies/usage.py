@@ -51,17 +51,35 @@ def _count(value: object) -> bool:
 
 
 def is_valid(usage: Usage) -> bool:
-    """Non-negative integer counts (not bools), cached within the prompt."""
-    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-    return all(_count(value) for value in counts) and usage.cached_tokens <= usage.prompt_tokens
+    """Non-negative integer counts (not bools); cache reads and writes together within the prompt,
+    1-hour writes within the writes."""
+    counts = (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+    )
+    return (
+        all(_count(value) for value in counts)
+        and usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
+        and usage.cache_write_1h_tokens <= usage.cache_write_tokens
+    )
 
 
 def _within(usage: Usage, bounds: UsageBounds) -> Usage:
     prompt_cap = ABSURD_TOKENS if bounds.prompt_tokens is None else min(bounds.prompt_tokens, ABSURD_TOKENS)
     output_cap = ABSURD_TOKENS if bounds.completion_tokens is None else min(bounds.completion_tokens, ABSURD_TOKENS)
     prompt = min(usage.prompt_tokens, prompt_cap)
-    cached = usage.cached_tokens if prompt == usage.prompt_tokens else 0
-    return Usage(prompt, min(usage.completion_tokens, output_cap), cached, usage.source)
+    kept = prompt == usage.prompt_tokens  # a capped prompt drops its cache counts (billed at the input rate)
+    return Usage(
+        prompt,
+        min(usage.completion_tokens, output_cap),
+        usage.cached_tokens if kept else 0,
+        usage.source,
+        cache_write_tokens=usage.cache_write_tokens if kept else 0,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens if kept else 0,
+    )
 
 
 def billed_usage(reported: Usage | None, estimate: Usage, bounds: UsageBounds) -> Usage:

@@ -23,6 +23,8 @@ includes cached tokens (Anthropic's `input_tokens` excludes them):
     prompt_tokens = input_tokens + cache_read_input_tokens + cache_creation_input_tokens
     prompt_tokens_details = {cached_tokens: cache_read_input_tokens,
                              cache_creation_tokens: cache_creation_input_tokens}
+    cache_write_tokens = cache_creation_input_tokens          (billed at the cache-write rates)
+    cache_write_1h_tokens = cache_creation.ephemeral_1h_input_tokens   (the 1-hour part of them)
 
 Streams: `AnthropicStreamDecoder` turns the event sequence (message_start, content_block_start/delta/
 stop, message_delta, message_stop, ping, error) into OpenAI chunks: a role chunk, content and
@@ -257,13 +259,27 @@ def normalise_usage(usage: Mapping[str, Any]) -> Usage:
     keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     if any(usage.get(key) is not None and not (type(usage[key]) is int and usage[key] >= 0) for key in keys):
         return Usage(0, 0, 0, "provider_invalid", usage)
+    split = usage.get("cache_creation")
+    written_1h = split.get("ephemeral_1h_input_tokens") if isinstance(split, dict) else None
+    if (split is not None and not isinstance(split, dict)) or (
+        written_1h is not None and not (type(written_1h) is int and written_1h >= 0)
+    ):
+        return Usage(0, 0, 0, "provider_invalid", usage)
 
     def count(key: str) -> int:
         value = usage.get(key)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
-    prompt = count("input_tokens") + count("cache_read_input_tokens") + count("cache_creation_input_tokens")
-    return Usage(prompt, count("output_tokens"), count("cache_read_input_tokens"), reported=usage)
+    written = count("cache_creation_input_tokens")
+    prompt = count("input_tokens") + count("cache_read_input_tokens") + written
+    return Usage(
+        prompt,
+        count("output_tokens"),
+        count("cache_read_input_tokens"),
+        reported=usage,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=written_1h or 0,
+    )
 
 
 def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import MEMORY, Instance, LedgerStore
 from events.tenant import Tenant, tenant_id
-from policies.cost import Priced
+from policies.cost import UNPRICED, price_fields
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -41,7 +41,7 @@ from runtime.actors.provider import ProviderHandle, ProviderStatistics
 from runtime.actors.supervisor import supervise
 from runtime.actors.tenant import TenantActors, TenantStatistics
 from runtime.auth import DEMO_KEY, AdminKey, hash_key, new_key
-from runtime.chat.record import NOTHING_CONSUMED, append_terminal
+from runtime.chat.record import USAGE_UNKNOWN, append_terminal
 from runtime.config import Config, ProviderConfig
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.audit import FoundEvent, find_events
@@ -230,9 +230,7 @@ def _config_price_changes(gateway: Gateway, price_list: PriceList, now: datetime
     for key, price in gateway.config.pricing.items():
         entry = gateway.books.prices.entry_at(key, now)
         if entry is None or entry.price != price:
-            price_list.set_price(
-                key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, now, "config"
-            )
+            price_list.set_price(key, now, "config", **price_fields(price))
 
 
 async def _start_ledger(gateway: Gateway, environ: Mapping[str, str]) -> None:
@@ -275,7 +273,7 @@ async def _orphans(gateway: Gateway, live: set[str]) -> list[Any]:
             continue
         request = await gateway.load(uuid.UUID(row["id"]), Request)
         if request is not None and request.outcome is None:
-            append_terminal(request, Request.Failed, "interrupted", NOTHING_CONSUMED, Priced(ZERO, None), None)
+            append_terminal(request, Request.Failed, "interrupted", USAGE_UNKNOWN, UNPRICED, None)
             events.extend(request.collect_events())
     return events
 

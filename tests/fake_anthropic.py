@@ -44,6 +44,7 @@ class Behaviour:
     input_tokens: int = 11
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int | None = None  # set: usage has `cache_creation` (5-minute and 1-hour parts)
     output_tokens: int | None = None  # None: one per word sent
     stop_reason: str = "end_turn"
     tool_use: tuple[str, dict[str, Any]] | None = None  # (name, input): a tool_use block after the text
@@ -113,18 +114,23 @@ class FakeAnthropic:
             await self.streams_closed.wait()
 
     @staticmethod
-    def plan(b: Behaviour, max_tokens: int) -> tuple[list[str], str, dict[str, int]]:
+    def plan(b: Behaviour, max_tokens: int) -> tuple[list[str], str, dict[str, Any]]:
         """The words to send, the stop reason and the usage."""
         words = b.reply.split(" ")
         stop_reason = b.stop_reason if b.tool_use is None else "tool_use"
         if max_tokens < len(words):
             words, stop_reason = words[:max_tokens], "max_tokens"
-        usage = {
+        usage: dict[str, Any] = {
             "input_tokens": b.input_tokens,
             "cache_creation_input_tokens": b.cache_creation_input_tokens,
             "cache_read_input_tokens": b.cache_read_input_tokens,
             "output_tokens": len(words) if b.output_tokens is None else b.output_tokens,
         }
+        if b.cache_creation_1h_input_tokens is not None:
+            usage["cache_creation"] = {
+                "ephemeral_5m_input_tokens": b.cache_creation_input_tokens - b.cache_creation_1h_input_tokens,
+                "ephemeral_1h_input_tokens": b.cache_creation_1h_input_tokens,
+            }
         return words, stop_reason, usage
 
     def message(self, model: str, b: Behaviour, max_tokens: int) -> dict[str, Any]:

@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.money import usd
-from events.pricelist import PriceList
+from events.pricelist import V2_FIELDS, PriceList
 from events.provider import Provider
 from events.repricing import Repricing
 from events.request import Request
 from events.store import Aggregate, LedgerStore, Raw, topic_of
 from events.tenant import Tenant
 from events.usage import Usage
-from policies.cost import Price
+from policies.cost import LongContext, Price, price_fields, price_from_fields
 from policies.repricing import Filters, flat_prices
 from policies.usage import RECORD_ITEMS, reported_record
 from runtime.ledger.reprice import ADMITTED, REQUEST_FIELDS, RESTATED, SETTLED, Scan, restatement_events
@@ -149,7 +149,11 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
     tenant.disable()
     tenant.enable()
     prices = PriceList.open()
-    prices.set_price(draw(text), draw(money), draw(money), draw(st.one_of(st.none(), money)), draw(moments), draw(text))
+    maybe = st.one_of(st.none(), money)
+    tier = st.one_of(st.none(), st.builds(LongContext, counts, money, money, maybe, maybe, maybe))
+    price = st.builds(Price, money, money, maybe, maybe, maybe, maybe, tier)
+    catalogue = draw(st.one_of(st.none(), text))
+    prices.set_price(draw(text), draw(moments), draw(text), catalogue, **price_fields(draw(price)))
     prices.remove_price(draw(text), draw(moments), draw(text))
     provider = Provider.register(draw(text))
     provider.transition("closed", "open", draw(text))
@@ -365,9 +369,34 @@ def test_stored_v1_terminal_events_still_load(tmp_path: Path) -> None:
     assert [type(e) for e in loaded] == list(kinds)
     for event in loaded:
         assert event.reported_usage is None and "reported_usage" in event.__dict__
+        assert (event.cache_write_tokens, event.cache_write_1h_tokens) == (0, 0)
         assert (event.prompt_tokens, event.cost_usd, event.outcome) == (12, Decimal("0.000018000"), "ok")
     assert aggregate is not None and aggregate.outcome == "ok"
-    assert Request.Completed.class_version == 2
+    assert Request.Completed.class_version == 3
+
+
+def test_stored_v1_price_events_load_without_the_new_rates(tmp_path: Path) -> None:
+    """A price set before v2 (no cache-write rates, tier, fee, catalogue) loads as a price without
+    them, and prices like it did (the golden v1 row)."""
+    path = str(tmp_path / "ledger.sqlite3")
+    v1 = next(e for e in golden.load() if e["topic"] == topic_of(PriceList.PriceSet) and e["class_version"] == 1)
+    connection = sqlite3.connect(path)
+    LedgerStore(path).close()
+    with connection:
+        connection.execute(
+            "insert into stored_events values (?, ?, ?, ?)",
+            (v1["originator_id"], v1["originator_version"], v1["topic"], v1["state"].encode()),
+        )
+    connection.close()
+    store = LedgerStore(path)
+    try:
+        [event] = [r.event for r in store.read(0, 10)]
+    finally:
+        store.close()
+    assert isinstance(event, PriceList.PriceSet)
+    assert all(getattr(event, name) is None for name in V2_FIELDS)
+    price = price_from_fields(event.__dict__)
+    assert price == Price(event.input_per_mtok, event.output_per_mtok, event.cached_input_per_mtok)
 
 
 def test_a_stored_v1_terminal_event_is_repriced_through_the_scan(tmp_path: Path) -> None:

@@ -223,6 +223,7 @@ def write_ledger(
     for tenant, key, hour, prompt, completion, cached, kind in workload:
         provider, model = key.split("/")
         at = START + timedelta(hours=hour, minutes=30)
+        cached = min(cached, prompt)  # billed usage never has more cached than prompt tokens (replay checks it)
         usage = Usage(prompt, completion, cached)
         priced = book.price(provider, model, usage, at)
         request = Request.admit(str(uuid.uuid4()), tenant, model, False, ZERO, at)

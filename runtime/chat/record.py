@@ -48,6 +48,7 @@ def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
 
 
 NOTHING_CONSUMED = Usage(0, 0, 0, "estimated")
+USAGE_UNKNOWN = Usage(0, 0, 0, "unknown")  # a request the gateway stopped under: recorded with cost None
 
 
 def append_terminal(
@@ -72,6 +73,8 @@ def append_terminal(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         usage_source=usage.source,
         cost_usd=priced.cost_usd,
         price_ref=priced.price_ref,

@@ -5,6 +5,7 @@
     tollgate tenants list | show T | create NAME [policy] | update T [policy] | rotate-key T [--grace-period-s N]
                      | disable T | enable T
     tollgate pricing list [--history] | set PROVIDER/MODEL --input X --output Y [--cached-input Z]
+                     [--cache-write W] [--cache-write-1h H] [--per-request F] [--long-context JSON]
                      [--effective-from TIME] | remove PROVIDER/MODEL [--effective-from TIME]
     tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day] [--basis B]
     tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID] [--ledger-id ID]
@@ -113,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     setting.add_argument("--input", required=True, help="USD per million input tokens")
     setting.add_argument("--output", required=True, help="USD per million output tokens")
     setting.add_argument("--cached-input", help="USD per million cached input tokens")
+    setting.add_argument("--cache-write", help="USD per million tokens written to the prompt cache (5-minute)")
+    setting.add_argument("--cache-write-1h", help="USD per million tokens written to the prompt cache for 1 hour")
+    setting.add_argument("--per-request", help="USD per request, on top of the tokens")
+    setting.add_argument(
+        "--long-context",
+        metavar="JSON",
+        help="the long-context tier as a JSON object: above_prompt_tokens, input_per_mtok, output_per_mtok, ...",
+    )
     setting.add_argument("--effective-from", help="ISO time (default: now; past times allowed)")
     removing = price_actions.add_parser("remove")
     _client_options(removing)
@@ -253,8 +262,18 @@ def _pricing(args: argparse.Namespace) -> None:
         value = None
         if args.action == "set":
             value = {"input_per_mtok": args.input, "output_per_mtok": args.output}
-            if args.cached_input is not None:
-                value["cached_input_per_mtok"] = args.cached_input
+            optional = {
+                "cached_input_per_mtok": args.cached_input,
+                "cache_write_per_mtok": args.cache_write,
+                "cache_write_1h_per_mtok": args.cache_write_1h,
+                "per_request_usd": args.per_request,
+            }
+            value.update({name: given for name, given in optional.items() if given is not None})
+            if args.long_context is not None:
+                try:
+                    value["long_context"] = json.loads(args.long_context)
+                except ValueError:
+                    raise SystemExit("--long-context: expected a JSON object") from None
         document: dict[str, Any] = {"prices": {args.key: value}}
         if args.effective_from:
             document["effective_from"] = args.effective_from

@@ -37,7 +37,7 @@ from events.money import ZERO, usd_str
 from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import SPEND_BASES, SPEND_GROUPS, spend_report
 from events.tenant import Tenant, tenant_id
-from policies.cost import Price
+from policies.cost import PRICE_EVENT_FIELDS, Price, field_text, price_fields
 from policies.errors import InvalidRequest
 from policies.periods import period_bounds
 from policies.routing import RoutingIndex
@@ -344,9 +344,7 @@ async def put_pricing() -> Response:
             if price is None:
                 price_list.remove_price(key, effective_from, "api")
             else:
-                price_list.set_price(
-                    key, price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, effective_from, "api"
-                )
+                price_list.set_price(key, effective_from, "api", **price_fields(price))
         return price_list
 
     await gateway.aggregates.change(PRICE_LIST_ID, PriceList, set_prices)
@@ -578,15 +576,21 @@ def _effective_from(value: Any) -> datetime | None:
 
 
 def _price_json(entry: Any) -> dict[str, Any]:
+    """A price entry as the admin API shows it: every rate as a decimal string (None: not set), the
+    long-context tier as an object of its own (None: no tier)."""
     price = entry.price
+    rates = dict.fromkeys(PRICE_EVENT_FIELDS[:6]) if price is None else price_fields(price)
+    shown: dict[str, Any] = {name: field_text(rates[name]) for name in PRICE_EVENT_FIELDS[:6]}
+    tier = None if price is None else price.long_context
+    shown["long_context"] = None
+    if tier is not None:
+        shown["long_context"] = {
+            name.removeprefix("long_context_"): field_text(rates[name]) for name in PRICE_EVENT_FIELDS[6:]
+        }
     return {
         "key": entry.key,
         "effective_from": entry.effective_from.isoformat(),
         "removed": price is None,
-        "input_per_mtok": None if price is None else usd_str(price.input_per_mtok),
-        "output_per_mtok": None if price is None else usd_str(price.output_per_mtok),
-        "cached_input_per_mtok": None
-        if price is None or price.cached_input_per_mtok is None
-        else usd_str(price.cached_input_per_mtok),
+        **shown,
         "ref": entry.ref,
     }

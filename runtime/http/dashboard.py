@@ -33,6 +33,7 @@ from quart import Blueprint, Response, redirect, render_template, request
 from events.money import ZERO, usd_str
 from events.projections import spend_report, tenant_keys
 from events.request import Request
+from policies.cost import Price, field_text, price_fields
 from policies.errors import InvalidRequest
 from runtime.errors import NotFound, Unauthenticated
 from runtime.gateway import Gateway
@@ -430,11 +431,20 @@ def example_prices(gateway: Gateway) -> str:
         price = entry.price
         if price is None:
             continue
-        lines.append(
-            f'"{key}" = {{ input_per_mtok = "{usd_str(price.input_per_mtok)}", '
-            f'output_per_mtok = "{usd_str(price.output_per_mtok)}" }}'
-        )
+        lines.append(price_toml(key, price))
     return "\n".join(lines)
+
+
+def price_toml(key: str, price: Price) -> str:
+    """One price as a TOML line with every field it sets (the long-context tier as an inline table)."""
+    fields = {name: field_text(value) for name, value in price_fields(price).items() if value is not None}
+    tier = {name.removeprefix("long_context_"): fields.pop(name) for name in list(fields) if name.startswith("long_")}
+
+    def table(values: dict[str, Any]) -> str:
+        return ", ".join(f"{name} = {json.dumps(value)}" for name, value in values.items())
+
+    more = f", long_context = {{ {table(tier)} }}" if tier else ""
+    return f'"{key}" = {{ {table(fields)}{more} }}'
 
 
 def delta_chart(report: dict[str, Any]) -> str:

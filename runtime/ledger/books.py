@@ -19,7 +19,7 @@ import attrs
 
 from events.projections import FoldState, Projections, fold
 from events.store import Recorded
-from policies.cost import Price, PriceBook, PriceEntry
+from policies.cost import PriceBook, PriceEntry, price_from_fields
 from policies.tenant import TenantPolicy
 from runtime.auth import bearer, hash_key
 from runtime.errors import Unauthenticated
@@ -46,10 +46,13 @@ class TenantView:
 def _price_entry(row: dict[str, Any]) -> PriceEntry:
     price = None
     if not row["removed"]:
-        cached = row["cached_input_per_mtok"]
-        price = Price(
-            Decimal(row["input_per_mtok"]), Decimal(row["output_per_mtok"]), Decimal(cached) if cached else None
-        )
+        fields: dict[str, Any] = {
+            name: None if row[name] is None else Decimal(row[name])
+            for name in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
+        }
+        for name, value in json.loads(row["rates"] or "{}").items():
+            fields[name] = value if isinstance(value, int) else Decimal(value)
+        price = price_from_fields(fields)
     return PriceEntry(row["key"], datetime.fromisoformat(row["effective_from"]), price)
 
 

@@ -32,8 +32,8 @@ from events.pricelist import PriceList
 from events.repricing import Repricing
 from events.request import Request, restate
 from events.store import MEMORY, LedgerStore, Raw, topic_of
-from events.usage import Usage
-from policies.cost import Price, PriceBook, PriceEntry
+from events.usage import UNKNOWN_USAGE, Usage
+from policies.cost import PRICE_EVENT_FIELDS, Price, PriceBook, PriceEntry, price_from_fields
 from policies.errors import InvalidRequest
 from policies.repricing import Filters, PriceSet, Repricer, Restatement, flat_prices, ledger_history, prices_as_of
 from runtime.config import converter, format_problems
@@ -70,15 +70,16 @@ REQUEST_FIELDS: dict[str, type] = {
     "prompt_tokens": int,
     "completion_tokens": int,
     "cached_tokens": int,
+    "cache_write_tokens": int,
+    "cache_write_1h_tokens": int,
     "cost_usd": Decimal,
     "saved_usd": Decimal,
+    "usage_source": str,
 }
 PRICE_FIELDS: dict[str, type] = {
     "key": str,
     "effective_from": datetime,
-    "input_per_mtok": Decimal,
-    "output_per_mtok": Decimal,
-    "cached_input_per_mtok": Decimal,
+    **{name: int if name == "long_context_above_prompt_tokens" else Decimal for name in PRICE_EVENT_FIELDS},
 }
 
 
@@ -120,6 +121,17 @@ def current_costs(store: LedgerStore, until: int) -> dict[str, tuple[Decimal | N
     return current
 
 
+def usage_of(state: dict[str, Any]) -> Usage:
+    """The billed usage a terminal event's `state` records (cache-write counts 0 before they existed)."""
+    return Usage(
+        state["prompt_tokens"],
+        state["completion_tokens"],
+        state["cached_tokens"],
+        cache_write_tokens=state.get("cache_write_tokens") or 0,
+        cache_write_1h_tokens=state.get("cache_write_1h_tokens") or 0,
+    )
+
+
 def ledger_price_book(store: LedgerStore, until: int | None = None) -> PriceBook:
     """The ledger's price list, folded from its events (for offline runs)."""
     book = PriceBook()
@@ -128,7 +140,7 @@ def ledger_price_book(store: LedgerStore, until: int | None = None) -> PriceBook
             state = raw.state
             price = None
             if raw.topic == PRICES[0]:
-                price = Price(state["input_per_mtok"], state["output_per_mtok"], state["cached_input_per_mtok"])
+                price = price_from_fields(state)
             book.add(PriceEntry(state["key"], state["effective_from"], price))
     return book
 
@@ -164,11 +176,12 @@ class Scan:
                     raw.originator_id, state["request_id"], state["tenant"], state["model"], state["received_at"]
                 )
                 continue
-            usage = Usage(state["prompt_tokens"], state["completion_tokens"], state["cached_tokens"])
+            if state["usage_source"] == UNKNOWN_USAGE:
+                continue  # no usage to price: re-pricing never turns an unknown into a $0
             price = repricer.served_from_cache if raw.topic == HIT else repricer.settled
             recorded = state["saved_usd"] if raw.topic == HIT else state["cost_usd"]
             restatement = price(
-                raw.originator_id, raw.version, state["provider"], state["served_model"], usage, recorded
+                raw.originator_id, raw.version, state["provider"], state["served_model"], usage_of(state), recorded
             )
             if restatement is not None:
                 found.append(restatement)
