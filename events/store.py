@@ -24,10 +24,20 @@ from typing import Any, TypeVar
 import attrs
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, DomainEventProtocol
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.utils import resolve_topic
 
-__all__ = ["MEMORY", "Aggregate", "Instance", "LedgerError", "LedgerStore", "Raw", "Recorded", "topic_of"]
+__all__ = [
+    "MEMORY",
+    "Aggregate",
+    "Instance",
+    "LedgerError",
+    "LedgerStore",
+    "Raw",
+    "Recorded",
+    "VersionConflict",
+    "topic_of",
+]
 
 MEMORY = ":memory:"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -39,6 +49,11 @@ A = TypeVar("A", bound=Aggregate)
 
 class LedgerError(Exception):
     """The ledger cannot be opened or used; the message says what to do."""
+
+
+class VersionConflict(LedgerError):
+    """Another writer appended to the aggregate at the version this append expected: nothing of
+    this append was written; re-read the aggregate and decide again."""
 
 
 @attrs.frozen
@@ -127,6 +142,8 @@ class LedgerStore:
         """Commit the pending events of `items` in one transaction; return them with positions."""
         try:
             recordings = self._app.save(*items)
+        except RecordConflictError as error:
+            raise VersionConflict(f"ledger {self.path}: an aggregate moved on meanwhile: {error}") from error
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"ledger {self.path}: write failed: {error}") from error
         return [Recorded(r.notification.id, r.domain_event) for r in recordings]

@@ -5,6 +5,9 @@ to a copy of its committed state (or to None when it does not exist yet), commit
 through the Journal and only then keeps the copy as the committed state. A failed commit leaves no
 trace in memory: the cached state is dropped and read again from the store on next use, so the next
 change starts from what the ledger holds (no version gap) and a refusal raised by `fn` changes nothing.
+Every append is conditional on the version `fn` saw: when another process appended to the aggregate
+meanwhile (`VersionConflict`, nothing written), the change reads it again and applies `fn` to that,
+up to `RETRIES` times — so `fn` decides on the latest state, whatever the interleaving (a budget lease).
 `get` reads the committed state (callers must not change it).
 """
 
@@ -17,10 +20,11 @@ from typing import TypeVar
 
 import trio
 
-from events.store import Aggregate, LedgerStore, Recorded
+from events.store import Aggregate, LedgerStore, Recorded, VersionConflict
 from runtime.ledger.journal import Journal
 
 A = TypeVar("A", bound=Aggregate)
+RETRIES = 16
 
 
 class Aggregates:
@@ -62,18 +66,25 @@ class Aggregates:
         lock = self._locks.setdefault(aggregate_id, trio.Lock())
         async with lock:
             try:
-                current = await self.get(aggregate_id, kind)
-                changed = fn(copy.deepcopy(current))
-                assert changed.id == aggregate_id
-                events = changed.collect_events()
-                if events:
-                    try:
-                        await self._journal.commit(events)
-                    except BaseException:
-                        self._committed.pop(aggregate_id, None)  # read it again: the store says what holds
-                        raise
-                self._committed[aggregate_id] = changed
-                return changed
+                for attempt in range(RETRIES + 1):
+                    current = await self.get(aggregate_id, kind)
+                    changed = fn(copy.deepcopy(current))
+                    assert changed.id == aggregate_id
+                    events = changed.collect_events()
+                    if events:
+                        try:
+                            await self._journal.commit(events)
+                        except VersionConflict:
+                            self._committed.pop(aggregate_id, None)  # another process moved it: read again
+                            if attempt == RETRIES:
+                                raise
+                            continue
+                        except BaseException:
+                            self._committed.pop(aggregate_id, None)  # read it again: the store says what holds
+                            raise
+                    self._committed[aggregate_id] = changed
+                    return changed
+                raise AssertionError("unreachable: the last attempt returns or raises")
             finally:
                 if not lock.statistics().tasks_waiting:
                     del self._locks[aggregate_id]  # released right after, with no checkpoint between

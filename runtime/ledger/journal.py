@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from events.store import POLL_S, LedgerError, LedgerStore, Recorded
+from events.store import POLL_S, LedgerError, LedgerStore, Recorded, VersionConflict
 from runtime.errors import GatewayError, Overloaded
 
 log = logging.getLogger("tollgate.journal")
@@ -119,6 +119,8 @@ class Journal:
                 await entry.done.wait()
             if deadline.cancelled_caught:
                 raise LedgerUnavailable("The ledger did not confirm the write in time.")
+        if isinstance(entry.error, VersionConflict):
+            raise entry.error  # nothing written: the caller re-reads and decides again
         if entry.error is not None:
             raise LedgerUnavailable("The ledger could not record this request.") from entry.error
         return entry.recorded
@@ -225,7 +227,10 @@ class Journal:
                 for entry in batch:
                     await self._write([entry], list(entry.events))
                 return
-            log.error("ledger write failed: %s", failure)
+            if isinstance(failure, VersionConflict):
+                log.debug("%s", failure)  # an expected race (a conditional append), not a failure
+            else:
+                log.error("ledger write failed: %s", failure)
             (entry,) = batch
             entry.error = (
                 failure if isinstance(failure, LedgerError) else LedgerError(f"ledger write failed: {failure}")
