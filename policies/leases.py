@@ -20,6 +20,7 @@ settled + reserved + leased ≤ budget whatever the interleaving (the conditiona
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from events.money import ZERO, usd
@@ -54,3 +55,13 @@ def used(settled: Decimal, reserved: Decimal, amount: Decimal) -> Decimal:
     """What a closed lease counts as spent: its settled costs, plus the reservations still open under
     it (a gone instance's requests may yet settle up to them), never more than its amount."""
     return min(settled + reserved, amount)
+
+
+def spread(used_usd: Decimal, amounts: Sequence[Decimal]) -> list[Decimal]:
+    """What each of a process's leases (oldest first) used, when it gives them all back having
+    settled `used_usd` under them: the oldest filled first, none beyond its amount."""
+    left, spent = used_usd, []
+    for amount in amounts:
+        spent.append(min(left, amount))
+        left -= spent[-1]
+    return spent

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from events.lease import BudgetSlices, slices_id
 from events.money import ZERO, usd
 from events.store import LedgerStore
-from policies.leases import lease_size, should_top_up, used
+from policies.leases import lease_size, should_top_up, spread, used
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.journal import Journal
 from runtime.ledger.leases import Leases
+from tests.test_replay import replay_verify
+from tests.test_workers import env, write_config
 
 PERIOD = datetime(2026, 12, 1, tzinfo=UTC)
 NOW = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
@@ -53,6 +55,17 @@ def test_top_up_when_low_or_short_of_the_next_request() -> None:
     assert should_top_up(Decimal(1), Decimal(10))
     assert not should_top_up(Decimal(5), Decimal(10))
     assert should_top_up(Decimal(5), Decimal(10), need=Decimal(6))
+
+
+@given(money, st.lists(money, max_size=5))
+def test_a_spread_of_what_was_used_fills_the_oldest_leases_first(used_usd: Decimal, amounts: list[Decimal]) -> None:
+    used_usd = min(used_usd, sum(amounts, ZERO))
+    parts = spread(used_usd, amounts)
+    assert sum(parts, ZERO) == used_usd
+    assert all(ZERO <= part <= amount for part, amount in zip(parts, amounts, strict=True))
+    short = next((n for n, (part, amount) in enumerate(zip(parts, amounts, strict=True)) if part < amount), None)
+    if short is not None:  # the first lease not used in full: nothing used of the younger ones
+        assert all(part == ZERO for part in parts[short + 1 :])
 
 
 @given(money, money, money, st.integers(1, 16))
@@ -175,11 +188,13 @@ async def test_two_racing_takers_one_wins_the_other_rereads(tmp_path: Path) -> N
         taken.append(await a.take("demo", PERIOD, budget, Decimal(1), live=1, spent_before=ZERO))
         taken.append(await b.take("demo", PERIOD, budget, Decimal(1), live=1, spent_before=ZERO))  # stale: conflicts
 
-    await _two_processes(tmp_path / "ledger.sqlite3", race)
+    ledger = tmp_path / "var" / "ledger.sqlite3"
+    ledger.parent.mkdir()
+    await _two_processes(ledger, race)
     winner, loser = taken
     assert winner is not None and winner.amount_usd == Decimal(8) and winner.instance == "i0"
     assert loser is None
-    store = LedgerStore(str(tmp_path / "ledger.sqlite3"))
+    store = LedgerStore(str(ledger))
     try:
         slices = store.get(slices_id("demo", PERIOD), BudgetSlices)
         assert slices is not None
@@ -189,6 +204,8 @@ async def test_two_racing_takers_one_wins_the_other_rereads(tmp_path: Path) -> N
         assert kinds == ["Opened", "BudgetLeased", "LeaseReturned", "BudgetLeased"]
     finally:
         store.close()
+    verified = await trio.to_thread.run_sync(replay_verify, write_config(tmp_path), env())
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 async def test_racing_takers_under_several_live_instances_share_without_overleasing(tmp_path: Path) -> None:
