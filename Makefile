@@ -38,7 +38,13 @@ $(VENV)/.chromium-installed: | $(BIN)/python
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $@
 
-test: $(VENV)/.test-installed $(VENV)/.chromium-installed
+# The PostgreSQL ledger tests start a throwaway server from Debian's postgresql 15 binaries.
+PG_BIN ?= /usr/lib/postgresql/15/bin
+$(VENV)/.postgres-installed: | $(BIN)/python
+	test -x $(PG_BIN)/initdb || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
+	touch $@
+
+test: $(VENV)/.test-installed $(VENV)/.chromium-installed $(VENV)/.postgres-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.lint-installed

@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the second Tollgate with an in-memory ledger (scenario 1's measure of what SQLite costs)",
     )
     t.add_argument(
+        "--no-postgres-twin",
+        action="store_true",
+        help="skip the second Tollgate on a PostgreSQL ledger (scenario 1's PostgreSQL vs SQLite CPU cost)",
+    )
+    t.add_argument(
         "--no-obs-twin",
         action="store_true",
         help="skip the second Tollgate without metrics and access log (scenario 1's measure of what they cost)",
@@ -179,7 +184,12 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstream: Target, sk
     else:
         variants = [gateway.DEFAULT]
         if args.gateway_cmd == gateway.DEFAULT_CMD:
-            skip = {"memory": args.no_memory_ledger, "no-obs": args.no_obs_twin, "workers-2": args.no_workers_twin}
+            skip = {
+                "memory": args.no_memory_ledger,
+                "postgres": args.no_postgres_twin,
+                "no-obs": args.no_obs_twin,
+                "workers-2": args.no_workers_twin,
+            }
             variants += [v for v in gateway.TWINS if not skip[v.name]]
         for variant in variants:
             wanted.append(

@@ -1,12 +1,15 @@
 """Tollgate under test: its config (default settings, ledger on) and its process, and its twins.
 
 A twin is the same Tollgate with one thing changed (a `Variant`), run beside the default one in scenario 1
-to price that thing: the SQLite ledger (`memory`), the metrics and access log (`no-obs`), or one process
-(`workers-2`: `serve --workers 2`, two worker processes on one port and one ledger).
+to price that thing: the SQLite ledger (`memory`), the PostgreSQL ledger instead of SQLite (`postgres`:
+a throwaway server from tests/postgres.py, started on first use and stopped at exit), the metrics
+and access log (`no-obs`), or one process (`workers-2`: `serve --workers 2`, two worker processes on
+one port and one ledger).
 """
 
 from __future__ import annotations
 
+import atexit
 import secrets
 import shlex
 import sys
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from bench.process import Server
 from bench.target import UPSTREAM_KEY, Target
+from tests.postgres import PASSWORD, PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CMD = "{python} -m runtime.cli serve --config {config} --host 127.0.0.1 --port 0"
@@ -27,7 +31,7 @@ host = "127.0.0.1"
 port = 0
 
 [ledger]
-path = "{ledger}"
+{ledger}
 {extra}
 [[providers]]
 name = "up"
@@ -54,6 +58,7 @@ class Variant:
     name: str  # "" for the default configuration
     label: str = ""
     memory_ledger: bool = False
+    postgres_ledger: bool = False
     extra_config: str = ""
     serve_args: str = ""  # appended to the default command's `serve` arguments
     note: str = ""
@@ -71,6 +76,14 @@ MEMORY = Variant(
     memory_ledger=True,
     note='in-memory ledger ([ledger] path = ":memory:"): the same code without SQLite, to measure its cost',
 )
+POSTGRES = Variant(
+    "postgres",
+    label=", PostgreSQL ledger",
+    postgres_ledger=True,
+    note="PostgreSQL ledger ([ledger] url = postgresql://...): a throwaway PostgreSQL 15 on this machine "
+    "(fsync off, loopback TCP), projections in memory; to compare its CPU cost with SQLite's. CPU ms/req "
+    "counts the gateway's processes only, not the PostgreSQL server's",
+)
 NO_OBS = Variant(
     "no-obs",
     label=", no metrics or access log",
@@ -86,13 +99,25 @@ WORKERS_2 = Variant(
     "log the other writes); its req/s over the default's is the throughput ratio (#13's goal ≥ 1.7×, on two "
     "cores that the load generator shares)",
 )
-TWINS = (MEMORY, NO_OBS, WORKERS_2)
+TWINS = (MEMORY, POSTGRES, NO_OBS, WORKERS_2)
 CACHE = Variant(
     "cache",
     label=", response cache on",
     tenant_config='cache = "all"\n',
     note='the bench tenant with cache = "all" (run by the cache scenario only, not beside the chat twins)',
 )
+PG_PASSWORD_ENV = "BENCH_PG_PASSWORD"
+_postgres: list[PostgresServer] = []
+
+
+def _postgres_ledger() -> str:
+    """The `[ledger]` lines of a fresh database on the bench's own throwaway PostgreSQL server."""
+    if not _postgres:
+        _postgres.append(PostgresServer().start())
+        atexit.register(_postgres[0].stop)
+    return f'url = "{_postgres[0].database()}"\npassword_env = "{PG_PASSWORD_ENV}"'
+
+
 TWIN_NAMES = frozenset(v.target for v in TWINS)
 
 
@@ -106,12 +131,18 @@ def unavailable(cmd_template: str) -> str | None:
 def write_config(workdir: Path, upstream_base: str, variant: Variant = DEFAULT) -> Path:
     """The default configuration, changed as the variant says."""
     path = workdir / f"{variant.target}.toml"
-    where = (
-        ":memory:" if variant.memory_ledger else workdir / f"ledger{'-' + variant.name if variant.name else ''}.sqlite3"
-    )
+    if variant.postgres_ledger:
+        ledger = _postgres_ledger()
+    else:
+        where = (
+            ":memory:"
+            if variant.memory_ledger
+            else workdir / f"ledger{'-' + variant.name if variant.name else ''}.sqlite3"
+        )
+        ledger = f'path = "{where}"'
     path.write_text(
         CONFIG.format(
-            ledger=where, upstream_base=upstream_base, extra=variant.extra_config, tenant_extra=variant.tenant_config
+            ledger=ledger, upstream_base=upstream_base, extra=variant.extra_config, tenant_extra=variant.tenant_config
         )
     )
     return path
@@ -144,7 +175,7 @@ def start(cmd_template: str, workdir: Path, upstream: Target, variant: Variant =
         argv,
         workdir / f"{variant.target.replace('tollgate', 'gateway')}.log",
         cwd=REPO,
-        env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "BENCH_TENANT_KEY": tenant_key},
+        env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "BENCH_TENANT_KEY": tenant_key, PG_PASSWORD_ENV: PASSWORD},
     )
     base = server.wait_listening(60)
     server.wait_http(f"{base}/readyz", 30, ok=(200, 404))

@@ -7,8 +7,16 @@ Journal and the Projector, through `trio.to_thread.run_sync` with a limiter of o
 It is also the one module that imports eventsourcing: the aggregates take their base class,
 `Aggregate`, from here, so the dependency has a single door.
 
-`path` is a SQLite file (created with its directory when missing) or `":memory:"` for an in-memory
-store (eventsourcing's POPO recorder: tests and the bench's comparison run).
+`path` is a SQLite file (created with its directory when missing), `":memory:"` for an in-memory
+store (eventsourcing's POPO recorder: tests and the bench's comparison run), or a
+`postgresql://USER@HOST:PORT/DB` URL (eventsourcing's PostgreSQL recorder: psycopg 3 and its pool,
+the `tollgate[postgres]` extra; the password comes separately, never in the URL).
+
+Positions on PostgreSQL: notification ids come from a sequence, and sequences can commit out of
+order across concurrent transactions. eventsourcing takes `LOCK TABLE ... IN EXCLUSIVE MODE` in
+every inserting transaction (postgres.py, `_insert_events`), so inserts are serialised and a reader
+never sees id n+1 committed before n. A rolled-back insert can leave a gap (a sequence value is
+never reused): readers page by "ids after the last one seen", never by counting, so gaps are harmless.
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import attrs
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, DomainEventProtocol
-from eventsourcing.persistence import RecordConflictError, StoredEvent
+from eventsourcing.persistence import PersistenceError, RecordConflictError, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 __all__ = [
@@ -35,7 +44,10 @@ __all__ = [
     "LedgerStore",
     "Raw",
     "Recorded",
+    "Stored",
     "VersionConflict",
+    "is_postgres",
+    "redact",
     "topic_of",
 ]
 
@@ -87,6 +99,72 @@ class Instance:
     beat_at: datetime
 
 
+@attrs.frozen
+class Stored:
+    """An event exactly as stored (for `tollgate ledger copy`): position, aggregate, version, topic, state."""
+
+    position: int
+    originator_id: uuid.UUID
+    version: int
+    topic: str
+    state: bytes
+
+
+def is_postgres(path: str) -> bool:
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def redact(path: str) -> str:
+    """The ledger's location for messages (a PostgreSQL URL without any password in it)."""
+    if not is_postgres(path):
+        return path
+    parts = urlsplit(path)
+    host = parts.hostname or ""
+    return f"postgresql://{parts.username or ''}@{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def _postgres_env(url: str, password: str) -> dict[str, str]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise LedgerError(f"ledger URL {redact(url)}: {error}") from None
+    database = unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not parts.username or not database or "/" in database:
+        raise LedgerError(f"ledger URL {redact(url)}: expected postgresql://USER@HOST:PORT/DATABASE")
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": database,
+        "POSTGRES_HOST": parts.hostname,
+        "POSTGRES_PORT": str(port or 5432),
+        "POSTGRES_USER": unquote(parts.username),
+        "POSTGRES_PASSWORD": password,
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+    }
+
+
+def _probe(env: dict[str, str]) -> None:
+    """One direct connection first: the pool only says "couldn't get a connection", while the
+    server's own reason (wrong password, no such database, nothing listening) is what to fix."""
+    try:
+        import psycopg
+    except ImportError as error:
+        raise LedgerError(f"a PostgreSQL ledger needs psycopg: pip install 'tollgate[postgres]' ({error})") from None
+    try:
+        psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+        ).close()
+    except psycopg.Error as error:
+        where = f"{env['POSTGRES_USER']}@{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}/{env['POSTGRES_DBNAME']}"
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise LedgerError(f"cannot connect to the PostgreSQL ledger {where}: {reason}") from None
+
+
 def topic_of(kind: type) -> str:
     """The topic an event class is stored under (`module:qualname`)."""
     return f"{kind.__module__}:{kind.__qualname__}"
@@ -114,11 +192,18 @@ def _check_file(path: Path) -> None:
         raise LedgerError(f"ledger {path} is not a SQLite database (corrupt, or the wrong file?)")
 
 
+_DATABASE_ERRORS = (sqlite3.DatabaseError, PersistenceError, OSError)
+
+
 class LedgerStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, password: str = "") -> None:
         self.path = path
+        self.postgres = is_postgres(path)
         if path == MEMORY:
             env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        elif self.postgres:
+            env = _postgres_env(path, password)
+            _probe(env)
         else:
             _check_file(Path(path))
             env = {
@@ -127,26 +212,56 @@ class LedgerStore:
                 "SQLITE_LOCK_TIMEOUT": str(int(LOCK_TIMEOUT_S)),  # several processes write one file
             }
         self._instances: dict[str, Instance] = {}
-        self._heartbeats: sqlite3.Connection | None = None
+        self._heartbeats: Any = None  # a DB-API connection to the ledger's database (SQLite or PostgreSQL)
+        self._placeholder = "?"
         try:
             self._app = _Tollgate(env=env)
             self._app.recorder.max_notification_id()
-            if path != MEMORY:
+            if self.postgres:  # the heartbeat rows live beside the events, where every machine sees them
+                import psycopg
+
+                self._heartbeats = psycopg.connect(
+                    dbname=env["POSTGRES_DBNAME"],
+                    host=env["POSTGRES_HOST"],
+                    port=env["POSTGRES_PORT"],
+                    user=env["POSTGRES_USER"],
+                    password=env["POSTGRES_PASSWORD"],
+                    connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+                    autocommit=True,
+                )
+                self._placeholder = "%s"
+            elif path != MEMORY:
                 self._heartbeats = sqlite3.connect(
                     path, check_same_thread=False, timeout=LOCK_TIMEOUT_S, isolation_level=None
                 )
-        except sqlite3.DatabaseError as error:
-            raise LedgerError(f"ledger {path} cannot be opened: {error}") from None
+        except ImportError as error:
+            raise LedgerError(
+                f"a PostgreSQL ledger needs psycopg: pip install 'tollgate[postgres]' ({error})"
+            ) from None
+        except _DATABASE_ERRORS as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise LedgerError(f"ledger {redact(path)} cannot be opened: {detail}") from None
 
     def append(self, items: Sequence[Aggregate | DomainEventProtocol[uuid.UUID]]) -> list[Recorded]:
         """Commit the pending events of `items` in one transaction; return them with positions."""
         try:
             recordings = self._app.save(*items)
         except RecordConflictError as error:
-            raise VersionConflict(f"ledger {self.path}: an aggregate moved on meanwhile: {error}") from error
-        except sqlite3.DatabaseError as error:
-            raise LedgerError(f"ledger {self.path}: write failed: {error}") from error
+            raise VersionConflict(f"ledger {redact(self.path)}: an aggregate moved on meanwhile: {error}") from error
+        except _DATABASE_ERRORS as error:
+            raise LedgerError(f"ledger {redact(self.path)}: write failed: {error}") from error
         return [Recorded(r.notification.id, r.domain_event) for r in recordings]
+
+    def stored(self, after: int = 0, limit: int = 1000) -> list[Stored]:
+        """Events after `after` exactly as stored (no mapper, no upcasting), oldest first."""
+        return [
+            Stored(n.id, uuid.UUID(str(n.originator_id)), n.originator_version, n.topic, bytes(n.state))
+            for n in self._app.recorder.select_notifications(start=after + 1, limit=limit)
+        ]
+
+    def insert_stored(self, events: Sequence[Stored]) -> None:
+        """Append events exactly as stored, in one transaction (positions are the target's next ones)."""
+        self._app.recorder.insert_events([StoredEvent(e.originator_id, e.version, e.topic, e.state) for e in events])
 
     def read(self, after: int = 0, limit: int = 1000) -> list[Recorded]:
         """Events after position `after`, oldest first, at most `limit`."""
@@ -178,9 +293,9 @@ class LedgerStore:
         A row stored by an older `class_version` than its class's (and one SQLite's JSON functions
         cannot read) comes back whole and goes through the mapper, so the same upcasters apply as
         on every other read path. The in-memory store goes through the mapper (the caller holds
-        the store's door)."""
+        the store's door), and so does PostgreSQL (it reads through the pool)."""
         end = self.position() if until is None else until
-        if self.path == MEMORY:
+        if self.path == MEMORY or self.postgres:
             yield from self._scan_mapped(set(topics), fields, after, end, batch)
             return
         names = list(fields)
@@ -268,8 +383,9 @@ class LedgerStore:
             " host text, started_at text, beat_at text)"
         )
         self._heartbeats.execute(
-            "insert or replace into tollgate_instances (instance, pid, host, started_at, beat_at)"
-            " values (?, ?, ?, ?, ?)",
+            "insert into tollgate_instances (instance, pid, host, started_at, beat_at) values"
+            f" ({', '.join([self._placeholder] * 5)}) on conflict (instance) do update set pid = excluded.pid,"
+            " host = excluded.host, started_at = excluded.started_at, beat_at = excluded.beat_at",
             (
                 instance.instance,
                 instance.pid,
@@ -283,7 +399,7 @@ class LedgerStore:
         """Every heartbeat row, oldest start first (live or not: the caller judges by `beat_at`)."""
         if self._heartbeats is None:
             rows = list(self._instances.values())
-        elif not self._heartbeats.execute("select 1 from sqlite_master where name = 'tollgate_instances'").fetchone():
+        elif not self._has_heartbeats():
             rows = []
         else:
             rows = [
@@ -294,6 +410,15 @@ class LedgerStore:
             ]
         return sorted(rows, key=lambda row: (row.started_at, row.instance))
 
+    def _has_heartbeats(self) -> bool:
+        """Whether the heartbeat table exists (a reader such as `replay --verify` never creates it)."""
+        query = (
+            "select to_regclass('tollgate_instances') is not null"
+            if self.postgres
+            else "select count(*) > 0 from sqlite_master where name = 'tollgate_instances'"
+        )
+        return bool(self._heartbeats.execute(query).fetchone()[0])
+
     def forget(self, instances: Collection[str]) -> None:
         """Drop the heartbeat rows of `instances` (stopped, or gone and recovered)."""
         if self._heartbeats is None:
@@ -302,7 +427,13 @@ class LedgerStore:
             return
         if not self.instances():
             return
-        self._heartbeats.executemany("delete from tollgate_instances where instance = ?", [(i,) for i in instances])
+        cursor = self._heartbeats.cursor()
+        try:
+            cursor.executemany(
+                f"delete from tollgate_instances where instance = {self._placeholder}", [(i,) for i in instances]
+            )
+        finally:
+            cursor.close()
 
     def close(self) -> None:
         if self._heartbeats is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -99,7 +100,60 @@ class AlertsConfig:
 
 @attrs.frozen
 class LedgerConfig:
+    """Where the ledger is: `url` (`sqlite:///var/ledger.sqlite3`, `sqlite:////abs/path`,
+    `postgresql://USER@HOST:PORT/DB`) or its short form `path` (a SQLite file). A PostgreSQL
+    password comes from the environment variable named by `password_env`, never from the file."""
+
     path: str = "var/ledger.sqlite3"
+    url: str | None = None
+    password_env: str | None = None
+
+    @property
+    def side_path(self) -> str:
+        """The SQLite database of the side tables (the response cache, stored Responses turns): the
+        ledger's own file, or — with a PostgreSQL ledger — the local file `path` (per machine)."""
+        location = self.location
+        return self.path if location.startswith(("postgresql://", "postgres://")) else location
+
+    @property
+    def location(self) -> str:
+        """What `events.store.LedgerStore` opens: a SQLite path, `:memory:` or a PostgreSQL URL."""
+        if self.url is None:
+            return self.path
+        if self.url.startswith(SQLITE_PREFIX):
+            return self.url[len(SQLITE_PREFIX) :]
+        return self.url
+
+    def password(self, environ: Mapping[str, str] | None = None) -> str:
+        environ = os.environ if environ is None else environ
+        return environ.get(self.password_env, "") if self.password_env else ""
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def check_ledger(ledger: LedgerConfig, environ: Mapping[str, str]) -> list[str]:
+    problems = []
+    url = ledger.url
+    if url is not None:
+        if url.startswith(SQLITE_PREFIX):
+            if not url[len(SQLITE_PREFIX) :]:
+                problems.append("ledger.url: expected sqlite:///PATH with a file path")
+        elif url.startswith(("postgresql://", "postgres://")):
+            parts = urllib.parse.urlsplit(url)
+            try:
+                parts.port  # noqa: B018 — parsing it validates it
+            except ValueError:
+                problems.append("ledger.url: the port must be a number")
+            if parts.password is not None:
+                problems.append("ledger.url: put the password in an environment variable named by ledger.password_env")
+            elif not parts.hostname or not parts.username or not parts.path.strip("/"):
+                problems.append("ledger.url: expected postgresql://USER@HOST:PORT/DATABASE")
+        else:
+            problems.append("ledger.url: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")
+    if ledger.password_env is not None and ledger.password_env not in environ:
+        problems.append(f"ledger.password_env: environment variable {ledger.password_env} is not set")
+    return problems
 
 
 @attrs.frozen
@@ -294,9 +348,13 @@ def load_ledger_config(
     environ = os.environ if environ is None else environ
     path, data = _read(path, environ)
     try:
-        return converter.structure({"ledger": data.get("ledger", {})}, Config).ledger
+        ledger = converter.structure({"ledger": data.get("ledger", {})}, Config).ledger
     except (cattrs.BaseValidationError, ValueError, TypeError) as error:
         raise ConfigError(format_problems(error)) from None
+    problems = check_ledger(ledger, environ)
+    if problems:
+        raise ConfigError(problems)
+    return ledger
 
 
 def _check_url(url: str) -> str | None:
@@ -311,7 +369,7 @@ def _check_url(url: str) -> str | None:
 
 def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
     """The checks types cannot express: names, references, URLs and secrets in the environment."""
-    problems: list[str] = []
+    problems: list[str] = check_ledger(config.ledger, environ)
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         where = f"providers[{index}]"

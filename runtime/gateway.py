@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -27,7 +28,7 @@ from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import Projections, spend_report
 from events.provider import Provider, provider_id
 from events.request import Request
-from events.store import Instance, LedgerStore
+from events.store import MEMORY, Instance, LedgerStore
 from events.tenant import Tenant, tenant_id
 from policies.cost import Priced
 from policies.routing import Deployment, RoutingIndex
@@ -304,10 +305,10 @@ async def _expire_conversations(conversations: Conversations, clock: Callable[[]
         await conversations.expire(clock().timestamp())
 
 
-def _open_ledger(path: str) -> tuple[LedgerStore, Projections]:
+def _open_ledger(path: str, password: str = "") -> tuple[LedgerStore, Projections]:
     from runtime.ledger.projector import catch_up
 
-    store = LedgerStore(path)
+    store = LedgerStore(path, password)
     projections = Projections(projections_path(path))
     catch_up(store, projections)
     return store, projections
@@ -323,8 +324,13 @@ async def open_gateway(
     generated = None
     if not admin_key:
         admin_key = generated = new_key("tga-")
-    store, projections = await trio.to_thread.run_sync(_open_ledger, config.ledger.path)
-    cache_store = await trio.to_thread.run_sync(CacheStore, config.ledger.path, config.cache.max_bytes)
+    store, projections = await trio.to_thread.run_sync(
+        _open_ledger, config.ledger.location, config.ledger.password(environ)
+    )
+    side = config.ledger.side_path
+    if side != MEMORY:  # beside a PostgreSQL ledger the side tables' file is new on a new machine
+        await trio.to_thread.run_sync(partial(Path(side).parent.mkdir, parents=True, exist_ok=True))
+    cache_store = await trio.to_thread.run_sync(CacheStore, side, config.cache.max_bytes)
     books = Books(projections)
     projector = Projector(store, projections)
     instance = Instance(uuid.uuid4().hex[:12], os.getpid(), socket.gethostname(), datetime.now(UTC), datetime.now(UTC))
@@ -362,7 +368,7 @@ async def open_gateway(
     )
     if clock is not None:
         gateway.clock = clock
-    conversations = await trio.to_thread.run_sync(Conversations, config.ledger.path, config.responses.retention_s)
+    conversations = await trio.to_thread.run_sync(Conversations, side, config.responses.retention_s)
     gateway.conversations = conversations
     try:
         async with trio.open_nursery() as nursery:

@@ -17,6 +17,7 @@ from runtime.auth import DEMO_KEY, hash_key
 from runtime.config import Config, parse_config
 from runtime.gateway import Gateway, open_gateway
 from runtime.http.server import serve
+from tests.postgres import PASSWORD, PASSWORD_ENV
 
 ADMIN_KEY = "tga-test-admin-key"
 T = TypeVar("T")
@@ -33,7 +34,7 @@ def make_config(*, providers: list[dict[str, Any]] | None = None, **sections: An
         "tenants": [{"name": "demo", "api_key_sha256": hash_key(DEMO_KEY)}],
     }
     data.update(sections)
-    return parse_config(data, {"TEST_ADMIN_KEY": ADMIN_KEY, "FAKE_KEY": "sk-fake-upstream"})
+    return parse_config(data, {"TEST_ADMIN_KEY": ADMIN_KEY, "FAKE_KEY": "sk-fake-upstream", PASSWORD_ENV: PASSWORD})
 
 
 @attrs.frozen
@@ -54,7 +55,7 @@ class Running:
 
 @asynccontextmanager
 async def running_gateway(config: Config, clock: Callable[[], datetime] | None = None) -> AsyncIterator[Running]:
-    environ = {"TOLLGATE_ADMIN_KEY": ADMIN_KEY, "FAKE_KEY": "sk-fake-upstream"}
+    environ = {"TOLLGATE_ADMIN_KEY": ADMIN_KEY, "FAKE_KEY": "sk-fake-upstream", PASSWORD_ENV: PASSWORD}
     async with open_gateway(config, environ, clock) as gateway, trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, gateway))
         gateway.ready = True

@@ -22,6 +22,7 @@ from policies.leases import lease_size, should_top_up, spread, used
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.journal import Journal
 from runtime.ledger.leases import Leases
+from tests.postgres import PASSWORD
 from tests.test_replay import replay_verify
 from tests.test_workers import env, write_config
 
@@ -151,8 +152,10 @@ def test_settled_plus_reserved_plus_leased_never_exceeds_the_budget(
         assert settled + reserved <= budget
 
 
-async def _two_processes(ledger: Path, body: Callable[[Leases, Leases, Aggregates, Aggregates], Any]) -> None:
-    stores = [LedgerStore(str(ledger)), LedgerStore(str(ledger))]
+async def _two_processes(
+    ledger: Path | str, body: Callable[[Leases, Leases, Aggregates, Aggregates], Any], password: str = ""
+) -> None:
+    stores = [LedgerStore(str(ledger), password), LedgerStore(str(ledger), password)]
     try:
         journals = [Journal(store, lambda recorded: None, instance=f"i{n}") for n, store in enumerate(stores)]
         aggregates = [Aggregates(store, journal) for store, journal in zip(stores, journals, strict=True)]
@@ -211,6 +214,15 @@ async def test_two_racing_takers_one_wins_the_other_rereads(tmp_path: Path) -> N
 async def test_racing_takers_under_several_live_instances_share_without_overleasing(tmp_path: Path) -> None:
     """Many takers on two processes at once: every lease is decided on the latest state, so the
     leases never add up to more than the budget, and both processes got slices."""
+    await _many_takers(str(tmp_path / "ledger.sqlite3"))
+
+
+async def test_racing_takers_on_a_postgres_ledger(postgres_url: str) -> None:
+    """The same race on PostgreSQL: its unique (aggregate, version) refusal is the conflict too."""
+    await _many_takers(postgres_url, PASSWORD)
+
+
+async def _many_takers(ledger: str, password: str = "") -> None:
     budget = Decimal(100)
 
     async def race(a: Leases, b: Leases, first: Aggregates, second: Aggregates) -> None:
@@ -219,8 +231,8 @@ async def test_racing_takers_under_several_live_instances_share_without_overleas
                 for leases in (a, b):
                     takers.start_soon(leases.take, "demo", PERIOD, budget, Decimal(3), 2, ZERO)
 
-    await _two_processes(tmp_path / "ledger.sqlite3", race)
-    store = LedgerStore(str(tmp_path / "ledger.sqlite3"))
+    await _two_processes(ledger, race, password)
+    store = LedgerStore(ledger, password)
     try:
         slices = store.get(slices_id("demo", PERIOD), BudgetSlices)
         assert slices is not None

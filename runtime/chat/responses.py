@@ -27,6 +27,7 @@ from policies.responses import (
     response_object,
 )
 from policies.validation import parse_json
+from runtime.chat.cached import Replay
 from runtime.chat.exchange import Exchange
 from runtime.chat.handle import Answered, ChatParts, Streaming, V, handle_chat
 from runtime.chat.record import reject
@@ -141,7 +142,9 @@ class StreamingResponse:
 class ResponsesStream:
     """The chat relay's SSE, re-spoken as Responses events; closing it closes the relay (which settles)."""
 
-    def __init__(self, relay: StreamRelay, turn: Turn, conversations: Conversations, clock: Callable[[], Any]) -> None:
+    def __init__(
+        self, relay: StreamRelay | Replay, turn: Turn, conversations: Conversations, clock: Callable[[], Any]
+    ) -> None:
         self._relay = relay
         self._turn = turn
         self._conversations = conversations

@@ -37,7 +37,7 @@ import httpx
 import trio
 
 from events.projections import SPEND_BASES
-from events.store import LedgerError
+from events.store import LedgerError, LedgerStore, is_postgres, redact
 from policies.tenant import POLICY_FIELDS
 from runtime.cli.output import FORMATS, write_rows
 from runtime.cli.progress import Progress
@@ -161,6 +161,17 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="rebuild projections from the ledger")
     replay.add_argument("--config", help="config file (default: $TOLLGATE_CONFIG or config.toml)")
     replay.add_argument("--verify", action="store_true", help="diff a rebuild with the live projections")
+    ledger = commands.add_parser("ledger", help="ledger maintenance")
+    ledger_actions = ledger.add_subparsers(dest="action", required=True)
+    copying = ledger_actions.add_parser("copy", help="copy a ledger into an empty one (another backend) and verify it")
+    copying.add_argument(
+        "--from", dest="source", required=True, help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+    )
+    copying.add_argument(
+        "--to", dest="target", required=True, help="an empty ledger: sqlite:///PATH or postgresql://..."
+    )
+    copying.add_argument("--from-password-env", help="environment variable holding the source's PostgreSQL password")
+    copying.add_argument("--to-password-env", help="environment variable holding the target's PostgreSQL password")
     return parser
 
 
@@ -358,7 +369,7 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     ledger = load_ledger_config_or_exit(args.config)
     try:
-        problems = verify(ledger.path)
+        problems = verify(ledger.location, ledger.password())
     except LedgerError as error:
         print(f"tollgate replay: {error}", file=sys.stderr)
         return 2
@@ -367,7 +378,47 @@ def _replay(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    print("replay --verify: the live projections match a rebuild from the ledger")
+    if is_postgres(ledger.location):
+        print("replay --verify: every event decodes and the log folds the same paged and whole (PostgreSQL)")
+    else:
+        print("replay --verify: the live projections match a rebuild from the ledger")
+    return 0
+
+
+def _open_url(url: str, password_env: str | None, which: str) -> LedgerStore:
+    from runtime.config import check_ledger
+
+    config = LedgerConfig(url=url if "://" in url else f"sqlite:///{url}", password_env=password_env)
+    problems = check_ledger(config, os.environ)
+    if problems:
+        raise CommandFailed(f"--{which}: " + "; ".join(p.removeprefix("ledger.") for p in problems))
+    return LedgerStore(config.location, config.password())
+
+
+def _ledger_copy(args: argparse.Namespace) -> int:
+    from runtime.ledger.copy import copy_ledger
+
+    try:
+        source = _open_url(args.source, args.from_password_env, "from")
+        try:
+            if source.position() == 0:
+                raise CommandFailed(f"the source ledger {redact(source.path)} holds no events")
+            target = _open_url(args.target, args.to_password_env, "to")
+            try:
+                problems = copy_ledger(source, target)
+                total = target.position()
+            finally:
+                target.close()
+        finally:
+            source.close()
+    except LedgerError as error:
+        raise CommandFailed(str(error)) from None
+    if problems:
+        print("ledger copy: the copy differs from the source:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"ledger copy: {total} events copied and verified (count, last position, SHA-256 of every event)")
     return 0
 
 
@@ -408,7 +459,7 @@ def _reprice_offline(args: argparse.Namespace, body: dict[str, Any], progress: P
     if args.commit:
         raise CommandFailed("--offline is a dry run; commit through the running gateway (drop --offline)")
     ledger = load_ledger_config_or_exit(args.config)
-    store = LedgerStore(ledger.path)
+    store = LedgerStore(ledger.location, ledger.password())
     try:
         try:
             prices, filters = parse_request(body, ledger_price_book(store))
@@ -522,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return _replay(args)
+        if args.command == "ledger":
+            return _ledger_copy(args)
         {
             "tenants": _tenants,
             "pricing": _pricing,

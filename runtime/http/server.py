@@ -134,7 +134,7 @@ async def run(
     count = server.workers if workers is None else workers
     if count < 1:
         raise CannotStart("--workers must be at least 1")
-    if count > 1 and config.ledger.path == MEMORY:
+    if count > 1 and config.ledger.location == MEMORY:
         raise CannotStart("--workers needs a ledger file: an in-memory ledger belongs to one process")
     hyper = listen(config, host or server.host, server.port if port is None else port)
     if count == 1:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import trio
 
 from events.projections import Projections
-from events.store import MEMORY, LedgerStore, Recorded
+from events.store import MEMORY, LedgerStore, Recorded, is_postgres
 
 log = logging.getLogger("tollgate.projector")
 T = TypeVar("T")
@@ -26,8 +26,12 @@ BATCH_S = 0.05
 
 
 def projections_path(ledger_path: str) -> str:
-    """`var/ledger.sqlite3` → `var/ledger.projections.sqlite3` (`:memory:` stays in memory)."""
-    if ledger_path == MEMORY:
+    """`var/ledger.sqlite3` → `var/ledger.projections.sqlite3` (`:memory:` stays in memory).
+
+    A PostgreSQL ledger's projections are, for now, an in-memory SQLite database each process
+    rebuilds from the log at start (they are a pure function of it); they are not yet stored in
+    PostgreSQL itself."""
+    if ledger_path == MEMORY or is_postgres(ledger_path):
         return MEMORY
     path = Path(ledger_path)
     return str(path.with_name(f"{path.stem}.projections{path.suffix or '.sqlite3'}"))

@@ -1,0 +1,25 @@
+"""Session fixtures: a throwaway PostgreSQL server (tests/postgres.py) started once, on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.postgres import PASSWORD, PASSWORD_ENV, PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()  # fails loudly when PostgreSQL cannot start: never a silent skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh empty database's URL; its password is in the environment variable `PASSWORD_ENV`."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    return postgres_server.database()
