@@ -6,7 +6,8 @@ through the Journal and only then keeps the copy as the committed state. A faile
 trace in memory: the cached state is dropped and read again from the store on next use, so the next
 change starts from what the ledger holds (no version gap) and a refusal raised by `fn` changes nothing.
 Every append is conditional on the version `fn` saw: when another process appended to the aggregate
-meanwhile (`VersionConflict`, nothing written), the change reads it again and applies `fn` to that,
+meanwhile (`WriteConflict`, nothing written, and the store now holds that version), the change reads
+it again and applies `fn` to that,
 up to `RETRIES` times — so `fn` decides on the latest state, whatever the interleaving (a budget lease).
 `get` reads the committed state (callers must not change it).
 """
@@ -16,12 +17,12 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-from events.store import Aggregate, LedgerStore, Recorded, VersionConflict
-from runtime.ledger.journal import Journal
+from events.store import Aggregate, LedgerStore, Recorded
+from runtime.ledger.journal import Journal, WriteConflict
 
 A = TypeVar("A", bound=Aggregate)
 RETRIES = 16
@@ -60,6 +61,11 @@ class Aggregates:
         assert isinstance(found, kind)
         return found
 
+    async def _moved(self, aggregate_id: uuid.UUID, kind: type[A], first: Any) -> bool:
+        """Whether the store now holds the version `first` tried to take (another writer took it)."""
+        stored = await self.get(aggregate_id, kind)
+        return stored is not None and stored.version >= first.originator_version
+
     async def change(self, aggregate_id: uuid.UUID, kind: type[A], fn: Callable[[A | None], A]) -> A:
         """Apply `fn` to a copy of the committed state (None: none yet) and commit what it triggered.
         Returns the committed result. Whatever `fn` or the commit raises propagates, with nothing kept."""
@@ -74,10 +80,10 @@ class Aggregates:
                     if events:
                         try:
                             await self._journal.commit(events)
-                        except VersionConflict:
-                            self._committed.pop(aggregate_id, None)  # another process moved it: read again
-                            if attempt == RETRIES:
-                                raise
+                        except WriteConflict:
+                            self._committed.pop(aggregate_id, None)  # read it again: the store says what holds
+                            if attempt == RETRIES or not await self._moved(aggregate_id, kind, events[0]):
+                                raise  # not a version race (or too many): the write failed, as any other
                             continue
                         except BaseException:
                             self._committed.pop(aggregate_id, None)  # read it again: the store says what holds

@@ -39,6 +39,12 @@ class LedgerUnavailable(GatewayError):
     pass
 
 
+class WriteConflict(LedgerUnavailable):
+    """The store refused the write as a conflict (`VersionConflict`: a unique aggregate version, or
+    any integrity refusal the store reports the same way); nothing of it was written. `Aggregates`
+    tells a real version race (re-read, decide again) from any other refusal (a 503 as before)."""
+
+
 @attrs.define
 class Entry:
     events: Sequence[Any]
@@ -120,7 +126,7 @@ class Journal:
             if deadline.cancelled_caught:
                 raise LedgerUnavailable("The ledger did not confirm the write in time.")
         if isinstance(entry.error, VersionConflict):
-            raise entry.error  # nothing written: the caller re-reads and decides again
+            raise WriteConflict("The ledger refused a conflicting write; retry.") from entry.error
         if entry.error is not None:
             raise LedgerUnavailable("The ledger could not record this request.") from entry.error
         return entry.recorded
@@ -228,7 +234,7 @@ class Journal:
                     await self._write([entry], list(entry.events))
                 return
             if isinstance(failure, VersionConflict):
-                log.debug("%s", failure)  # an expected race (a conditional append), not a failure
+                log.info("ledger write refused as a conflict: %s", failure)  # a race of conditional appends
             else:
                 log.error("ledger write failed: %s", failure)
             (entry,) = batch
