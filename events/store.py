@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, DomainEventProtocol
-from eventsourcing.persistence import PersistenceError, StoredEvent
+from eventsourcing.persistence import PersistenceError, RecordConflictError, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "Raw",
     "Recorded",
     "Stored",
+    "VersionConflict",
     "is_postgres",
     "redact",
     "topic_of",
@@ -60,6 +61,11 @@ A = TypeVar("A", bound=Aggregate)
 
 class LedgerError(Exception):
     """The ledger cannot be opened or used; the message says what to do."""
+
+
+class VersionConflict(LedgerError):
+    """Another writer appended to the aggregate at the version this append expected: nothing of
+    this append was written; re-read the aggregate and decide again."""
 
 
 @attrs.frozen
@@ -240,6 +246,8 @@ class LedgerStore:
         """Commit the pending events of `items` in one transaction; return them with positions."""
         try:
             recordings = self._app.save(*items)
+        except RecordConflictError as error:
+            raise VersionConflict(f"ledger {redact(self.path)}: an aggregate moved on meanwhile: {error}") from error
         except _DATABASE_ERRORS as error:
             raise LedgerError(f"ledger {redact(self.path)}: write failed: {error}") from error
         return [Recorded(r.notification.id, r.domain_event) for r in recordings]

@@ -19,6 +19,7 @@ from eventsourcing.utils import resolve_topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from events.lease import BudgetSlices
 from events.money import usd
 from events.pricelist import V2_FIELDS, PriceList
 from events.provider import Provider
@@ -157,7 +158,13 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
     prices.remove_price(draw(text), draw(moments), draw(text))
     provider = Provider.register(draw(text))
     provider.transition("closed", "open", draw(text))
-    return [*requests, rejected, tenant, prices, provider, repricing]
+    slices = BudgetSlices.open_period(draw(text), draw(moments), draw(money))
+    amount = draw(money.filter(lambda m: m > 0))
+    slices.lease("a", amount, draw(text), draw(moments), amount + slices.committed_usd)
+    slices.lease("b", amount, draw(text), draw(moments), amount * 2 + slices.committed_usd)
+    slices.give_back("a", draw(money))
+    slices.expire("b", draw(money), draw(text))
+    return [*requests, rejected, tenant, prices, provider, repricing, slices]
 
 
 STORED = {

@@ -5,6 +5,10 @@ to a copy of its committed state (or to None when it does not exist yet), commit
 through the Journal and only then keeps the copy as the committed state. A failed commit leaves no
 trace in memory: the cached state is dropped and read again from the store on next use, so the next
 change starts from what the ledger holds (no version gap) and a refusal raised by `fn` changes nothing.
+Every append is conditional on the version `fn` saw: when another process appended to the aggregate
+meanwhile (`WriteConflict`, nothing written, and the store now holds that version), the change reads
+it again and applies `fn` to that,
+up to `RETRIES` times — so `fn` decides on the latest state, whatever the interleaving (a budget lease).
 `get` reads the committed state (callers must not change it).
 """
 
@@ -13,14 +17,15 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from events.store import Aggregate, LedgerStore, Recorded
-from runtime.ledger.journal import Journal
+from runtime.ledger.journal import Journal, WriteConflict
 
 A = TypeVar("A", bound=Aggregate)
+RETRIES = 16
 
 
 class Aggregates:
@@ -56,24 +61,36 @@ class Aggregates:
         assert isinstance(found, kind)
         return found
 
+    async def _moved(self, aggregate_id: uuid.UUID, kind: type[A], first: Any) -> bool:
+        """Whether the store now holds the version `first` tried to take (another writer took it)."""
+        stored = await self.get(aggregate_id, kind)
+        return stored is not None and stored.version >= first.originator_version
+
     async def change(self, aggregate_id: uuid.UUID, kind: type[A], fn: Callable[[A | None], A]) -> A:
         """Apply `fn` to a copy of the committed state (None: none yet) and commit what it triggered.
         Returns the committed result. Whatever `fn` or the commit raises propagates, with nothing kept."""
         lock = self._locks.setdefault(aggregate_id, trio.Lock())
         async with lock:
             try:
-                current = await self.get(aggregate_id, kind)
-                changed = fn(copy.deepcopy(current))
-                assert changed.id == aggregate_id
-                events = changed.collect_events()
-                if events:
-                    try:
-                        await self._journal.commit(events)
-                    except BaseException:
-                        self._committed.pop(aggregate_id, None)  # read it again: the store says what holds
-                        raise
-                self._committed[aggregate_id] = changed
-                return changed
+                for attempt in range(RETRIES + 1):
+                    current = await self.get(aggregate_id, kind)
+                    changed = fn(copy.deepcopy(current))
+                    assert changed.id == aggregate_id
+                    events = changed.collect_events()
+                    if events:
+                        try:
+                            await self._journal.commit(events)
+                        except WriteConflict:
+                            self._committed.pop(aggregate_id, None)  # read it again: the store says what holds
+                            if attempt == RETRIES or not await self._moved(aggregate_id, kind, events[0]):
+                                raise  # not a version race (or too many): the write failed, as any other
+                            continue
+                        except BaseException:
+                            self._committed.pop(aggregate_id, None)  # read it again: the store says what holds
+                            raise
+                    self._committed[aggregate_id] = changed
+                    return changed
+                raise AssertionError("unreachable: the last attempt returns or raises")
             finally:
                 if not lock.statistics().tasks_waiting:
                     del self._locks[aggregate_id]  # released right after, with no checkpoint between

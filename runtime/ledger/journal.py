@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from events.store import POLL_S, LedgerError, LedgerStore, Recorded
+from events.store import POLL_S, LedgerError, LedgerStore, Recorded, VersionConflict
 from runtime.errors import GatewayError, Overloaded
 
 log = logging.getLogger("tollgate.journal")
@@ -37,6 +37,12 @@ COMMIT_DEADLINE_S = 30.0
 
 class LedgerUnavailable(GatewayError):
     pass
+
+
+class WriteConflict(LedgerUnavailable):
+    """The store refused the write as a conflict (`VersionConflict`: a unique aggregate version, or
+    any integrity refusal the store reports the same way); nothing of it was written. `Aggregates`
+    tells a real version race (re-read, decide again) from any other refusal (a 503 as before)."""
 
 
 @attrs.define
@@ -119,6 +125,8 @@ class Journal:
                 await entry.done.wait()
             if deadline.cancelled_caught:
                 raise LedgerUnavailable("The ledger did not confirm the write in time.")
+        if isinstance(entry.error, VersionConflict):
+            raise WriteConflict("The ledger refused a conflicting write; retry.") from entry.error
         if entry.error is not None:
             raise LedgerUnavailable("The ledger could not record this request.") from entry.error
         return entry.recorded
@@ -225,7 +233,10 @@ class Journal:
                 for entry in batch:
                     await self._write([entry], list(entry.events))
                 return
-            log.error("ledger write failed: %s", failure)
+            if isinstance(failure, VersionConflict):
+                log.info("ledger write refused as a conflict: %s", failure)  # a race of conditional appends
+            else:
+                log.error("ledger write failed: %s", failure)
             (entry,) = batch
             entry.error = (
                 failure if isinstance(failure, LedgerError) else LedgerError(f"ledger write failed: {failure}")
