@@ -85,9 +85,7 @@ class Instances:
             await self.beat(clock())
             self.live_count = max(1, len(await self.live_rows(clock())))
             self.beaten.set()
-            self.live_count = 1
-        """Live instances at the last heartbeat (this one included): rate limits are split by it."""
-        self.beaten = trio.Event()
+            self.beaten = trio.Event()
 
 
 def _pid_exists(pid: int) -> bool:
