@@ -60,7 +60,9 @@ def goals(outcomes: list[Outcome]) -> Table | None:
             [
                 goal,
                 limit,
-                "–" if value is None else f"{fmt(value, 0 if unit in ('req/s', 'MB') else 2)} {unit}",
+                "–"
+                if value is None
+                else f"{fmt(value, 0 if unit in ('req/s', 'MB') else 2)}{'' if unit == '×' else ' '}{unit}",
                 "–" if met is None else ("yes" if met else "no"),
             ]
         )
