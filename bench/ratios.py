@@ -84,8 +84,10 @@ def ratio_table(
             "× = Tollgate's CPU ms/request ÷ the reference's, medians over the same rounds (> 1: Tollgate spends "
             "more). floor A = hypercorn's trio worker + a raw ASGI app answering a fixed chat.completion (no "
             "upstream call): the cost of Tollgate's HTTP server alone. floor B = floor A + one shared "
-            "httpx.AsyncClient forwarding the body to the fake upstream: Tollgate's HTTP server and HTTP client "
-            "with nothing of Tollgate's between them (bench/floors.py).",
+            "httpx.AsyncClient on httpx's default transport (httpcore) forwarding the body to the fake upstream: "
+            "the HTTP server and an HTTP client with nothing of Tollgate's between them (bench/floors.py). "
+            "Tollgate's own upstream client is httpx on its TrioTransport (providers/transport.py), cheaper "
+            "than httpcore's pool, so Tollgate ÷ floor B understates what Tollgate's own code costs.",
         ],
     )
 
