@@ -9,7 +9,7 @@ Commands:
 Examples:
   python -m bench                        # the full run (about 5 minutes)
   python -m bench --quick                # 2 s x 1 round smoke test (JSON as *-quick.json, RESULTS.md kept)
-  python -m bench --peers                # also LiteLLM, side by side (installs it into bench/.peers/ once)
+  python -m bench --peers                # also Portkey and LiteLLM, side by side (installed into bench/.peers/ once)
   python -m bench --scenarios chat --concurrency 1,16 --duration 5 --rounds 5
   python -m bench --gateway-cmd "{python} -m bench.standin --config {config}"   # test the harness
   python -m bench profile --duration 10 --concurrency 16
@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import gateway, machine, report
+from bench import floors, gateway, machine, report
 from bench.http1 import raise_fd_limit
 from bench.load import LoadGenerator
-from bench.peers import start_litellm
+from bench.peers import start_litellm, start_portkey
 from bench.probe import check
 from bench.process import StartError
 from bench.scenario import Context, Outcome, Settings
@@ -45,6 +45,9 @@ QUICK = Settings(
     capacity_seconds=2.0,
     quick=True,
 )
+
+
+MIN_CHAT_CELL_S = 8.0  # issue #14: scenario 1's cells last at least this long in a recorded run
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -128,7 +131,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument(
         "--peers",
         action="store_true",
-        help="also measure the LiteLLM proxy (pinned, own venv in bench/.peers/, no DB, 1 worker)",
+        help="also measure the Portkey gateway (pinned npm package in bench/.peers/portkey/, the machine's "
+        "node) and the LiteLLM proxy (pinned, own venv in bench/.peers/, no DB, 1 worker)",
+    )
+    t.add_argument(
+        "--no-floors",
+        action="store_true",
+        help="skip the two floors of Tollgate's stack in scenario 1 (bench/floors.py: hypercorn + raw ASGI "
+        "fixed answer; the same + a shared httpx client forwarding)",
     )
     o = p.add_argument_group("tools and output")
     o.add_argument(
@@ -196,6 +206,7 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstream: Target, sk
                 (variant.target, lambda v=variant: gateway.start(args.gateway_cmd, workdir, upstream, v))  # type: ignore[misc]
             )
     if args.peers:
+        wanted.append(("portkey", lambda: start_portkey(workdir, upstream)))
         wanted.append(("litellm", lambda: start_litellm(workdir, upstream)))
     for name, start in wanted:
         print(f"bench: starting {name} ...", flush=True)
@@ -216,9 +227,36 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstream: Target, sk
     return found
 
 
+def start_floors(workdir: Path, upstream: Target, skipped: dict[str, str]) -> list[Target]:
+    """Floor A and floor B (bench/floors.py), each checked with a non-stream request before use."""
+    found: list[Target] = []
+    for kind, (name, _label) in floors.KINDS.items():
+        print(f"bench: starting {name} ...", flush=True)
+        try:
+            target = floors.start(kind, workdir, upstream)
+        except (StartError, OSError) as exc:
+            skipped[name] = f"could not start: {exc}"
+            print(f"bench: {name} skipped: could not start: {exc}", flush=True)
+            continue
+        if problem := check(target, stream=False):
+            target.server.stop()
+            skipped[name] = f"failed the pre-flight request: {problem}"
+            print(f"bench: {name} skipped: failed the pre-flight request: {problem}", flush=True)
+            continue
+        print(f"bench: {name} ready at {target.url} (pid {target.pid})", flush=True)
+        found.append(target)
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     scenarios = by_name([n.strip() for n in args.scenarios.split(",") if n.strip()])
+    if not settings.quick and settings.duration_s < MIN_CHAT_CELL_S and any(s.name == "chat" for s in scenarios):
+        print(
+            f"bench: WARNING: scenario 1 cells of {settings.duration_s:g} s; its CPU ratios need cells of at least "
+            f"{MIN_CHAT_CELL_S:g} s (issue #14) to be worth recording",
+            flush=True,
+        )
     raise_fd_limit()  # children inherit it: many streams
     info = machine.describe()
     print(f"bench: machine: {machine.one_line(info)}", flush=True)
@@ -247,12 +285,17 @@ def run(args: argparse.Namespace) -> int:
     upstream = start_upstream(workdir)
     print(f"bench: fake upstream at {upstream.url} (pid {upstream.pid})", flush=True)
     gateways: list[Target] = []
+    floor_targets: list[Target] = []
     outcomes: list[Outcome] = []
     try:
         if problem := check(upstream):
             raise SystemExit(f"bench: the fake upstream failed its own pre-flight request: {problem}")
         gateways = start_gateways(args, workdir, upstream, skipped_targets)
-        ctx = Context(settings, load, upstream, gateways)
+        if args.no_floors:
+            skipped_targets["floors"] = "--no-floors"
+        elif any(s.name == "chat" for s in scenarios):
+            floor_targets = start_floors(workdir, upstream, skipped_targets)
+        ctx = Context(settings, load, upstream, gateways, floors=floor_targets)
         for scenario in scenarios:
             why = scenario.unavailable(ctx)
             if why:
@@ -261,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             ctx.log(f"{scenario.title}: running")
             outcomes.append(scenario.run(ctx))
-        for target in ctx.targets:
+        for target in [*ctx.targets, *ctx.floors]:
             if not target.server.alive():
                 print(
                     f"bench: WARNING: {target.name} exited during the run (exit {target.server.proc.poll()}); "
@@ -269,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
     finally:
-        for target in [*gateways, upstream]:
+        for target in [*gateways, *floor_targets, upstream]:
             target.server.stop()
         if args.keep_workdir:
             print(f"bench: kept {workdir}", flush=True)
@@ -277,9 +320,13 @@ def run(args: argparse.Namespace) -> int:
             tmp.cleanup()
     finished = datetime.datetime.now(datetime.UTC)
     info["outside_load"] = machine.outside_load(cpu_start, machine.cpu_snapshot())
-    doc = document(args, settings, info, load, upstream, gateways, skipped_targets, outcomes, started, finished)
+    doc = document(
+        args, settings, info, load, upstream, [*gateways, *floor_targets], skipped_targets, outcomes, started, finished
+    )
     print("\n" + report.text(doc, outcomes), flush=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    if not (args.no_results_md or settings.quick):  # RESULTS.md keeps what this run did not measure
+        doc["kept_from"] = report.kept_from_results_md({o.name for o in outcomes if not o.skipped})
     json_path = report.write_json(doc, stamp, settings.quick)
     print(f"bench: wrote {json_path.relative_to(Path.cwd()) if json_path.is_relative_to(Path.cwd()) else json_path}")
     if not (args.no_results_md or settings.quick):

@@ -101,6 +101,23 @@ def request_bytes(url: str, body: bytes, bearer: str, extra_headers: dict[str, s
     return head.encode() + b"\r\n" + body
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    """``"Name: value"`` (as given to ``--header``) → (name, value); a value may itself hold colons."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c in text for c in "\r\n"):
+        raise ValueError(f"not a header line 'Name: value': {text!r}")
+    return name.strip(), value.strip()
+
+
+def header_lines(headers: dict[str, str]) -> list[str]:
+    """The ``Name: value`` lines of headers, each checked to parse back the same (no CR/LF smuggled in)."""
+    lines = [f"{name}: {value}" for name, value in headers.items()]
+    for line, (name, value) in zip(lines, headers.items(), strict=True):
+        if parse_header(line) != (name, value):
+            raise ValueError(f"header does not survive a round trip: {line!r}")
+    return lines
+
+
 def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 80

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.http1 import header_lines
+
 LUA = Path(__file__).with_name("wrk_post.lua")
 
 
@@ -87,7 +89,16 @@ class LoadGenerator:
             "(bench/pyload.py), slower than wrk, so figures are not comparable with wrk runs",
         )
 
-    def run(self, url: str, bearer: str, body: bytes, connections: int, duration_s: float) -> LoadResult:
+    def run(
+        self,
+        url: str,
+        bearer: str,
+        body: bytes,
+        connections: int,
+        duration_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> LoadResult:
+        """``headers`` are sent with every request besides Content-Type and Authorization."""
         with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
             f.write(body)
             body_file = f.name
@@ -120,10 +131,21 @@ class LoadGenerator:
                     "--duration",
                     str(duration_s),
                 ]
-            env = {**os.environ, "BENCH_WRK_BODY_FILE": body_file, "BENCH_WRK_BEARER": bearer}
+                for line in header_lines(headers or {}):
+                    argv += ["--header", line]
+            env = {**os.environ, **wrk_env(body_file, bearer, headers or {})}
             return _drive(argv, env)
         finally:
             os.unlink(body_file)
+
+
+def wrk_env(body_file: str, bearer: str, headers: dict[str, str]) -> dict[str, str]:
+    """What bench/wrk_post.lua reads: the body file, the bearer key, extra headers one ``Name: value`` a line."""
+    return {
+        "BENCH_WRK_BODY_FILE": body_file,
+        "BENCH_WRK_BEARER": bearer,
+        "BENCH_WRK_HEADERS": "\n".join(header_lines(headers)),
+    }
 
 
 def _drive(argv: list[str], env: dict[str, str]) -> LoadResult:

@@ -22,9 +22,10 @@ def chat_body(content: str = "Say hello to the benchmark, please, in a few words
     return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 64}).encode()
 
 
-def check(target: Target) -> str | None:
-    """None if the target answers a chat completion and a stream correctly, else what went wrong."""
-    headers = {"authorization": f"Bearer {target.bearer}", "content-type": "application/json"}
+def check(target: Target, stream: bool = True) -> str | None:
+    """None if the target answers a chat completion (and, with ``stream``, a stream) correctly, else what
+    went wrong. The floors answer non-stream requests only (bench/floors.py)."""
+    headers = target.request_headers()
     try:
         with httpx.Client(timeout=30) as client:
             reply = client.post(target.url, content=chat_body(), headers=headers)
@@ -33,6 +34,8 @@ def check(target: Target) -> str | None:
             data = reply.json()
             if not data.get("choices") or "usage" not in data:
                 return f"non-stream request: not a chat.completion with usage: {reply.text[:300]}"
+            if not stream:
+                return None
             stream_body = json.dumps(
                 {
                     "model": MODEL,
@@ -58,7 +61,7 @@ def overhead(target: Target, requests: int) -> dict[str, object]:
     Reads the ``target.overhead_header`` response header and, for Tollgate, ``x_gateway.overhead_ms`` in
     the body. Empty distributions mean the target does not report it.
     """
-    headers = {"authorization": f"Bearer {target.bearer}", "content-type": "application/json"}
+    headers = target.request_headers()
     from_header: list[float] = []
     from_body: list[float] = []
     failures = 0

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.http1 import ResponseParser, host_port, raise_fd_limit, request_bytes
+from bench.http1 import ResponseParser, host_port, parse_header, raise_fd_limit, request_bytes
 from bench.stats import percentile
 
 
@@ -113,12 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--url", required=True)
     parser.add_argument("--key", default="bench")
+    parser.add_argument(
+        "--header", action="append", default=[], type=parse_header, help="'Name: value', sent with every request"
+    )
     parser.add_argument("--body-file", type=Path, required=True)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     args = parser.parse_args(argv)
     raise_fd_limit()
-    request = request_bytes(args.url, args.body_file.read_bytes(), args.key)
+    request = request_bytes(args.url, args.body_file.read_bytes(), args.key, dict(args.header))
     result = asyncio.run(run(args.url, request, args.connections, args.duration))
     print("BENCH_WRK " + json.dumps(result), flush=True)
 

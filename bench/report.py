@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from bench.scenario import Outcome, Table, fmt
@@ -11,6 +12,7 @@ from bench.scenario import Outcome, Table, fmt
 BENCH = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
+RUN_LINK = re.compile(r"Every figure of this run is in \[`results/([0-9TZ]+\.json)`\]")
 
 NOISE = (
     "These numbers are noisy. They come from a small virtual machine whose neighbours' load we "
@@ -58,7 +60,9 @@ def goals(outcomes: list[Outcome]) -> Table | None:
             [
                 goal,
                 limit,
-                "–" if value is None else f"{fmt(value, 0 if unit in ('req/s', 'MB') else 2)} {unit}",
+                "–"
+                if value is None
+                else f"{fmt(value, 0 if unit in ('req/s', 'MB') else 2)}{'' if unit == '×' else ' '}{unit}",
                 "–" if met is None else ("yes" if met else "no"),
             ]
         )
@@ -80,6 +84,31 @@ def goals(outcomes: list[Outcome]) -> Table | None:
         per_core,
         "req/s",
         None if per_core is None else per_core >= 450,
+    )
+    cpu = highest.get("cpu_ms_per_request")
+    cpu_ms = float(cpu) if isinstance(cpu, int | float) else None
+    row(
+        f"#14: CPU per request, SQLite ledger on, c={highest['concurrency']}",
+        "≤ 1.75 ms",
+        cpu_ms,
+        "ms",
+        None if cpu_ms is None else cpu_ms <= 1.75,
+    )
+    ratios = chat.figures.get("ratios") if chat else None
+    floor_a = next(
+        (
+            r["versus"]["floor-a"].get("ratio")
+            for r in ratios or []
+            if isinstance(r, dict) and r["concurrency"] == highest["concurrency"] and "floor-a" in r["versus"]
+        ),
+        None,
+    )
+    row(
+        f"#14: CPU per request ÷ floor A (hypercorn + raw ASGI), c={highest['concurrency']}",
+        "≤ 3.5×",
+        floor_a,
+        "×",
+        None if floor_a is None else floor_a <= 3.5,
     )
     stream = _find(outcomes, "stream")
     added_first: float | None = None
@@ -130,8 +159,59 @@ def write_json(doc: dict[str, object], stamp: str, quick: bool) -> Path:
     return path
 
 
+def choose_kept(previous: dict[str, object], previous_json: str, measured: set[str]) -> dict[str, str]:
+    """Which earlier run's results RESULTS.md keeps for the scenarios this run did not measure:
+    {scenario: results/*.json name}. The run being replaced gives its own measured scenarios and those it
+    kept itself (its ``kept_from``), so a section stays until a run measures that scenario again."""
+    kept: dict[str, str] = {}
+    scenarios = previous.get("scenarios")
+    for name, data in (scenarios if isinstance(scenarios, dict) else {}).items():
+        if name not in measured and isinstance(data, dict) and not data.get("skipped"):
+            kept[name] = previous_json
+    earlier = previous.get("kept_from")
+    for name, json_name in (earlier if isinstance(earlier, dict) else {}).items():
+        if name not in measured and name not in kept:
+            kept[name] = str(json_name)
+    return kept
+
+
+def kept_from_results_md(measured: set[str]) -> dict[str, str]:
+    """``choose_kept`` for the run RESULTS.md shows now (nothing when there is none or its JSON is gone)."""
+    try:
+        match = RUN_LINK.search(RESULTS_MD.read_text())
+        if not match:
+            return {}
+        previous = json.loads((RESULTS_DIR / match.group(1)).read_text())
+    except (OSError, ValueError):
+        return {}
+    return choose_kept(previous, match.group(1), measured) if isinstance(previous, dict) else {}
+
+
+def _kept_sections(kept: dict[str, str]) -> str:
+    """The tables of each kept scenario, from its run's JSON, under a heading naming that run."""
+    parts: list[str] = []
+    for json_name in dict.fromkeys(kept.values()):
+        try:
+            doc = json.loads((RESULTS_DIR / json_name).read_text())
+        except (OSError, ValueError):
+            continue
+        git = doc.get("machine", {}).get("git", {})
+        names = [n for n, j in kept.items() if j == json_name]
+        parts.append(
+            f"## Kept from the run of {doc.get('date', '?')} (git {str(git.get('sha', '?'))[:12]}, "
+            f"[`results/{json_name}`](results/{json_name})): scenarios the run above did not measure\n"
+        )
+        for name in names:
+            for table in doc.get("scenarios", {}).get(name, {}).get("tables", []):
+                parts.append(render(Table(**table)))
+    return "\n".join(parts)
+
+
 def write_results_md(doc: dict[str, object], outcomes: list[Outcome], json_path: Path) -> Path:
     body = text(doc, outcomes)
+    kept = doc.get("kept_from")
+    if isinstance(kept, dict) and kept:
+        body += "\n" + _kept_sections({str(k): str(v) for k, v in kept.items()})
     RESULTS_MD.write_text(
         "# Tollgate benchmark results\n\n"
         f"_Regenerated by `python -m bench` on {doc['date']}; do not edit by hand. Every figure of this run "
@@ -141,7 +221,7 @@ def write_results_md(doc: dict[str, object], outcomes: list[Outcome], json_path:
         "## How to reproduce\n\n"
         "```sh\n"
         "make bench          # or: .venv/bin/python -m bench   (installs wrk with apt-get if missing)\n"
-        "make bench-peers    # adds LiteLLM's rows; installs litellm[proxy] into bench/.peers/ once\n"
+        "make bench-peers    # adds Portkey's and LiteLLM's rows; installs both into bench/.peers/ once\n"
         ".venv/bin/python -m bench --quick        # 2 s, 1 round smoke test (does not rewrite this file)\n"
         ".venv/bin/python -m bench --help         # every knob\n"
         "```\n\n"

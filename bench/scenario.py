@@ -36,6 +36,7 @@ class Context:
     load: LoadGenerator
     upstream: Target
     gateways: list[Target]  # Tollgate first, then peers
+    floors: list[Target] = field(default_factory=list)  # bench/floors.py: scenario 1 only, non-stream only
     started: float = field(default_factory=time.monotonic)
 
     @property

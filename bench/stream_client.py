@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench.http1 import ResponseParser, host_port, raise_fd_limit, request_bytes
+from bench.http1 import ResponseParser, host_port, parse_header, raise_fd_limit, request_bytes
 from bench.stats import summary
 
 CONTENT = re.compile(rb'"content": ?"w(\d+) ')
@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--url", required=True, help="the chat completions URL")
     parser.add_argument("--key", default="bench", help="bearer key")
+    parser.add_argument(
+        "--header", action="append", default=[], type=parse_header, help="'Name: value', sent with every request"
+    )
     parser.add_argument("--model", default="bench-model")
     parser.add_argument("--mode", choices=["sequential", "concurrent"], required=True)
     parser.add_argument("--count", type=int, required=True, help="streams (sequential or at once)")
@@ -236,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ramp-s", type=float, default=1.0, help="spread concurrent starts over this")
     args = parser.parse_args(argv)
     raise_fd_limit()
-    request = request_bytes(args.url, stream_body(args.model, args.chunks, args.interval_ms), args.key)
+    request = request_bytes(
+        args.url, stream_body(args.model, args.chunks, args.interval_ms), args.key, dict(args.header)
+    )
     if args.mode == "sequential":
         result = asyncio.run(sequential(args.url, request, args.count))
     else:

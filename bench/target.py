@@ -23,6 +23,11 @@ class Target:
     overhead_header: str | None = None
     notes: list[str] = field(default_factory=list)
     version: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (Portkey routes by them)
+
+    def request_headers(self) -> dict[str, str]:
+        """Every header a request to this target carries: its bearer key, JSON, and its own headers."""
+        return {"authorization": f"Bearer {self.bearer}", "content-type": "application/json", **self.headers}
 
     @property
     def pid(self) -> int:

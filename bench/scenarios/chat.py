@@ -5,6 +5,8 @@ CPU time per request (utime+stime of its process tree from /proc, before and aft
 use during the run (to show it is not the bottleneck). Rounds alternate the order of the targets
 (direct first, then last) so drift in the machine's load hits both sides. Figures are medians over
 rounds; "added" latency is the median of the per-round differences gateway − direct.
+The floors of Tollgate's own stack (bench/floors.py) run in the same rounds, and table 1d puts Tollgate's
+CPU per request over theirs and over each peer's (bench/ratios.py).
 Then a separate pass with an httpx client collects each gateway's own overhead figure per response.
 """
 
@@ -15,11 +17,17 @@ from dataclasses import asdict, dataclass
 
 from bench import probe, procstat
 from bench.gateway import TWIN_NAMES
+from bench.ratios import cpu_ratios, one_line, ratio_table
 from bench.scenario import Context, Outcome, Table, fmt
 from bench.stats import median
 from bench.target import Target
 
 TWIN_CONCURRENCY = 16  # where the twins (bench/gateway.py TWINS) run beside the default Tollgate
+
+
+def chat_targets(ctx: Context) -> list[Target]:
+    """Direct, the gateways, then the floors: the order of a round in scenario 1."""
+    return [*ctx.targets, *ctx.floors]
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,11 @@ class ChatScenario:
     def run(self, ctx: Context) -> Outcome:
         s = ctx.settings
         body = probe.chat_body()
-        targets = ctx.targets
+        targets = chat_targets(ctx)
         for target in targets:
             if s.warmup_s > 0:
                 ctx.log(f"chat: warm-up {target.name} ({s.warmup_s:g} s at c=16)")
-                ctx.load.run(target.url, target.bearer, body, 16, s.warmup_s)
+                ctx.load.run(target.url, target.bearer, body, 16, s.warmup_s, target.headers)
         runs: list[Run] = []
         for round_no in range(s.rounds):
             order = targets if round_no % 2 == 0 else targets[::-1]
@@ -76,13 +84,20 @@ class ChatScenario:
             ctx.log(f"chat: overhead pass, {s.overhead_requests} sequential requests to {target.name}")
             overhead[target.name] = probe.overhead(target, s.overhead_requests)
         figures = self._figures(ctx, runs, peak_rss)
+        ratios = cpu_ratios(figures)
+        for line in one_line(ratios):
+            ctx.log(f"chat: Tollgate CPU per request {line}")
+        ratio = ratio_table(ratios, "Tollgate") if ctx.gateways and ctx.gateways[0].name == "tollgate" else None
         return Outcome(
             self.name,
             self.title,
-            tables=[self._table(ctx, figures), _overhead_table(ctx, overhead, figures)]
+            tables=[self._table(ctx, figures)]
+            + ([ratio] if ratio else [])
+            + [_overhead_table(ctx, overhead, figures)]
             + ([twins] if (twins := twin_table(ctx, figures)) else []),
             figures={
                 "summary": figures,
+                "ratios": ratios,
                 "runs": [asdict(r) for r in runs],
                 "peak_rss_mib": peak_rss,
                 "overhead": overhead,
@@ -92,7 +107,7 @@ class ChatScenario:
     def _measure(self, ctx: Context, target: Target, body: bytes, concurrency: int, round_no: int) -> Run:
         upstream_pid = ctx.upstream.pid
         cpu0, up0, wall0 = procstat.cpu_seconds(target.pid), procstat.cpu_seconds(upstream_pid), time.monotonic()
-        result = ctx.load.run(target.url, target.bearer, body, concurrency, ctx.settings.duration_s)
+        result = ctx.load.run(target.url, target.bearer, body, concurrency, ctx.settings.duration_s, target.headers)
         cpu1, up1, wall = procstat.cpu_seconds(target.pid), procstat.cpu_seconds(upstream_pid), time.monotonic() - wall0
         cpu = cpu1 - cpu0
         return Run(
@@ -116,7 +131,7 @@ class ChatScenario:
         rows: list[dict[str, object]] = []
         for concurrency in ctx.settings.concurrency:
             direct = {r.round: r for r in runs if r.target == "direct" and r.concurrency == concurrency}
-            for target in ctx.targets:
+            for target in chat_targets(ctx):
                 mine = [r for r in runs if r.target == target.name and r.concurrency == concurrency]
                 if not mine and target.name in TWIN_NAMES:
                     continue  # a twin runs at TWIN_CONCURRENCY only: no empty rows for it
@@ -144,7 +159,7 @@ class ChatScenario:
         return rows
 
     def _table(self, ctx: Context, figures: list[dict[str, object]]) -> Table:
-        labels = {t.name: t.label for t in ctx.targets}
+        labels = {t.name: t.label for t in chat_targets(ctx)}
         rows = []
         for f in figures:
 
@@ -178,7 +193,7 @@ class ChatScenario:
             "upstream CPU % = the fake upstream's CPU use during that row (it is not the bottleneck while "
             "well under 100 %). Peak RSS = VmHWM over the whole scenario.",
         ]
-        for target in ctx.gateways:
+        for target in [*ctx.gateways, *ctx.floors]:
             notes += [f"{target.label}: {n}" for n in target.notes]
         if any(f["errors"] for f in figures):
             notes.append(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench import procstat
 from bench.gateway import TWIN_NAMES
+from bench.http1 import header_lines
 from bench.scenario import Context, Outcome, Table, fmt
 from bench.stats import median
 from bench.target import Target
@@ -27,7 +28,10 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def _client(target: Target, *args: str, timeout_s: float) -> dict[str, object]:
-    argv = [sys.executable, "-m", "bench.stream_client", "--url", target.url, "--key", target.bearer, *args]
+    argv = [sys.executable, "-m", "bench.stream_client", "--url", target.url, "--key", target.bearer]
+    for line in header_lines(target.headers):
+        argv += ["--header", line]
+    argv += args
     out = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=timeout_s, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"stream client failed: {' '.join(argv)}\n{out.stderr[-2000:]}")
