@@ -8,6 +8,9 @@
 - `response_object(...)`: a chat completion → the Responses `response` object (`message` items with
   `output_text`, `function_call` items, usage as `input_tokens`/`output_tokens` with details).
 - `ResponseEvents`: chat stream chunks → Responses' named SSE events with `sequence_number`.
+- `native_body(body, history)`: what a pass-through provider (`responses = true`) is sent: the
+  client's body, unknown fields kept, with `store: false` and the turns `previous_response_id` names
+  expanded into `input` items (the gateway, not the provider, keeps the conversation).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ def messages_to_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {"type": "function_call_output", "call_id": message["tool_call_id"], "output": message["content"]}
             )
         elif message.get("tool_calls"):
+            if message.get("content"):  # an assistant turn that said something before its calls
+                items.append({"type": "message", "role": "assistant", "content": message["content"]})
             for call in message["tool_calls"]:
                 function = call["function"]
                 items.append(
@@ -110,6 +115,8 @@ def messages_to_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 )
         else:
             content = message["content"]
+            if content is None:
+                continue  # an assistant turn that said nothing
             if isinstance(content, list):
                 part_type = "output_text" if message["role"] == "assistant" else "input_text"
                 content = [
@@ -176,6 +183,22 @@ def chat_request(body: Mapping[str, Any], history: list[dict[str, Any]]) -> tupl
     return chat, turn
 
 
+def input_items(value: Any) -> list[Any]:
+    """`input` as a list of items (a string is one user message)."""
+    return [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else list(value)
+
+
+def native_body(body: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Responses body a pass-through provider is sent: the client's, every field kept, except
+    `store` (false: the provider keeps nothing; the gateway stores the turn) and `previous_response_id`
+    (dropped; the earlier turns, `history`, lead the `input` as items)."""
+    native = {key: value for key, value in body.items() if key != "previous_response_id"}
+    native["store"] = False
+    if history:
+        native["input"] = [*messages_to_items(history), *input_items(body["input"])]
+    return native
+
+
 def usage_object(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Chat usage → Responses usage."""
     if usage is None:
@@ -223,15 +246,21 @@ def output_items(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def assistant_message(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The output items as the assistant chat message a continuation replays."""
+def assistant_message(items: list[Any]) -> dict[str, Any]:
+    """The output items as the assistant chat message a continuation replays (its text and function
+    calls; reasoning and built-in tool items are not replayed)."""
+    items = [item for item in items if isinstance(item, dict)]
     text = "".join(
-        part["text"] for item in items if item["type"] == "message" for part in item["content"] if "text" in part
+        part["text"]
+        for item in items
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
     )
     calls = [
         {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
         for item in items
-        if item["type"] == "function_call"
+        if item.get("type") == "function_call"
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:

@@ -96,8 +96,13 @@ class UntranslatableRequest(ValueError):
 # --- request -------------------------------------------------------------------------------------------
 
 
+def native(call: Call) -> bool:
+    """Whether the call is made in Anthropic's own format (the client spoke Messages)."""
+    return call.native is not None and call.native_api == "messages"
+
+
 def encode_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> bytes:
-    if call.native is not None:  # the client spoke Messages: its body as sent, only the model mapped
+    if native(call) and call.native is not None:  # the client spoke Messages: its body as sent, only the model mapped
         return _dumps({**call.native, "model": call.upstream_model})
     body = call.body
     system: list[Mapping[str, Any]] = []
@@ -517,7 +522,7 @@ class AnthropicUpstream:
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
         content = self._encode(call)
-        kind = AnthropicStreamDecoder if call.native is None else NativeStreamDecoder
+        kind = NativeStreamDecoder if native(call) else AnthropicStreamDecoder
         decoder = kind(self.name, call.upstream_model, int(time.time()), self.secrets)
         return await self._endpoint.open_sse(content, call.headers, decoder, "message_stop")
 

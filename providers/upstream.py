@@ -26,9 +26,11 @@ class Call:
     upstream_model: str
     stream: bool
     headers: Mapping[str, str] = attrs.field(factory=dict)
-    # The client's body in the provider's own wire format, when it spoke it (an Anthropic Messages
-    # body): an adapter for that format sends it as is (model and max_tokens set), not `body`.
+    # The client's body in its own API's wire format, when it spoke another API than chat: an
+    # adapter for that format sends it as is (model mapped), not `body`. `native_api` names it:
+    # "messages" (Anthropic Messages) or "responses" (OpenAI Responses).
     native: Mapping[str, Any] | None = None
+    native_api: str | None = None
 
 
 @attrs.frozen
