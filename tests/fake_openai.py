@@ -121,6 +121,7 @@ class FakeOpenAI:
                 "prompt_tokens": b.prompt_tokens,
                 "completion_tokens": b.completion_tokens,
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
+                **({"prompt_tokens_details": {"cached_tokens": b.cached_tokens}} if b.cached_tokens else {}),
                 **b.usage_extra,
             }
             if b.usage is not None:
