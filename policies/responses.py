@@ -183,6 +183,48 @@ def chat_request(body: Mapping[str, Any], history: list[dict[str, Any]]) -> tupl
     return chat, turn
 
 
+def translatable(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body` with only what chat can say, for a request every candidate provider is passed through
+    (whose admission still needs a chat reading): tools other than functions, a tool choice naming
+    one, content parts and input items chat has no equivalent of are left out of the reading — the
+    provider is sent them all, and the reservation counts the whole body."""
+    out = dict(body)
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        out["tools"] = [t for t in tools if isinstance(t, dict) and t.get("type") == "function" and "name" in t]
+        choice = body.get("tool_choice")
+        if (
+            choice is not None
+            and not isinstance(choice, str)
+            and not (isinstance(choice, dict) and choice.get("type") == "function")
+        ):
+            out.pop("tool_choice")
+    items = body.get("input")
+    if isinstance(items, list):
+        kept = []
+        for item in items:
+            if not isinstance(item, dict) or item.get("type", "message") not in ITEM_TYPES:
+                continue
+            content = item.get("content")
+            if item.get("type", "message") == "message" and isinstance(content, list):
+                parts = [p for p in content if isinstance(p, dict) and _translatable_part(p)]
+                if not parts:
+                    continue
+                item = {**item, "content": parts}
+            kept.append(item)
+        out["input"] = kept
+    return out
+
+
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+def _translatable_part(part: Mapping[str, Any]) -> bool:
+    if part.get("type") in TEXT_PARTS:
+        return isinstance(part.get("text"), str)
+    return part.get("type") == "input_image" and isinstance(part.get("image_url"), str)
+
+
 def input_items(value: Any) -> list[Any]:
     """`input` as a list of items (a string is one user message)."""
     return [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else list(value)

@@ -5,9 +5,11 @@ included; fallback to a provider that is not passed through."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import openai
 import pytest
 
@@ -184,3 +186,44 @@ def test_only_an_openai_kind_provider_passes_responses_through(
     )
     assert main(["check-config", "--config", str(path)]) == 0
     assert "Responses API passed through to: up (translated to chat for the others)" in capsys.readouterr().out
+
+
+async def test_what_chat_cannot_say_is_passed_through_not_refused() -> None:
+    """Built-in tools and file inputs: sent to a pass-through provider as written (its admission reads
+    the rest); for a model some provider serves translated, still a 400 naming the field."""
+    tools = [{"type": "web_search"}, {"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    content = [
+        {"type": "input_text", "text": "What does this file say?"},
+        {"type": "input_file", "file_id": "file-abc"},
+    ]
+    body = {"model": "gpt-test", "input": [{"role": "user", "content": content}], "tools": tools}
+    async with fake_openai(CACHED) as fake:
+        providers = [passthrough(fake.url), {"name": "sim", "kind": "simulator", "models": ["sim-1"]}]
+        async with running_gateway(make_config(providers=providers, pricing=SIM_PRICING)) as gw, gw.http() as http:
+            headers = {"Authorization": f"Bearer {DEMO_KEY}"}
+            answered = await http.post(
+                "/v1/responses", json={**body, "tool_choice": {"type": "web_search"}}, headers=headers
+            )
+            refused = await http.post("/v1/responses", json={**body, "model": "sim-1"}, headers=headers)
+    assert answered.status_code == 200 and answered.json()["id"] == "resp_fake1"
+    sent = fake.bodies[0]
+    assert sent["tools"] == tools and sent["input"][0]["content"] == content
+    assert sent["tool_choice"] == {"type": "web_search"}
+    assert refused.status_code == 400 and len(fake.bodies) == 1
+
+
+async def test_a_pass_through_stream_failing_mid_answer_ends_with_an_error_event_and_is_settled_once() -> None:
+    async with fake_openai(attrs.evolve(CACHED, reply="one two three four", fault="reset_mid_stream")) as fake:
+        config = make_config(providers=[passthrough(fake.url)], pricing=PRICING)
+        async with running_gateway(config) as gw, gw.http() as http:
+            body = {"model": "gpt-test", "input": "Hi.", "stream": True}
+            response = await http.post("/v1/responses", json=body, headers={"Authorization": f"Bearer {DEMO_KEY}"})
+            ledger = await wait_for_events(gw, lambda es: bool(settled(es)))
+    assert response.status_code == 200
+    raw = response.text
+    assert '"delta":"one"' in raw.replace(" ", "") and "response.completed" not in raw
+    error = json.loads(raw.split("event: error\ndata: ")[1].split("\n")[0])
+    assert error["type"] == "error" and error["code"] == "upstream_error"
+    (failed,) = settled(ledger)
+    assert isinstance(failed, Request.Failed) and failed.outcome == "truncated"
+    assert failed.usage_source == "estimated" and failed.completion_tokens == 1  # "one", delivered

@@ -20,6 +20,7 @@ within its tenant.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,11 +35,13 @@ from policies.responses import (
     native_body,
     output_items,
     response_object,
+    translatable,
     usage_object,
 )
 from policies.validation import ChatRequest, body_bytes, parse_chat_request, parse_json
 from providers.errors import ProviderError, UpstreamTimeout
 from providers.upstream import Chunk
+from runtime.chat import router
 from runtime.chat.cached import Replay
 from runtime.chat.exchange import Exchange
 from runtime.chat.handle import Answered, ChatParts, Streaming, V, handle_chat
@@ -81,9 +84,11 @@ def passed_through(native: dict[str, Any] | None) -> bool:
 
 
 async def _chat_body(
-    conversations: Conversations, tenant: str, body: Any, now: float
+    conversations: Conversations, tenant: str, body: Any, now: float, passed: Callable[[Any], bool]
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """The chat translation, the history after this turn's input, and the pass-through body."""
+    """The chat translation, the history after this turn's input, and the pass-through body.
+    `passed(model)`: whether every provider serving the model is passed the body through, when what
+    chat cannot say (built-in tools, file inputs, ...) is left out of the reading, not refused."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     history: list[dict[str, Any]] = []
@@ -95,8 +100,17 @@ async def _chat_body(
                 f"Previous response with id '{previous}' not found.", param="previous_response_id"
             )
         history = stored.history
-    chat, turn = chat_request(body, history)
+    chat, turn = chat_request(translatable(body) if passed(body.get("model")) else body, history)
     return chat, [*history, *turn], native_body(body, history)
+
+
+def all_passed_through(parts: ChatParts, model: Any) -> bool:
+    """Whether every provider serving `model` takes Responses calls as they are (`responses = true`)."""
+    try:
+        deployments = router.candidates(parts.routes, model) if isinstance(model, str) else ()
+    except ModelNotFound:
+        return False
+    return bool(deployments) and all(parts.providers[d.provider].config.responses for d in deployments)
 
 
 def responses_parser(native: dict[str, Any]) -> Callable[[Any], ChatRequest]:
@@ -126,7 +140,8 @@ async def handle_responses(
     body: Any = None
     try:
         body = parse_json(raw)
-        chat, history, native = await _chat_body(conversations, tenant.name, body, now)
+        passed = functools.partial(all_passed_through, parts)
+        chat, history, native = await _chat_body(conversations, tenant.name, body, now, passed)
     except RequestRefused as refusal:  # recorded as the chat use case records its own refusals
         verdict = judge(refusal)
         await reject(parts.journal, exchange, tenant, body, verdict.code, verdict.status, received_at, "responses")
