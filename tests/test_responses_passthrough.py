@@ -227,3 +227,14 @@ async def test_a_pass_through_stream_failing_mid_answer_ends_with_an_error_event
     (failed,) = settled(ledger)
     assert isinstance(failed, Request.Failed) and failed.outcome == "truncated"
     assert failed.usage_source == "estimated" and failed.completion_tokens == 1  # "one", delivered
+
+
+def test_a_hard_budget_caps_a_pass_through_body_in_its_own_field() -> None:
+    from policies.validation import parse_chat_request
+
+    chat = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    responses = attrs.evolve(chat, native={"model": "m", "input": "hi"}, native_api="responses").capped(7)
+    messages = attrs.evolve(chat, native={"model": "m", "max_tokens": 100}, native_api="messages").capped(7)
+    assert responses.native == {"model": "m", "input": "hi", "max_output_tokens": 7}
+    assert messages.native == {"model": "m", "max_tokens": 7}
+    assert responses.body["max_tokens"] == 7 and responses.max_tokens == 7
