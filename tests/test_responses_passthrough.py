@@ -238,3 +238,24 @@ def test_a_hard_budget_caps_a_pass_through_body_in_its_own_field() -> None:
     assert responses.native == {"model": "m", "input": "hi", "max_output_tokens": 7}
     assert messages.native == {"model": "m", "max_tokens": 7}
     assert responses.body["max_tokens"] == 7 and responses.max_tokens == 7
+
+
+async def test_usage_beyond_the_reservation_is_billed_capped_and_shown_as_billed() -> None:
+    """A pass-through provider claiming more input than the request could hold: billed at the bound,
+    and the client (whole answer or held `response.completed`) sees the usage billed, not the claim."""
+    claim = {"input_tokens": 5_000_000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5}
+    async with fake_openai(attrs.evolve(CACHED, usage=claim)) as fake:
+        async with running_gateway(make_config(providers=[passthrough(fake.url)], pricing=PRICING)) as gw:
+            client = gw.client()
+            whole = await in_thread(client.responses.create, model="gpt-test", input="Hi.")
+
+            def streamed() -> list[Any]:
+                return list(client.responses.create(model="gpt-test", input="Hi.", stream=True))
+
+            final = (await in_thread(streamed))[-1].response
+            ledger = await wait_for_events(gw, lambda es: len(settled(es)) >= 2)
+    billed = [(e.usage_source, e.prompt_tokens, e.completion_tokens) for e in settled(ledger)]
+    for answer, (source, prompt, completion) in zip((whole, final), billed, strict=True):
+        assert source == "provider_capped" and prompt < 5_000_000 and completion == 5
+        assert answer.usage is not None
+        assert (answer.usage.input_tokens, answer.usage.output_tokens) == (prompt, completion)
