@@ -245,7 +245,8 @@ async def test_usage_beyond_the_reservation_is_billed_capped_and_shown_as_billed
     and the client (whole answer or held `response.completed`) sees the usage billed, not the claim."""
     claim = {"input_tokens": 5_000_000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5}
     async with fake_openai(attrs.evolve(CACHED, usage=claim)) as fake:
-        async with running_gateway(make_config(providers=[passthrough(fake.url)], pricing=PRICING)) as gw:
+        config = make_config(providers=[passthrough(fake.url)], pricing=PRICING)
+        async with running_gateway(config) as gw:
             client = gw.client()
             whole = await in_thread(client.responses.create, model="gpt-test", input="Hi.")
 
