@@ -8,6 +8,9 @@
 - `response_object(...)`: a chat completion → the Responses `response` object (`message` items with
   `output_text`, `function_call` items, usage as `input_tokens`/`output_tokens` with details).
 - `ResponseEvents`: chat stream chunks → Responses' named SSE events with `sequence_number`.
+- `native_body(body, history)`: what a pass-through provider (`responses = true`) is sent: the
+  client's body, unknown fields kept, with `store: false` and the turns `previous_response_id` names
+  expanded into `input` items (the gateway, not the provider, keeps the conversation).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ def messages_to_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {"type": "function_call_output", "call_id": message["tool_call_id"], "output": message["content"]}
             )
         elif message.get("tool_calls"):
+            if message.get("content"):  # an assistant turn that said something before its calls
+                items.append({"type": "message", "role": "assistant", "content": message["content"]})
             for call in message["tool_calls"]:
                 function = call["function"]
                 items.append(
@@ -110,6 +115,8 @@ def messages_to_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 )
         else:
             content = message["content"]
+            if content is None:
+                continue  # an assistant turn that said nothing
             if isinstance(content, list):
                 part_type = "output_text" if message["role"] == "assistant" else "input_text"
                 content = [
@@ -176,6 +183,64 @@ def chat_request(body: Mapping[str, Any], history: list[dict[str, Any]]) -> tupl
     return chat, turn
 
 
+def translatable(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body` with only what chat can say, for a request every candidate provider is passed through
+    (whose admission still needs a chat reading): tools other than functions, a tool choice naming
+    one, content parts and input items chat has no equivalent of are left out of the reading — the
+    provider is sent them all, and the reservation counts the whole body."""
+    out = dict(body)
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        out["tools"] = [t for t in tools if isinstance(t, dict) and t.get("type") == "function" and "name" in t]
+        choice = body.get("tool_choice")
+        if (
+            choice is not None
+            and not isinstance(choice, str)
+            and not (isinstance(choice, dict) and choice.get("type") == "function")
+        ):
+            out.pop("tool_choice")
+    items = body.get("input")
+    if isinstance(items, list):
+        kept = []
+        for item in items:
+            if not isinstance(item, dict) or item.get("type", "message") not in ITEM_TYPES:
+                continue
+            content = item.get("content")
+            if item.get("type", "message") == "message" and isinstance(content, list):
+                parts = [p for p in content if isinstance(p, dict) and _translatable_part(p)]
+                if not parts:
+                    continue
+                item = {**item, "content": parts}
+            kept.append(item)
+        out["input"] = kept
+    return out
+
+
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+def _translatable_part(part: Mapping[str, Any]) -> bool:
+    if part.get("type") in TEXT_PARTS:
+        return isinstance(part.get("text"), str)
+    return part.get("type") == "input_image" and isinstance(part.get("image_url"), str)
+
+
+def input_items(value: Any) -> list[Any]:
+    """`input` as a list of items (a string is one user message)."""
+    return [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else list(value)
+
+
+def native_body(body: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Responses body a pass-through provider is sent: the client's, every field kept, except
+    `store` (false: the provider keeps nothing; the gateway stores the turn) and `previous_response_id`
+    (dropped; the earlier turns, `history`, lead the `input` as items)."""
+    native = {key: value for key, value in body.items() if key != "previous_response_id"}
+    native["store"] = False
+    if history:
+        native["input"] = [*messages_to_items(history), *input_items(body["input"])]
+    return native
+
+
 def usage_object(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Chat usage → Responses usage."""
     if usage is None:
@@ -223,15 +288,21 @@ def output_items(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def assistant_message(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The output items as the assistant chat message a continuation replays."""
+def assistant_message(items: list[Any]) -> dict[str, Any]:
+    """The output items as the assistant chat message a continuation replays (its text and function
+    calls; reasoning and built-in tool items are not replayed)."""
+    items = [item for item in items if isinstance(item, dict)]
     text = "".join(
-        part["text"] for item in items if item["type"] == "message" for part in item["content"] if "text" in part
+        part["text"]
+        for item in items
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
     )
     calls = [
         {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
         for item in items
-        if item["type"] == "function_call"
+        if item.get("type") == "function_call"
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:

@@ -97,6 +97,20 @@ def billed_usage(reported: Usage | None, estimate: Usage, bounds: UsageBounds) -
     return billed
 
 
+def reported_so_far(reported: Usage | None, estimate: Usage) -> Usage:
+    """The usage of a stream cut before its final usage (a client leaving, a failure mid-answer),
+    from what the provider reported so far (`reported`: Anthropic's `message_start` input, its last
+    `message_delta` output) and the gateway's `estimate` of it: the provider's counts, the output at
+    least the estimate of what was delivered. Source `provider` when every count is the provider's,
+    `estimated` when the output is the estimate (the provider's output figure lagged behind what was
+    sent). Nothing reported, or reported but unusable: the estimate (`billed_usage` decides on it)."""
+    if reported is None or reported.source != "provider" or not is_valid(reported):
+        return reported if reported is not None and reported.source == "provider_invalid" else estimate
+    if reported.completion_tokens >= estimate.completion_tokens:
+        return reported
+    return attrs.evolve(reported, completion_tokens=estimate.completion_tokens, source="estimated")
+
+
 def reported_record(reported: Usage | None, billed: Usage) -> dict[str, Any] | None:
     """What the ledger keeps of the provider's claim when `billed` is not it (sources
     `provider_invalid`, `provider_capped`); None otherwise. The usage object as it came when the

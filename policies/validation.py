@@ -40,9 +40,21 @@ class ChatRequest:
     image_parts: int = 0
     n: int = 1
     tool_count: int = 0
-    # The body as the client sent it when it spoke another API than chat (Anthropic Messages): what
-    # a provider of that format is sent. `body` is then its translation to chat.
+    # The body as the client sent it when it spoke another API than chat (Anthropic Messages, OpenAI
+    # Responses — `native_api`: "messages", "responses"): what a provider of that format is sent.
+    # `body` is then its translation to chat.
     native: Mapping[str, Any] | None = None
+    native_api: str | None = None
+
+    def capped(self, cap: int) -> ChatRequest:
+        """This request with its output bounded at `cap` tokens (a hard budget's), in both bodies."""
+        native = (
+            None if self.native is None else {**self.native, NATIVE_CAPS.get(self.native_api or "", "max_tokens"): cap}
+        )
+        return attrs.evolve(self, body={**self.body, "max_tokens": cap}, max_tokens=cap, native=native)
+
+
+NATIVE_CAPS = {"messages": "max_tokens", "responses": "max_output_tokens"}  # each API's output bound
 
 
 MAX_JSON_DEPTH = 128

@@ -96,8 +96,13 @@ class UntranslatableRequest(ValueError):
 # --- request -------------------------------------------------------------------------------------------
 
 
+def native(call: Call) -> bool:
+    """Whether the call is made in Anthropic's own format (the client spoke Messages)."""
+    return call.native is not None and call.native_api == "messages"
+
+
 def encode_request(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> bytes:
-    if call.native is not None:  # the client spoke Messages: its body as sent, only the model mapped
+    if native(call) and call.native is not None:  # the client spoke Messages: its body as sent, only the model mapped
         return _dumps({**call.native, "model": call.upstream_model})
     body = call.body
     system: list[Mapping[str, Any]] = []
@@ -385,7 +390,8 @@ class AnthropicStreamDecoder:
             self._id = message.get("id") or self._id
             self._model = message.get("model") or self._model
             self._merge_usage(message.get("usage"))
-            return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
+            opening = self._chunk({"role": "assistant", "content": "", "refusal": None})
+            return [attrs.evolve(opening, reported=self._so_far())]
         if kind == "content_block_start":
             return self._block_start(data.get("index"), _object(data.get("content_block")))
         if kind == "content_block_delta":
@@ -422,6 +428,11 @@ class AnthropicStreamDecoder:
             return [self._chunk({"tool_calls": [call]})]
         return []  # thinking, signature and citations deltas have no OpenAI chunk
 
+    def _so_far(self) -> Usage | None:
+        """The usage reported so far: `message_start`'s input, and the output of the last `message_delta`
+        (put on the chunks of a `native` stream only: a chat stream has no chunk for a message_delta)."""
+        return normalise_usage(self._usage) if self._usage is not None else None
+
     def _merge_usage(self, usage: Any) -> None:
         """Usage counts are cumulative: a later event's value replaces an earlier one."""
         if isinstance(usage, dict):
@@ -454,8 +465,9 @@ class NativeStreamDecoder(AnthropicStreamDecoder):
     def feed(self, event: SSEEvent) -> list[Chunk]:
         chunks = super().feed(event)
         raw = f"event: {event.event}\ndata: {event.data}\n\n"
-        if not chunks:
-            return [Chunk({}, native=raw)]
+        if not chunks:  # a message_delta's output usage rides on its own event
+            reported = self._so_far() if event.event == "message_delta" else None
+            return [Chunk({}, native=raw, reported=reported)]
         return [attrs.evolve(chunks[0], native=raw), *chunks[1:]]
 
 
@@ -510,7 +522,7 @@ class AnthropicUpstream:
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
         content = self._encode(call)
-        kind = AnthropicStreamDecoder if call.native is None else NativeStreamDecoder
+        kind = NativeStreamDecoder if native(call) else AnthropicStreamDecoder
         decoder = kind(self.name, call.upstream_model, int(time.time()), self.secrets)
         return await self._endpoint.open_sse(content, call.headers, decoder, "message_stop")
 

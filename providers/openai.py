@@ -1,7 +1,9 @@
 """Any OpenAI-compatible server: OpenAI, Azure-style base URLs, vLLM, Ollama, Groq, ...
 
 The wire format only: encode the request, decode responses and stream events. `OpenAIUpstream` puts
-it on a `providers.http.Endpoint` (`POST {base_url}/chat/completions`).
+it on a `providers.http.Endpoint` (`POST {base_url}/chat/completions`). A provider configured with
+`responses = true` is also sent a Responses API call as the client made it (`POST {base_url}/responses`,
+`providers.openai_responses`); without it, such a call is sent as its chat translation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import httpx
 
 from events.usage import Usage
+from providers import openai_responses
 from providers.errors import MalformedResponse, UpstreamServerError
 from providers.http import Endpoint, SSEChunkStream, secrets_of
 from providers.sse import SSEEvent
@@ -62,21 +65,34 @@ class OpenAIUpstream:
         max_connections: int,
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        responses: bool = False,
     ) -> None:
         self.name = name
+        self.responses = responses  # a Responses API call is passed through to `{base_url}/responses`
         default_headers = {"content-type": "application/json", **(headers or {})}
         if api_key:
             default_headers["authorization"] = f"Bearer {api_key}"
         self.secrets = secrets_of(api_key, headers)
-        url = base_url.rstrip("/") + "/chat/completions"
+        url = base_url.rstrip("/")
         self._endpoint = Endpoint(name, url, default_headers, self.secrets, timeouts, max_connections, transport)
 
+    def _passed_through(self, call: Call) -> bool:
+        return self.responses and call.native is not None and call.native_api == "responses"
+
     async def complete(self, call: Call) -> Completion:
-        return decode_response(self.name, await self._endpoint.post(encode_request(call), call.headers))
+        if self._passed_through(call):
+            answer = await self._endpoint.post(openai_responses.encode_request(call), call.headers, "/responses")
+            return openai_responses.decode_response(self.name, answer)
+        answer = await self._endpoint.post(encode_request(call), call.headers, "/chat/completions")
+        return decode_response(self.name, answer)
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
+        if self._passed_through(call):
+            content = openai_responses.encode_request(call)
+            responses = openai_responses.ResponsesStreamDecoder(self.name)
+            return await self._endpoint.open_sse(content, call.headers, responses, "response.completed", "/responses")
         decoder = OpenAIStreamDecoder(self.name)
-        return await self._endpoint.open_sse(encode_request(call), call.headers, decoder, "[DONE]")
+        return await self._endpoint.open_sse(encode_request(call), call.headers, decoder, "[DONE]", "/chat/completions")
 
     async def aclose(self) -> None:
         await self._endpoint.aclose()

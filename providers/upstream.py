@@ -26,9 +26,11 @@ class Call:
     upstream_model: str
     stream: bool
     headers: Mapping[str, str] = attrs.field(factory=dict)
-    # The client's body in the provider's own wire format, when it spoke it (an Anthropic Messages
-    # body): an adapter for that format sends it as is (model and max_tokens set), not `body`.
+    # The client's body in its own API's wire format, when it spoke another API than chat: an
+    # adapter for that format sends it as is (model mapped), not `body`. `native_api` names it:
+    # "messages" (Anthropic Messages) or "responses" (OpenAI Responses).
     native: Mapping[str, Any] | None = None
+    native_api: str | None = None
 
 
 @attrs.frozen
@@ -46,7 +48,10 @@ class Chunk:
 
     `raw` is its JSON text when it can be forwarded unchanged; `usage` is set on the chunk that
     carries it; `content_bytes` is the UTF-8 size of the text it delivers (for estimates when a
-    stream is cut before the provider reports usage).
+    stream is cut before the provider reports usage). `reported` is the usage the provider has
+    reported so far, on a chunk of a stream that reports it before its end (Anthropic's
+    `message_start` input, a `message_delta`'s output): not final, what a stream cut before its
+    final usage is settled with (`policies.usage.reported_so_far`).
     """
 
     data: dict[str, Any]
@@ -54,6 +59,7 @@ class Chunk:
     usage: Usage | None = None
     content_bytes: int = 0
     native: str | None = None  # the provider's own SSE event, as it came, in a stream of a `native` call
+    reported: Usage | None = None
 
     @property
     def has_content(self) -> bool:

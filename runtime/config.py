@@ -199,6 +199,9 @@ class ProviderConfig:
     max_retry_wait_s: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
     breaker: BreakerConfig = BreakerConfig()
     timeouts: Timeouts = Timeouts()
+    responses: bool = False
+    """An `openai`-kind provider that serves the Responses API itself: `POST /v1/responses` is passed
+    through to its `{base_url}/responses` (false: translated to chat completions, as for every other kind)."""
     simulator: SimulatorSettings = SimulatorSettings()
     anthropic: AnthropicSettings = AnthropicSettings()
 
@@ -392,6 +395,8 @@ def check_config(config: Config, environ: Mapping[str, str]) -> list[str]:
             problem = _check_url(provider.base_url)
             if problem:
                 problems.append(f"{where}.base_url: {problem}")
+        if provider.responses and provider.kind != "openai":
+            problems.append(f"{where}.responses: only an 'openai'-kind provider serves the Responses API itself")
         if provider.api_key_env is not None and provider.api_key_env not in environ:
             problems.append(f"{where}.api_key_env: environment variable {provider.api_key_env} is not set")
         for position, model in enumerate(provider.models):

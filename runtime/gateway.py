@@ -74,7 +74,13 @@ def build_upstream(provider: ProviderConfig, environ: Mapping[str, str]) -> Upst
         )
     assert provider.base_url is not None  # checked by check_config
     return OpenAIUpstream(
-        provider.name, provider.base_url, api_key, provider.timeouts, provider.max_concurrency, provider.headers
+        provider.name,
+        provider.base_url,
+        api_key,
+        provider.timeouts,
+        provider.max_concurrency,
+        provider.headers,
+        responses=provider.responses,
     )
 
 

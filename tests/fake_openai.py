@@ -1,4 +1,6 @@
-"""A fake OpenAI-compatible server, over real HTTP, speaking the real wire format.
+"""A fake OpenAI-compatible server, over real HTTP, speaking the real wire format: chat completions,
+and the Responses API (`POST /v1/responses`, whole or as its named events ending with
+`response.completed`, which carries the usage).
 
 Tests steer it with `Behaviour` (per server, or queued per request) and read back what it received.
 It counts its open streams, so tests can prove the gateway never leaves one behind.
@@ -50,6 +52,7 @@ class FakeOpenAI:
     queue: deque[Behaviour] = attrs.field(factory=deque)
     bodies: list[dict[str, Any]] = attrs.field(factory=list)
     headers: list[dict[str, str]] = attrs.field(factory=list)
+    paths: list[str] = attrs.field(factory=list)  # the path of each request, in order
     open_streams: int = 0
     streams_closed: trio.Event = attrs.field(factory=trio.Event)
     arrived: trio.Event = attrs.field(factory=trio.Event)
@@ -118,6 +121,7 @@ class FakeOpenAI:
                 "prompt_tokens": b.prompt_tokens,
                 "completion_tokens": b.completion_tokens,
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
+                **({"prompt_tokens_details": {"cached_tokens": b.cached_tokens}} if b.cached_tokens else {}),
                 **b.usage_extra,
             }
             if b.usage is not None:
@@ -152,25 +156,122 @@ class FakeOpenAI:
                 self.streams_closed = trio.Event()
             self._request_ended()
 
+    def response_usage(self, b: Behaviour) -> dict[str, Any]:
+        if b.usage is not None:
+            return dict(b.usage)
+        return {
+            "input_tokens": b.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": b.cached_tokens},
+            "output_tokens": b.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": b.prompt_tokens + b.completion_tokens,
+            **b.usage_extra,
+        }
+
+    def response(self, body: dict[str, Any], b: Behaviour, status: str = "completed") -> dict[str, Any]:
+        """A Responses API `response` object (OpenAI's shape), its id numbered per request."""
+        done = status == "completed"
+        item = {
+            "id": f"msg_fake{len(self.bodies)}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed" if done else "in_progress",
+            "content": [{"type": "output_text", "text": b.reply, "annotations": []}] if done else [],
+        }
+        return {
+            "id": f"resp_fake{len(self.bodies)}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": body.get("model", ""),
+            "output": [item] if done else [],
+            "parallel_tool_calls": True,
+            "previous_response_id": body.get("previous_response_id"),
+            "store": body.get("store", True),
+            "temperature": body.get("temperature"),
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": body.get("tools") or [],
+            "top_p": None,
+            "metadata": {},
+            "usage": self.response_usage(b) if done else None,
+        }
+
+    async def response_stream(self, body: dict[str, Any], b: Behaviour) -> AsyncIterator[bytes]:
+        """Responses' named events, each with its sequence number, ending with `response.completed`."""
+        self.open_streams += 1
+        sequence = 0
+
+        def event(kind: str, **data: Any) -> bytes:
+            nonlocal sequence
+            out = f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': sequence, **data})}\n\n"
+            sequence += 1
+            return out.encode()
+
+        try:
+            opening = self.response(body, b, "in_progress")
+            yield event("response.created", response=opening)
+            yield event("response.in_progress", response=opening)
+            final = self.response(body, b)
+            item = final["output"][0]
+            yield event("response.output_item.added", output_index=0, item={**item, "content": []})
+            part = {"type": "output_text", "text": "", "annotations": []}
+            common = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+            yield event("response.content_part.added", **common, part=part)
+            if b.first_content_delay_s:
+                await trio.sleep(b.first_content_delay_s)
+            words = b.reply.split(" ")
+            per = max(1, -(-len(words) // b.chunks))
+            pieces = [" ".join(words[i : i + per]) for i in range(0, len(words), per)]
+            for index, piece in enumerate(pieces):
+                if b.chunk_delay_s:
+                    await trio.sleep(b.chunk_delay_s)
+                if b.fault == "reset_mid_stream" and index == 1:
+                    raise ConnectionResetError("fake upstream dies mid-stream")
+                text = piece if index == 0 else " " + piece
+                yield event("response.output_text.delta", **common, delta=text, logprobs=[])
+            yield event("response.output_text.done", **common, text=b.reply, logprobs=[])
+            yield event("response.content_part.done", **common, part=item["content"][0])
+            yield event("response.output_item.done", output_index=0, item=item)
+            yield event("response.completed", response=final)
+        finally:
+            self.open_streams -= 1
+            if self.open_streams == 0:
+                self.streams_closed.set()
+                self.streams_closed = trio.Event()
+            self._request_ended()
+
     def app(self) -> QuartTrio:
         app = QuartTrio("fake-openai")
         app.config["RESPONSE_TIMEOUT"] = None
 
         @app.post("/v1/chat/completions")
         async def chat() -> Response:
+            return await counted(answer)
+
+        @app.post("/v1/responses")
+        async def responses() -> Response:
+            return await counted(lambda: answer(responses=True))
+
+        async def counted(handler: Any) -> Response:
             self.open_requests += 1
             streaming = False
             try:
-                response = await answer()
+                response: Response = await handler()
                 streaming = response.mimetype == "text/event-stream"
                 return response
             finally:
                 if not streaming:  # a stream ends its request when its body generator ends
                     self._request_ended()
 
-        async def answer() -> Response:
+        async def answer(responses: bool = False) -> Response:
             body = await request.get_json(force=True)
             self.bodies.append(body)
+            self.paths.append(request.path)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
             self.arrived.set()
             self.arrived = trio.Event()
@@ -188,6 +289,10 @@ class FakeOpenAI:
             if b.fault == "malformed_json":
                 return Response("{not json", 200, content_type="application/json")
             model = body.get("model", "")
+            if responses:
+                if body.get("stream"):
+                    return Response(self.response_stream(body, b), 200, content_type="text/event-stream")
+                return Response(json.dumps(self.response(body, b)), 200, content_type="application/json")
             if body.get("stream"):
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 return Response(self.stream(model, b, include_usage), 200, content_type="text/event-stream")

@@ -310,15 +310,20 @@ async def test_a_stream_failing_mid_answer_ends_with_an_error_event_and_settles_
     assert isinstance(failed, Request.Failed) and failed.outcome == "truncated"
 
 
-async def test_a_client_leaving_a_stream_settles_it_once_as_cancelled() -> None:
-    async with fake_anthropic(Behaviour(chunks=8, stall_after_first_s=3600)) as fake:
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/chat/completions"])
+async def test_a_client_leaving_a_stream_is_settled_once_with_the_input_the_upstream_reported(route: str) -> None:
+    """Failed before: the input usage of `message_start` was not kept, the prompt was estimated. The
+    Messages pass-through and a chat stream from an Anthropic provider alike."""
+    behaviour = Behaviour(chunks=8, stall_after_first_s=3600, input_tokens=30, cache_read_input_tokens=100)
+    async with fake_anthropic(behaviour) as fake:
         config = make_config(providers=[claude_provider(fake.url)], pricing=CLAUDE_PRICING)
         async with running_gateway(config) as gw, gw.http() as http:
             body = {"model": "claude-test", "max_tokens": 64, "messages": HI, "stream": True}
-            headers = {"x-api-key": DEMO_KEY, "X-Request-ID": "leaving"}
-            async with http.stream("POST", "/v1/messages", json=body, headers=headers) as response:
+            headers = {"x-api-key": DEMO_KEY, "Authorization": f"Bearer {DEMO_KEY}", "X-Request-ID": "leaving"}
+            first = "event: content_block_delta" if route == "/v1/messages" else '"content":"Hello'
+            async with http.stream("POST", route, json=body, headers=headers) as response:
                 async for line in response.aiter_lines():
-                    if line.startswith("event: content_block_delta"):
+                    if first in line:
                         break  # the first piece of text arrived; the client hangs up
             with trio.fail_after(10):
                 await fake.wait_streams_closed()
@@ -326,8 +331,11 @@ async def test_a_client_leaving_a_stream_settles_it_once_as_cancelled() -> None:
     assert [type(e).__name__ for e in events if isinstance(e, Request.Event)] == ["Admitted", "Cancelled"]
     (cancelled,) = settled(events)
     assert cancelled.outcome == "client_disconnected"
-    # Estimated: the input usage of message_start is not yet kept by the chat relay (as on /v1/chat/completions).
-    assert cancelled.usage_source == "estimated" and cancelled.prompt_tokens > 0
+    # message_start's input (30 + 100 cache reads); its output (1) lags behind the word delivered
+    # ("Hello", estimated at 2 tokens), so the output is the estimate and the usage says so.
+    assert (cancelled.prompt_tokens, cancelled.cached_tokens, cancelled.completion_tokens) == (130, 100, 2)
+    assert cancelled.usage_source == "estimated"
+    assert cancelled.cost_usd == (Decimal(30) * 3 + Decimal(100) * Decimal("0.3") + 2 * 15) / 1_000_000
 
 
 async def test_replay_verify_is_clean_after_a_mixed_workload(tmp_path: Path) -> None:
@@ -496,3 +504,22 @@ def test_the_stream_encoder_opens_and_closes_blocks_in_order() -> None:
     assert events[0]["message"]["usage"]["input_tokens"] == 7
     assert events[4]["content_block"] == {"type": "tool_use", "id": "t", "name": "f", "input": {}}
     assert events[7]["delta"]["stop_reason"] == "tool_use" and events[7]["usage"]["input_tokens"] == 9
+
+
+def test_a_native_stream_says_what_was_reported_before_its_end() -> None:
+    """`message_start`'s input and the last `message_delta`'s output, as a stream cut there is settled."""
+    from events.usage import Usage
+    from policies.usage import reported_so_far
+    from providers.anthropic import NativeStreamDecoder
+    from providers.sse import SSEDecoder
+
+    start = {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 40, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": 9}}
+    raw = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in (start, delta)).encode()
+    decoder = NativeStreamDecoder("claude", "claude-test", 0)
+    reported = [chunk.reported for event in SSEDecoder().feed(raw) for chunk in decoder.feed(event)]
+    assert reported == [Usage(40, 1), Usage(40, 9)]
+    estimate = Usage(12, 5, source="estimated")
+    assert reported_so_far(Usage(40, 9), estimate) == Usage(40, 9)
+    assert reported_so_far(Usage(40, 1), estimate) == Usage(40, 5, source="estimated")
+    assert reported_so_far(None, estimate) == estimate

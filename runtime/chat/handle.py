@@ -121,9 +121,7 @@ async def handle_chat(
         await reject(parts.journal, exchange, tenant, body, verdict.code, verdict.status, received_at, operation)
         return verdict
     if admission.output_cap is not None:  # a hard budget bounds what the provider may generate
-        cap = admission.output_cap
-        native = None if chat.native is None else {**chat.native, "max_tokens": cap}
-        chat = attrs.evolve(chat, body={**chat.body, "max_tokens": cap}, max_tokens=cap, native=native)
+        chat = chat.capped(admission.output_cap)
     plan = cache_plan(parts, tenant, operation, chat.model, chat.body, cache_control)
     hit = await lookup(parts, tenant, plan)
     record = RequestRecord(

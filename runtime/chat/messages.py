@@ -205,6 +205,7 @@ def parse_messages_request(body: Any) -> ChatRequest:
         1,
         chat.tool_count,
         native=body,
+        native_api="messages",
     )
 
 

@@ -143,6 +143,8 @@ class MessagesStreamRelay(StreamRelay):
         out = []
         for chunk in batch:
             self.content_bytes += chunk.content_bytes
+            if chunk.reported is not None:
+                self.reported = chunk.reported
             if chunk.usage is not None:
                 self.usage = chunk.usage
                 self._usage_object = chunk.data.get("usage")

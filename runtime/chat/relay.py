@@ -21,6 +21,7 @@ import trio
 from events.request import Request
 from events.usage import Usage
 from policies.routing import Deployment
+from policies.usage import reported_so_far
 from providers.errors import ProviderError, UpstreamTimeout
 from providers.upstream import Chunk, ChunkStream
 from runtime.actors.provider import CANCELLED, SUCCESS, Outcome
@@ -63,6 +64,7 @@ class StreamRelay:
         self._usage_object: dict[str, Any] | None = None  # the upstream's own usage, when on a content chunk
         self._last: dict[str, Any] = opening[-1].data if opening else {}
         self.usage: Usage | None = None
+        self.reported: Usage | None = None  # what the provider reported before its final usage
         self.content_bytes = 0
 
     def __aiter__(self) -> StreamRelay:
@@ -115,7 +117,8 @@ class StreamRelay:
         )
 
     def _usage_so_far(self) -> Usage:
-        return self.usage or estimate_usage(self._record.chat, self.content_bytes)
+        """The final usage when the provider reported it, else what it reported so far (and the estimate)."""
+        return self.usage or reported_so_far(self.reported, estimate_usage(self._record.chat, self.content_bytes))
 
     def _encode(self, batch: list[Chunk]) -> bytes:
         out = []
@@ -124,6 +127,8 @@ class StreamRelay:
             self._chunks.extend(chunk.data for chunk in batch)
         for chunk in batch:
             self.content_bytes += chunk.content_bytes
+            if chunk.reported is not None:
+                self.reported = chunk.reported
             text = chunk.raw
             if chunk.usage is not None:
                 self.usage = chunk.usage

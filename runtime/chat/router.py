@@ -162,7 +162,9 @@ async def _try_candidates(
                 break
             tried.append(deployment)
             attempt = Attempt(deployment, len(tried), trio.current_time(), lease)
-            call = Call(chat.body, deployment.model, chat.stream, exchange.upstream_headers(), chat.native)
+            call = Call(
+                chat.body, deployment.model, chat.stream, exchange.upstream_headers(), chat.native, chat.native_api
+            )
             span = exchange.child(
                 f"chat {chat.model}",
                 {

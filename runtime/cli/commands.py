@@ -564,6 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{config.source}: OK ({len(config.providers)} providers, "
                 f"{len(config.models)} model aliases, {len(config.tenants)} tenants)"
             )
+            passed = [provider.name for provider in config.providers if provider.responses]
+            if passed:
+                print(f"Responses API passed through to: {', '.join(passed)} (translated to chat for the others)")
             return 0
         if args.command == "serve":
             from runtime.http.server import CannotStart, run
