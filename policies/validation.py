@@ -43,6 +43,9 @@ class ChatRequest:
     # The body as the client sent it when it spoke another API than chat (Anthropic Messages): what
     # a provider of that format is sent. `body` is then its translation to chat.
     native: Mapping[str, Any] | None = None
+    # An embeddings request (`policies.embeddings`): how many inputs `body["input"]` holds. None: chat.
+    # Such a request generates nothing: `max_tokens` is 0, so admission reserves no output.
+    inputs: int | None = None
 
 
 MAX_JSON_DEPTH = 128

@@ -177,11 +177,11 @@ class Endpoint:
         return response.content
 
     async def open_sse(
-        self, content: bytes, headers: Mapping[str, str], translator: StreamTranslator, end: str
+        self, content: bytes, headers: Mapping[str, str], translator: StreamTranslator, end: str, path: str = ""
     ) -> SSEChunkStream:
         """A stream, once the provider answered 200 and its headers (the stream timeout applies)."""
         request = self._client.build_request(
-            "POST", self._url, content=content, headers=dict(headers), timeout=self._stream_timeout
+            "POST", self._url + path, content=content, headers=dict(headers), timeout=self._stream_timeout
         )
         with translate_errors(self.provider):
             response = await self._client.send(request, stream=True)
