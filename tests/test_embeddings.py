@@ -6,6 +6,7 @@ reserved); budgets, bad input, models no provider of which embeds, fallback; rep
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 from datetime import UTC, datetime
@@ -13,10 +14,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 import trio
 
+from events.money import ZERO
 from events.request import Request
 from policies import budget
 from policies.admission import Admitted, Candidate, TenantState, admit
@@ -29,7 +32,8 @@ from providers.tokens import estimate_input_tokens
 from runtime.auth import DEMO_KEY, hash_key
 from runtime.ledger.replay import verify_open
 from tests.fake_openai import Behaviour, fake_openai
-from tests.harness import Running, in_thread, ledger_events, make_config, openai_provider, running_gateway
+from tests.harness import ADMIN, Running, in_thread, ledger_events, make_config, openai_provider, running_gateway
+from tests.test_cli import tollgate
 
 SIM_PRICING = {"sim/sim-1": {"input_per_mtok": "0.13", "output_per_mtok": "99"}}
 UP_PRICING = {"up/text-embedding-test": {"input_per_mtok": "0.02", "output_per_mtok": "99"}}
@@ -348,3 +352,98 @@ async def test_replay_verify_is_clean_after_embeddings(tmp_path: Path) -> None:
                 lambda: verify_open(gateway.store, gateway.projector.projections), limiter=gateway.projector._limiter
             )
     assert problems == []
+
+
+# --- spend by operation --------------------------------------------------------------------------------------------
+
+MIXED_PRICING = {"sim/sim-1": {"input_per_mtok": "3", "output_per_mtok": "15"}}
+DOUBLED = {"sim/sim-1": {"input_per_mtok": "6", "output_per_mtok": "30"}}
+
+
+def by_operation(events: list[Any]) -> dict[str, dict[str, Any]]:
+    """What the ledger's events say each operation spent (requests, tokens, cost as restated)."""
+    operation = {e.originator_id: e.operation for e in events if isinstance(e, Request.Admitted)}
+    totals: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if isinstance(event, Request.Settled | Request.CostRestated):
+            row = totals.setdefault(operation[event.originator_id], {"requests": 0, "prompt_tokens": 0, "cost": ZERO})
+        if isinstance(event, Request.Settled):
+            row["requests"] += 1
+            row["prompt_tokens"] += event.prompt_tokens
+            row["cost"] += event.cost_usd
+        elif isinstance(event, Request.CostRestated):
+            row["cost"] += event.new_cost_usd - event.old_cost_usd
+    return totals
+
+
+async def test_spend_groups_by_operation_exactly_and_sums_to_the_total() -> None:
+    """Fails before the spend projection knew each request's operation: `group_by=operation` was a 400."""
+    async with running_gateway(make_config(pricing=MIXED_PRICING)) as gw, gw.http() as http:
+        client = gw.client()
+        claude = anthropic.Anthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
+        try:
+            for text in ("one", "two"):
+                await in_thread(
+                    client.chat.completions.create, model="sim-1", messages=[{"role": "user", "content": text}]
+                )
+                await in_thread(
+                    claude.messages.create, model="sim-1", max_tokens=8, messages=[{"role": "user", "content": text}]
+                )
+            for texts in (["a", "bb"], "ccc", [[1, 2, 3]]):
+                await in_thread(client.embeddings.create, model="sim-1", input=texts)
+            await in_thread(client.responses.create, model="sim-1", input="respond")
+        finally:
+            claude.close()
+        gateway = gw.gateway
+
+        async def spend(**params: str) -> dict[str, Any]:
+            await gateway.projector.wait_for(gateway.journal.position)
+            answer = await http.get("/admin/spend", params=params, headers=ADMIN)
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            return body
+
+        grouped, total = await spend(group_by="operation"), await spend(group_by="")
+        recorded = by_operation(await ledger_events(gw))
+        committed = await http.post("/admin/reprice", json={"prices": DOUBLED, "commit": True}, headers=ADMIN)
+        assert committed.json()["committed"] is True, committed.text
+        restated = await spend(group_by="operation,model")
+        events = await ledger_events(gw)
+        cli = await trio.to_thread.run_sync(
+            lambda: tollgate("spend", "--group-by", "operation", "--url", gw.url, "--format", "json")
+        )
+    assert set(recorded) == {"chat", "messages", "embeddings", "responses"}
+    assert {row["operation"]: row["requests"] for row in grouped["data"]} == {
+        "chat": 2,
+        "messages": 2,
+        "embeddings": 3,
+        "responses": 1,
+    }
+    for row in grouped["data"]:
+        expected = recorded[row["operation"]]
+        assert Decimal(row["cost_usd"]) == expected["cost"] > 0
+        assert row["prompt_tokens"] == expected["prompt_tokens"]
+    embeddings = next(row for row in grouped["data"] if row["operation"] == "embeddings")
+    assert embeddings["completion_tokens"] == 0
+    (whole,) = total["data"]
+    assert sum(Decimal(row["cost_usd"]) for row in grouped["data"]) == Decimal(whole["cost_usd"])
+    assert Decimal(grouped["totals"]["cost_usd"]) == Decimal(whole["cost_usd"])
+    assert sum(row["requests"] for row in grouped["data"]) == whole["requests"] == 8
+    # re-pricing restates each request under its own operation (CostRestated v2 carries it)
+    restatements = [e for e in events if isinstance(e, Request.CostRestated)]
+    admitted = {e.originator_id: e.operation for e in events if isinstance(e, Request.Admitted)}
+    assert len(restatements) == 8 and all(e.operation == admitted[e.originator_id] for e in restatements)
+    assert {row["operation"]: Decimal(row["cost_usd"]) for row in restated["data"]} == {
+        operation: 2 * row["cost"] for operation, row in recorded.items()
+    }
+    assert {row["model"] for row in restated["data"]} == {"sim-1"}
+    assert cli.returncode == 0, cli.stderr
+    from_cli = {row["operation"]: Decimal(row["cost_usd"]) for row in json.loads(cli.stdout)["data"]}
+    assert from_cli == {operation: 2 * row["cost"] for operation, row in recorded.items()}
+
+
+async def test_group_by_a_field_the_projection_lacks_is_a_400_naming_operation() -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        bad = await http.get("/admin/spend", params={"group_by": "colour"}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+    assert "operation" in bad.json()["error"]["message"]
