@@ -11,6 +11,7 @@ import math
 import struct
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,16 @@ from providers.tokens import estimate_input_tokens
 from runtime.auth import DEMO_KEY, hash_key
 from runtime.ledger.replay import verify_open
 from tests.fake_openai import Behaviour, fake_openai
-from tests.harness import ADMIN, Running, in_thread, ledger_events, make_config, openai_provider, running_gateway
+from tests.harness import (
+    ADMIN,
+    Running,
+    in_thread,
+    ledger_events,
+    make_config,
+    openai_provider,
+    running_gateway,
+    wait_for_events,
+)
 from tests.test_cli import tollgate
 
 SIM_PRICING = {"sim/sim-1": {"input_per_mtok": "0.13", "output_per_mtok": "99"}}
@@ -188,6 +198,58 @@ async def test_a_failing_upstream_falls_back_to_the_next_provider() -> None:
     assert chain == ["Admitted", "AttemptFailed", "Completed"]
     (failed,) = [e for e in events if isinstance(e, Request.AttemptFailed)]
     assert (failed.provider, failed.status, failed.retryable) == ("up", 500, True)
+
+
+async def test_embeddings_bypass_the_response_cache_of_a_tenant_that_caches_everything() -> None:
+    tenant = {"name": "demo", "api_key_sha256": hash_key(DEMO_KEY), "cache": "all", "cache_ttl_s": 600}
+    async with running_gateway(make_config(tenants=[tenant], pricing=SIM_PRICING)) as gw:
+        client = gw.client()
+        chat = [await in_thread(client.chat.completions.with_raw_response.create, model="sim-1", messages=HI)]
+        chat.append(await in_thread(client.chat.completions.with_raw_response.create, model="sim-1", messages=HI))
+        embedded = [
+            await in_thread(client.embeddings.with_raw_response.create, model="sim-1", input="same") for _ in range(2)
+        ]
+        events = await ledger_events(gw)
+    assert [raw.headers["x-tollgate-cache"] for raw in chat] == ["miss", "hit"]  # the cache is on ...
+    assert [raw.headers["x-tollgate-cache"] for raw in embedded] == ["bypass", "bypass"]  # ... and chat-only
+    _, settled = embedding_events(events)
+    assert [type(e).__name__ for e in settled] == ["Completed", "Completed"]
+    assert all(e.cost_usd and e.cost_usd > 0 for e in settled)
+
+
+async def test_embeddings_are_rate_limited_like_chat() -> None:
+    tenant = {"name": "demo", "api_key_sha256": hash_key(DEMO_KEY), "rpm": 1}
+    async with running_gateway(make_config(tenants=[tenant])) as gw:
+        client = gw.client()
+        await in_thread(client.embeddings.create, model="sim-1", input="first")
+        with pytest.raises(openai.RateLimitError) as limited:
+            await in_thread(client.embeddings.create, model="sim-1", input="second")
+    assert limited.value.code == "rate_limit_exceeded"
+    assert limited.value.response.headers["retry-after"]
+    assert limited.value.response.headers["x-ratelimit-limit-requests"] == "1"
+
+
+async def test_a_client_leaving_is_settled_as_cancelled_with_its_input_estimate() -> None:
+    """Fails without the embeddings case of `estimate_usage`: it counted chat messages, and an
+    embeddings body has none (3 tokens, whatever the input)."""
+    texts = ["a longer text to embed, " * 8, "and another"]
+    async with fake_openai(Behaviour(first_byte_delay_s=3600)) as fake:
+        provider = openai_provider(fake.url, models=("text-embedding-test",))
+        async with running_gateway(make_config(providers=[provider], pricing=UP_PRICING)) as gw, gw.http() as http:
+            body = {"model": "text-embedding-test", "input": texts}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(http.post, "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {DEMO_KEY}"})
+                )
+                with trio.fail_after(10):
+                    await fake.wait_for_requests(1)
+                nursery.cancel_scope.cancel()  # the client hangs up while the upstream works
+            events = await wait_for_events(gw, lambda events: bool(embedding_events(events)[1]))
+    (cancelled,) = embedding_events(events)[1]
+    assert isinstance(cancelled, Request.Cancelled) and cancelled.outcome == "client_disconnected"
+    assert cancelled.usage_source == "estimated"
+    assert (cancelled.prompt_tokens, cancelled.completion_tokens) == (estimate_input_tokens(texts), 0)
+    assert cancelled.cost_usd == Decimal(estimate_input_tokens(texts)) * Decimal("0.02") / MTOK
 
 
 # --- refusals ------------------------------------------------------------------------------------------------------
