@@ -49,6 +49,7 @@ SIM_PRICING = {"sim/sim-1": {"input_per_mtok": "0.13", "output_per_mtok": "99"}}
 UP_PRICING = {"up/text-embedding-test": {"input_per_mtok": "0.02", "output_per_mtok": "99"}}
 MTOK = Decimal(1_000_000)
 HI = [{"role": "user", "content": "x"}]
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def embedding_events(events: list[Any]) -> tuple[list[Request.Admitted], list[Request.Settled]]:
@@ -141,6 +142,7 @@ async def test_openai_upstream_gets_the_body_passed_through_and_its_usage_is_bil
                 encoding_format="base64",
                 user="end-user-7",
                 extra_body={"some_future_field": {"kept": True}},
+                extra_headers={"traceparent": TRACEPARENT, "X-Request-ID": "embed-1"},
             )
             floats = await in_thread(client.embeddings.create, model="up/text-embedding-test", input="one")
             _, settled = await settled_events(gw, 2)
@@ -154,6 +156,10 @@ async def test_openai_upstream_gets_the_body_passed_through_and_its_usage_is_bil
         "some_future_field": {"kept": True},
     }
     assert fake.headers[0]["authorization"] == "Bearer sk-fake-upstream"
+    # the request id and the trace reach the upstream (the trace continued: same trace id, a new span)
+    assert fake.headers[0]["x-request-id"] == "embed-1"
+    assert fake.headers[0]["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
+    assert answer.model_extra["x_gateway"]["request_id"] == "embed-1"
     assert len(answer.data) == 2 and isinstance(answer.data[1].embedding, str)
     assert struct.unpack("<5f", base64.b64decode(answer.data[1].embedding)) == pytest.approx(
         [0.02, 0.04, 0.06, 0.08, 0.10]
