@@ -19,6 +19,8 @@ import anthropic
 import openai
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from events.money import ZERO
 from events.request import Request
@@ -258,6 +260,25 @@ async def test_a_client_leaving_is_settled_as_cancelled_with_its_input_estimate(
     assert cancelled.cost_usd == Decimal(estimate_input_tokens(texts)) * Decimal("0.02") / MTOK
 
 
+async def test_an_upstream_refusing_the_body_is_passed_back_without_fallback() -> None:
+    refusal = '{"error":{"message":"This model does not support dimensions","type":"invalid_request_error"}}'
+    async with fake_openai(Behaviour(status=400, error_body=refusal)) as fake:
+        providers = [
+            openai_provider(fake.url, models=("text-embedding-test",)),
+            {"name": "sim", "kind": "simulator", "models": ["text-embedding-test"]},
+        ]
+        async with running_gateway(make_config(providers=providers)) as gw:
+            client = gw.client()
+            with pytest.raises(openai.BadRequestError) as rejected:
+                await in_thread(client.embeddings.create, model="text-embedding-test", input="x", dimensions=3)
+            events = await ledger_events(gw)
+    assert rejected.value.code == "upstream_rejected" and "dimensions" in rejected.value.message
+    chain = [type(e).__name__ for e in events if isinstance(e, Request.Event)]
+    assert chain == ["Admitted", "AttemptFailed", "Failed"]  # the simulator was not tried: the body is at fault
+    (failed,) = embedding_events(events)[1]
+    assert failed.outcome == "upstream_rejected" and failed.cost_usd == 0
+
+
 # --- refusals ------------------------------------------------------------------------------------------------------
 
 
@@ -393,6 +414,26 @@ def test_admission_reserves_no_output_for_max_tokens_zero() -> None:
     bound = budget.prompt_upper_bound(5, 2)
     assert decided.hold.usd == Decimal(bound) / MTOK and decided.hold.tokens == bound
     assert decided.output_cap is None and decided.usage_bounds.completion_tokens == 0
+
+
+TEXTS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
+TOKEN_IDS = st.lists(st.integers(0, 200_000), min_size=1, max_size=40)
+INPUTS = st.one_of(
+    TEXTS, st.lists(TEXTS, min_size=1, max_size=8), TOKEN_IDS, st.lists(TOKEN_IDS, min_size=1, max_size=8)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(INPUTS)
+def test_the_reserved_input_bound_covers_the_estimate_and_every_tokenizer(value: Any) -> None:
+    """One token per UTF-8 byte (no tokenizer makes more) or per token id: the bound admission reserves
+    covers what settlement may bill as an estimate, and any provider's count."""
+    chat = parse_embeddings_request({"model": "m", "input": value})
+    bound = budget.prompt_upper_bound(chat.prompt_bytes, chat.message_count)
+    items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+    most = sum(len(item.encode()) if isinstance(item, str) else len(item) for item in items)
+    assert estimate_input_tokens(value) <= most <= bound
+    assert chat.max_tokens == 0 and chat.inputs == len(items)
 
 
 # --- replay ------------------------------------------------------------------------------------------------------
