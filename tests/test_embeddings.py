@@ -21,6 +21,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from events.money import ZERO
 from events.request import Request
@@ -125,6 +126,21 @@ async def test_base64_and_dimensions_through_the_simulator() -> None:
     assert isinstance(encoded, str)
     decoded = struct.unpack("<64f", base64.b64decode(encoded))
     assert decoded == pytest.approx(vector, abs=1e-6)
+
+
+async def test_metrics_name_the_operation_embeddings() -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        client = gw.client()
+        await in_thread(client.embeddings.create, model="sim-1", input="x")
+        await in_thread(client.chat.completions.create, model="sim-1", messages=HI)
+        text = (await http.get("/metrics")).text
+    durations = [
+        sample.labels["gen_ai_operation_name"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gen_ai_client_operation_duration_seconds_count"
+    ]
+    assert sorted(durations) == ["chat", "embeddings"]
 
 
 # --- through an OpenAI-kind upstream -------------------------------------------------------------------------------

@@ -266,6 +266,7 @@ class RequestRecord:
             priced.cost_usd,
             exchange.latency_ms() / 1000,
             exchange.overhead_ms() / 1000,
+            "embeddings" if self.operation == "embeddings" else "chat",
         )
         if (span := exchange.serving) is not None:  # the attempt that answered ends with its account
             exchange.serving = None
