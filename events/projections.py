@@ -1,6 +1,7 @@
 """Read models of the ledger: SQLite tables written with sqlite-utils, folded from committed events.
 
-    spend          tenant × UTC day × model × provider: requests, tokens, cost (integer nano-dollars), unpriced;
+    spend          tenant × UTC day × model × provider × operation (the API: chat, messages, responses,
+                   embeddings, from `Admitted.operation`): requests, tokens, cost (integer nano-dollars), unpriced;
                    cost_nanousd is the cost as restated (as recorded + every `CostRestated` delta),
                    restated_nanousd the sum of those deltas, newly_priced the requests a restatement
                    priced (they are no longer counted in unpriced); as recorded = cost − restated;
@@ -38,9 +39,9 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 7  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 8  # bump when a table changes: projections are rebuilt from the ledger
 LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
-SPEND_KEY = ("tenant", "day", "model", "provider")
+SPEND_KEY = ("tenant", "day", "model", "provider", "operation")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
 TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
 
@@ -49,7 +50,7 @@ TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_request
 class Changes:
     """Row changes from one batch of records, keyed so that applying them is idempotent per batch."""
 
-    spend: dict[tuple[str, str, str, str], dict[str, Any]] = attrs.field(factory=dict)
+    spend: dict[tuple[str, str, str, str, str], dict[str, Any]] = attrs.field(factory=dict)
     outcomes: dict[tuple[str, str], int] = attrs.field(factory=dict)
     prices: list[dict[str, Any]] = attrs.field(factory=list)
     tenants: dict[str, dict[str, Any]] = attrs.field(factory=dict)
@@ -86,7 +87,7 @@ def _day(moment: datetime) -> str:
     return moment.date().isoformat()
 
 
-def _spend_row(changes: Changes, key: tuple[str, str, str, str]) -> dict[str, Any]:
+def _spend_row(changes: Changes, key: tuple[str, str, str, str, str]) -> dict[str, Any]:
     return changes.spend.setdefault(
         key,
         {
@@ -139,6 +140,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 "received_at": event.received_at.isoformat(),
                 "reserved_usd": usd_str(event.reserved_usd),
                 "instance": event.instance,
+                "operation": event.operation,
             }
             open_requests[request_id] = row
             changes.opened[request_id] = row
@@ -149,7 +151,7 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             changes.closed.add(request_id)
             if admitted is None:
                 continue  # settled without admission cannot happen; ignore rather than invent a tenant
-            key = (admitted["tenant"], admitted["day"], admitted["model"], event.provider or "-")
+            key = (admitted["tenant"], admitted["day"], admitted["model"], event.provider or "-", admitted["operation"])
             totals = _spend_row(changes, key)
             totals["requests"] += 1
             totals["prompt_tokens"] += event.prompt_tokens
@@ -169,13 +171,17 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                     totals["saved"] += event.saved_usd
             _count(changes, event.provider or "-", event.outcome)
         elif isinstance(event, Request.SavingRestated):
-            totals = _spend_row(changes, (event.tenant, _day(event.received_at), event.model, event.provider))
+            totals = _spend_row(
+                changes, (event.tenant, _day(event.received_at), event.model, event.provider, event.operation)
+            )
             totals["saved"] += event.new_saved_usd - (event.old_saved_usd or 0)
             if event.old_saved_usd is None:
                 totals["saved_unpriced"] -= 1
         elif isinstance(event, Request.CostRestated):
             # The row of the original request; its fields are repeated in the event for this.
-            totals = _spend_row(changes, (event.tenant, _day(event.received_at), event.model, event.provider))
+            totals = _spend_row(
+                changes, (event.tenant, _day(event.received_at), event.model, event.provider, event.operation)
+            )
             delta = event.new_cost_usd - (event.old_cost_usd or 0)
             totals["cost"] += delta
             totals["restated"] += delta
@@ -305,6 +311,7 @@ class Projections:
                 "day": str,
                 "model": str,
                 "provider": str,
+                "operation": str,
                 "requests": int,
                 "prompt_tokens": int,
                 "completion_tokens": int,
@@ -367,6 +374,7 @@ class Projections:
                 "received_at": str,
                 "reserved_usd": str,
                 "instance": str,
+                "operation": str,
             },
             pk="id",
             if_not_exists=True,
@@ -414,11 +422,11 @@ class Projections:
         db = self.db
         if changes.spend:
             db.conn.executemany(
-                """insert into spend (tenant, day, model, provider, requests, prompt_tokens, completion_tokens,
-                       cached_tokens, cost_nanousd, unpriced, restated_nanousd, newly_priced,
+                """insert into spend (tenant, day, model, provider, operation, requests, prompt_tokens,
+                       completion_tokens, cached_tokens, cost_nanousd, unpriced, restated_nanousd, newly_priced,
                        interrupted_unknown_usage, cache_hits, saved_nanousd, saved_unpriced)
-                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   on conflict (tenant, day, model, provider) do update set
+                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   on conflict (tenant, day, model, provider, operation) do update set
                        requests = requests + excluded.requests,
                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                        completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -487,7 +495,7 @@ def diff(live: Projections, rebuilt: Projections, tables: Iterable[str] = TABLES
     return problems
 
 
-SPEND_GROUPS = ("tenant", "model", "provider", "day")
+SPEND_GROUPS = ("tenant", "model", "provider", "day", "operation")
 SPEND_BASES = ("restated", "as_recorded")
 
 
@@ -500,7 +508,8 @@ def spend_report(
     group_by: Sequence[str] = ("tenant", "model", "provider"),
     basis: str = "restated",
 ) -> list[dict[str, Any]]:
-    """Spend rows summed over `group_by` (a subset of SPEND_GROUPS), days inclusive, money exact.
+    """Spend rows summed over `group_by` (a subset of SPEND_GROUPS; `operation` is the API the
+    requests were made with, restatements counted under their request's), days inclusive, money exact.
 
     `basis` "restated" (the default, what budgets use) folds re-pricings in; "as_recorded" gives the
     costs as first recorded (and counts newly priced requests as unpriced again).
@@ -520,7 +529,7 @@ def spend_report(
         args.append(day_to)
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in projections.db.table("spend").rows_where(
-        " and ".join(where) or None, args, order_by="day, tenant, model, provider"
+        " and ".join(where) or None, args, order_by="day, tenant, model, provider, operation"
     ):
         key = tuple(row[name] for name in group_by)
         total = groups.setdefault(

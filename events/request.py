@@ -124,9 +124,14 @@ class Request(Aggregate):
 
     class CostRestated(Aggregate.Event):
         """A re-pricing changed this request's cost from `old_cost_usd` (None: unpriced) to
-        `new_cost_usd`. It repeats what the projections need (tenant, model, received_at from
-        `Admitted`; provider, served model from the terminal event) so a fold never loads the request.
-        Appended as a bare event after the terminal one; nothing stored before it changes."""
+        `new_cost_usd`. It repeats what the projections need (tenant, model, received_at, operation
+        from `Admitted`; provider, served model from the terminal event) so a fold never loads the
+        request. Appended as a bare event after the terminal one; nothing stored before it changes.
+
+        v2 added `operation` (the spend projection groups by it); a stored v1 event loads as "chat"
+        (a restatement written before it of a request of another API is counted under "chat")."""
+
+        class_version = 2
 
         request_id: str
         tenant: str
@@ -139,6 +144,11 @@ class Request(Aggregate):
         price_ref: str
         fingerprint: str
         repricing_id: str
+        operation: str = "chat"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["operation"] = "chat"
 
         def apply(self, aggregate: Any) -> None:
             aggregate.restatements += 1
@@ -146,7 +156,10 @@ class Request(Aggregate):
     class SavingRestated(Aggregate.Event):
         """A re-pricing changed a cache hit's `saved_usd` from `old_saved_usd` (None: unpriced) to
         `new_saved_usd`; its cost stays $0 (a hit is never billed). Repeats what the projections need,
-        like `CostRestated`, and counts as a restatement."""
+        like `CostRestated`, and counts as a restatement. v2 added `operation`, as `CostRestated`
+        (only chat completions are cached, so a v1 event's "chat" is always right)."""
+
+        class_version = 2
 
         request_id: str
         tenant: str
@@ -159,6 +172,11 @@ class Request(Aggregate):
         price_ref: str
         fingerprint: str
         repricing_id: str
+        operation: str = "chat"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["operation"] = "chat"
 
         def apply(self, aggregate: Any) -> None:
             aggregate.restatements += 1

@@ -12,8 +12,9 @@ Checks, in order, the first failing one refusing:
 
 The worst case is the most expensive priced candidate at `policies.budget.worst_case_cost` of the
 prompt upper bound and the output tokens of every choice (the client's `max_tokens`, else the
-`output_limit` given, × `n`). Under a hard budget a request without `max_tokens` gets an output
-*cap* (per choice: `output_limit`), to be written into the body sent upstream, so for every admitted
+`output_limit` given, × `n`; a `max_tokens` of 0 — an embeddings request — reserves no output, and
+its settlement bills none). Under a hard budget a request without `max_tokens` gets an output *cap*
+(per choice: `output_limit`), to be written into the body sent upstream, so for every admitted
 candidate
 
     cost_of(prompt bound in, cap × n out) ≤ reserved.
@@ -126,7 +127,8 @@ def admit(
     prices = {c.deployment: c.price for c in candidates}
     ordered = order_candidates([c.deployment for c in candidates], policy.default_provider, policy.fallback_providers)
     prompt_tokens = budget.prompt_upper_bound(chat.prompt_bytes, chat.message_count, chat.image_parts, chat.tool_count)
-    output_tokens = (chat.max_tokens or output_limit) * chat.n  # every choice may run to the cap
+    # every choice may run to the cap; `max_tokens` 0 (an embeddings request) reserves no output at all
+    output_tokens = (output_limit if chat.max_tokens is None else chat.max_tokens) * chat.n
     worst = ZERO
     if policy.budget_usd is not None:
         priced = [(d, price) for d in ordered if (price := prices[d]) is not None]

@@ -141,6 +141,8 @@ class Restatement:
     saving: bool = False
     """A cache hit's `saved_usd` changes (a `SavingRestated`; the old and new amounts are savings):
     a hit is never billed, so its cost is never restated."""
+    operation: str = "chat"
+    """The API the request was made with (its `Admitted.operation`), repeated for the spend projection."""
 
 
 @attrs.define
@@ -162,6 +164,7 @@ class Admission:
     tenant: str
     model: str
     received_at: datetime
+    operation: str = "chat"
 
 
 class Repricer:
@@ -181,9 +184,17 @@ class Repricer:
         self.newly_priced_requests: list[str] = []
         self.savings_restated = 0
 
-    def admitted(self, aggregate_id: str, request_id: str, tenant: str, model: str, received_at: datetime) -> None:
+    def admitted(
+        self,
+        aggregate_id: str,
+        request_id: str,
+        tenant: str,
+        model: str,
+        received_at: datetime,
+        operation: str = "chat",
+    ) -> None:
         if self.filters.admits(tenant, received_at):
-            self._open[aggregate_id] = Admission(request_id, tenant, model, received_at)
+            self._open[aggregate_id] = Admission(request_id, tenant, model, received_at, operation)
 
     def _selected(self, aggregate_id: str, provider: str | None, served_model: str | None) -> Admission | None:
         """The admission of a settled request the filters select (and that was served), or None."""
@@ -242,6 +253,7 @@ class Repricer:
             old,
             priced.cost_usd,
             priced.price_ref,
+            operation=admission.operation,
         )
 
     def served_from_cache(
@@ -276,6 +288,7 @@ class Repricer:
             priced.cost_usd,
             priced.price_ref,
             saving=True,
+            operation=admission.operation,
         )
 
     def rows(self) -> list[dict[str, Any]]:

@@ -45,6 +45,9 @@ class ChatRequest:
     # `body` is then its translation to chat.
     native: Mapping[str, Any] | None = None
     native_api: str | None = None
+    # An embeddings request (`policies.embeddings`): how many inputs `body["input"]` holds. None: chat.
+    # Such a request generates nothing: `max_tokens` is 0, so admission reserves no output.
+    inputs: int | None = None
 
     def capped(self, cap: int) -> ChatRequest:
         """This request with its output bounded at `cap` tokens (a hard budget's), in both bodies."""

@@ -1,9 +1,11 @@
 """Any OpenAI-compatible server: OpenAI, Azure-style base URLs, vLLM, Ollama, Groq, ...
 
 The wire format only: encode the request, decode responses and stream events. `OpenAIUpstream` puts
-it on a `providers.http.Endpoint` (`POST {base_url}/chat/completions`). A provider configured with
-`responses = true` is also sent a Responses API call as the client made it (`POST {base_url}/responses`,
-`providers.openai_responses`); without it, such a call is sent as its chat translation.
+it on a `providers.http.Endpoint` (`POST {base_url}/chat/completions`), and embeds: the client's
+embeddings body passed through (`model` replaced) to `POST {base_url}/embeddings`, its usage read.
+A provider configured with `responses = true` is also sent a Responses API call as the client made
+it (`POST {base_url}/responses`, `providers.openai_responses`); without it, such a call is sent as
+its chat translation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from providers.errors import MalformedResponse, UpstreamServerError
 from providers.http import Endpoint, SSEChunkStream, secrets_of
 from providers.sse import SSEEvent
 from providers.upstream import Call, Chunk, Completion, Timeouts, chunk_from_openai
+
+CHAT_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"
 
 
 def encode_request(call: Call) -> bytes:
@@ -37,6 +42,22 @@ def decode_response(provider: str, content: bytes) -> Completion:
         raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not a chat completion")
+    return Completion(body, Usage.from_openai(body.get("usage")))
+
+
+def encode_embeddings(call: Call) -> bytes:
+    """The client's embeddings JSON with only `model` replaced."""
+    return json.dumps({**call.body, "model": call.upstream_model}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_embeddings(provider: str, content: bytes) -> Completion:
+    """An embeddings answer (`{"object": "list", "data": [...], "usage": {prompt_tokens, total_tokens}}`)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not a list of embeddings")
     return Completion(body, Usage.from_openai(body.get("usage")))
 
 
@@ -73,7 +94,7 @@ class OpenAIUpstream:
         if api_key:
             default_headers["authorization"] = f"Bearer {api_key}"
         self.secrets = secrets_of(api_key, headers)
-        url = base_url.rstrip("/")
+        url = base_url.rstrip("/")  # one client (one pool) for every path
         self._endpoint = Endpoint(name, url, default_headers, self.secrets, timeouts, max_connections, transport)
 
     def _passed_through(self, call: Call) -> bool:
@@ -83,7 +104,7 @@ class OpenAIUpstream:
         if self._passed_through(call):
             answer = await self._endpoint.post(openai_responses.encode_request(call), call.headers, "/responses")
             return openai_responses.decode_response(self.name, answer)
-        answer = await self._endpoint.post(encode_request(call), call.headers, "/chat/completions")
+        answer = await self._endpoint.post(encode_request(call), call.headers, CHAT_PATH)
         return decode_response(self.name, answer)
 
     async def open_stream(self, call: Call) -> SSEChunkStream:
@@ -92,7 +113,11 @@ class OpenAIUpstream:
             responses = openai_responses.ResponsesStreamDecoder(self.name)
             return await self._endpoint.open_sse(content, call.headers, responses, "response.completed", "/responses")
         decoder = OpenAIStreamDecoder(self.name)
-        return await self._endpoint.open_sse(encode_request(call), call.headers, decoder, "[DONE]", "/chat/completions")
+        return await self._endpoint.open_sse(encode_request(call), call.headers, decoder, "[DONE]", CHAT_PATH)
+
+    async def embed(self, call: Call) -> Completion:
+        answer = await self._endpoint.post(encode_embeddings(call), call.headers, EMBEDDINGS_PATH)
+        return decode_embeddings(self.name, answer)
 
     async def aclose(self) -> None:
         await self._endpoint.aclose()

@@ -13,14 +13,22 @@ offset derived from the prompt (same prompt, same reply), one word per token; us
     error_status        the HTTP status that failure imitates (500, 429, 503, 400, ...)
     fail_at             "start" (before anything is sent) or "mid_stream" (after the first content)
     hang                never answer (until the caller gives up)
+
+It also embeds (`embed`): each input's vector is a unit vector drawn from the SHAKE-256 hash of the
+input (the text's UTF-8 bytes, or the token ids' JSON), `DEFAULT_DIMENSIONS` long or the request's
+`dimensions`, as floats or as base64 of little-endian float32 (`encoding_format`, as OpenAI's);
+usage counts `providers.tokens.estimate_input_tokens` as prompt tokens.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import random
 import secrets
+import struct
 import time
 from typing import Any, Literal
 
@@ -29,7 +37,13 @@ import trio
 
 from events.usage import Usage
 from providers.errors import StreamBroken, error_for_status
-from providers.tokens import estimate_prompt_tokens, message_text, requested_max_tokens
+from providers.tokens import (
+    embedding_inputs,
+    estimate_input_tokens,
+    estimate_prompt_tokens,
+    message_text,
+    requested_max_tokens,
+)
 from providers.upstream import Call, Chunk, Completion
 
 VOCABULARY = [
@@ -87,6 +101,25 @@ VOCABULARY = [
 def completion_id() -> str:
     """A fresh `chatcmpl-sim-…` id, unique across restarts (random, not a counter from 1)."""
     return f"chatcmpl-sim-{secrets.token_hex(12)}"
+
+
+DEFAULT_DIMENSIONS = 1536
+
+
+def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """The simulator's vector for one input: deterministic, of length 1 (see the module docstring)."""
+    seed = item.encode("utf-8", "surrogatepass") if isinstance(item, str) else json.dumps(item).encode()
+    words = struct.unpack(f"<{dimensions}I", hashlib.shake_256(seed).digest(4 * dimensions))
+    values = [word / 2**31 - 1.0 for word in words]
+    norm = math.sqrt(sum(value * value for value in values)) or 1.0
+    return [value / norm for value in values]
+
+
+def encode_vector(vector: list[float], encoding_format: object) -> list[float] | str:
+    """A vector as OpenAI sends it: floats, or base64 of little-endian float32 when asked."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 @attrs.frozen
@@ -157,6 +190,32 @@ class Simulator:
             "system_fingerprint": "tollgate-simulator",
         }
         return Completion(body, usage)
+
+    async def embed(self, call: Call) -> Completion:
+        await self._maybe_fail("start")
+        if self.settings.latency_ms:
+            await trio.sleep(self.settings.latency_ms / 1000)
+        body = call.body
+        dimensions = body.get("dimensions")
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            dimensions = DEFAULT_DIMENSIONS
+        encoding = body.get("encoding_format")
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_vector(embedding_vector(item, dimensions), encoding),
+            }
+            for index, item in enumerate(embedding_inputs(body.get("input")))
+        ]
+        usage = Usage(estimate_input_tokens(body.get("input")), 0)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": call.upstream_model,
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        }
+        return Completion(answer, usage)
 
     async def open_stream(self, call: Call) -> SimulatedStream:
         await self._maybe_fail("start")

@@ -43,3 +43,22 @@ def requested_max_tokens(body: Mapping[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def embedding_inputs(value: object) -> list[str | list[int]]:
+    """An embeddings request's `input` as a list of inputs: each a text or a list of token ids (a
+    string, a list of strings, a list of token ids and a list of such lists are its four forms).
+    Anything else yields what it can; validating is `policies.embeddings`'s business."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        return []
+    if value and all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        return [list(value)]
+    return [item for item in value if isinstance(item, str | list)]
+
+
+def estimate_input_tokens(value: object) -> int:
+    """The input tokens of an embeddings request's `input`: `estimate_tokens` of each text, and one
+    per token id of each token list (those are counted exactly)."""
+    return sum(estimate_tokens(item) if isinstance(item, str) else len(item) for item in embedding_inputs(value))

@@ -1,13 +1,15 @@
 """What every provider adapter offers the gateway: one call, answered whole or as a chunk stream.
 
 The gateway speaks OpenAI's chat-completions format to clients, so adapters return OpenAI-shaped
-bodies and chunks whatever their wire format is.
+bodies and chunks whatever their wire format is. An adapter that can also embed is an `Embedder`
+(its `capabilities` include `EMBEDDINGS`): the OpenAI-kind adapter and the simulator are; the
+Anthropic one is not (Anthropic has no embeddings API).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -94,6 +96,26 @@ class Upstream(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+CHAT = "chat"
+EMBEDDINGS = "embeddings"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """An adapter that answers OpenAI's embeddings: `call.body` is the client's embeddings body."""
+
+    name: str
+
+    async def embed(self, call: Call) -> Completion:
+        """The OpenAI `list` of embeddings (`body`) and its usage (prompt tokens only)."""
+        ...
+
+
+def capabilities(upstream: object) -> frozenset[str]:
+    """What an adapter can be asked for: every one does chat; an `Embedder` also embeds."""
+    return frozenset({CHAT, EMBEDDINGS}) if isinstance(upstream, Embedder) else frozenset({CHAT})
 
 
 def chunk_from_openai(data: dict[str, Any], raw: str | None = None) -> Chunk:

@@ -144,7 +144,7 @@ class Metrics:
         # labelled children looked up once per label set: prometheus-client's `labels()` validates
         # and locks on every call, the request path calls it half a dozen times per request
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
-        self._settled: dict[tuple[str, str, str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        self._settled: dict[tuple[str, str, str, str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         self._first_token: dict[tuple[str, str], Histogram] = {}
         self.url: str | None = None  # where `[metrics] port` serves, once bound
 
@@ -165,17 +165,20 @@ class Metrics:
         cost_usd: Decimal | None,
         latency_s: float,
         overhead_s: float,
+        operation: str = "chat",
     ) -> None:
-        """A request settled (`RequestRecord.settle`, the one place): its tokens, cost and timings."""
+        """A request settled (`RequestRecord.settle`, the one place): its tokens, cost and timings.
+        `operation` is OpenTelemetry's `gen_ai.operation.name`: "chat" (Messages and Responses
+        requests are chats too) or "embeddings"."""
         labels = (self.label_tenant(tenant), self.label_model(model), provider or "none")
-        key = (*labels, outcome)
+        key = (*labels, outcome, operation)
         children = self._settled.get(key)
         if children is None:
             tenant_label, model_label, provider_label = labels
             children = self._settled[key] = (
                 self.tokens.labels("input", provider_label, model_label, tenant_label),
                 self.tokens.labels("output", provider_label, model_label, tenant_label),
-                self.duration.labels("chat", provider_label, model_label, outcome),
+                self.duration.labels(operation, provider_label, model_label, outcome),
                 self.overhead.labels(provider_label),
             )
         if prompt_tokens or completion_tokens:

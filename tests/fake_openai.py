@@ -8,7 +8,9 @@ It counts its open streams, so tests can prove the gateway never leaves one behi
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -97,6 +99,27 @@ class FakeOpenAI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": b.reply}, "finish_reason": "stop"}],
             "usage": usage,
         }
+
+    def embeddings(self, body: dict[str, Any], b: Behaviour) -> dict[str, Any]:
+        """OpenAI's embeddings answer: one vector per input (`dimensions` long, else 3), as floats or
+        base64 float32; usage is `b.prompt_tokens` (or `b.usage` verbatim)."""
+        inputs = body.get("input")
+        items = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs
+        size = body.get("dimensions") or 3
+        data = []
+        for index, _ in enumerate(items or ()):
+            vector = [round((index + 1) * (k + 1) / 100, 2) for k in range(size)]
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        usage: Any = {"prompt_tokens": b.prompt_tokens, "total_tokens": b.prompt_tokens}
+        if b.usage is not None:
+            usage = b.usage
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model", "")}
+        if b.send_usage:
+            answer["usage"] = usage
+        return answer
 
     def chunk(
         self, model: str, delta: dict[str, Any], finish: str | None = None, usage: Any = None, choices: bool = True
@@ -268,7 +291,15 @@ class FakeOpenAI:
                 if not streaming:  # a stream ends its request when its body generator ends
                     self._request_ended()
 
-        async def answer(responses: bool = False) -> Response:
+        @app.post("/v1/embeddings")
+        async def embeddings() -> Response:
+            self.open_requests += 1
+            try:
+                return await answer(embeddings=True)
+            finally:
+                self._request_ended()
+
+        async def answer(responses: bool = False, embeddings: bool = False) -> Response:
             body = await request.get_json(force=True)
             self.bodies.append(body)
             self.paths.append(request.path)
@@ -293,6 +324,8 @@ class FakeOpenAI:
                 if body.get("stream"):
                     return Response(self.response_stream(body, b), 200, content_type="text/event-stream")
                 return Response(json.dumps(self.response(body, b)), 200, content_type="application/json")
+            if embeddings:
+                return Response(json.dumps(self.embeddings(body, b)), 200, content_type="application/json")
             if body.get("stream"):
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 return Response(self.stream(model, b, include_usage), 200, content_type="text/event-stream")

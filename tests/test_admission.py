@@ -164,7 +164,7 @@ policies = st.builds(
 )
 chats = st.builds(
     chat_request,
-    max_tokens=st.one_of(st.none(), st.integers(1, 4000)),
+    max_tokens=st.one_of(st.none(), st.just(0), st.integers(1, 4000)),  # 0: an embeddings request, no output
     prompt_bytes=st.integers(0, 20_000),
     message_count=st.integers(0, 10),
     image_parts=st.integers(0, 2),

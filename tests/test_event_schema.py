@@ -493,3 +493,19 @@ def test_stored_v1_admitted_and_rejected_load_as_chat_requests(tmp_path: Path) -
         store.close()
     assert sorted(type(e).__name__ for e in loaded) == ["Admitted", "Rejected"]
     assert [e.operation for e in loaded] == ["chat", "chat"]
+
+
+def test_stored_v1_restatements_load_as_chat_restatements(tmp_path: Path) -> None:
+    """`operation` came to `CostRestated` and `SavingRestated` with v2 (the spend projection groups by it)."""
+    topics = {topic_of(Request.CostRestated), topic_of(Request.SavingRestated)}
+    entries = [e for e in golden.load() if e["topic"] in topics and e["class_version"] == 1]
+    assert len(entries) == 2
+    path = str(tmp_path / "v1.sqlite3")
+    _write_rows(path, entries)
+    store = LedgerStore(path)
+    try:
+        loaded = [record.event for record in store.read(0, 10)]
+    finally:
+        store.close()
+    assert sorted(type(e).__name__ for e in loaded) == ["CostRestated", "SavingRestated"]
+    assert [e.operation for e in loaded] == ["chat", "chat"]

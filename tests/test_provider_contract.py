@@ -7,6 +7,8 @@ server holds no open stream (the simulator has no server, so it has nothing to w
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
@@ -16,10 +18,10 @@ import pytest
 import trio
 
 from providers.anthropic import AnthropicUpstream
-from providers.errors import ProviderError, StreamBroken, UpstreamRejected
-from providers.openai import OpenAIUpstream
+from providers.errors import MalformedResponse, ProviderError, StreamBroken, UpstreamRejected
+from providers.openai import OpenAIUpstream, decode_embeddings
 from providers.simulator import Simulator, SimulatorSettings
-from providers.upstream import Call, Chunk, ChunkStream, Timeouts, Upstream
+from providers.upstream import CHAT, EMBEDDINGS, Call, Chunk, ChunkStream, Embedder, Timeouts, Upstream, capabilities
 from tests import fake_anthropic, fake_openai
 
 Fault = Literal["none", "server_error", "client_error", "broken_stream", "slow_stream"]
@@ -226,3 +228,59 @@ async def test_stream_dying_mid_body_is_stream_broken(open_subject: OpenSubject)
             await subject.wait_streams_closed()
     assert caught.value.retryable
     assert any(chunk.content_bytes for chunk in received), "the stream broke after content had started"
+
+
+# --- embeddings: every adapter that embeds, the same contract --------------------------------------------------------
+
+EMBEDDERS = ("simulator", "openai")
+
+
+def embed_call(**extra: Any) -> Call:
+    return Call({"model": "any", "input": ["ledger", "tokens"], **extra}, "model-x", False)
+
+
+@pytest.mark.parametrize("subject", EMBEDDERS)
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_embed_returns_one_vector_per_input_and_usage(subject: str, encoding: str) -> None:
+    async with SUBJECTS[subject]("none") as opened:
+        upstream = opened.upstream
+        assert EMBEDDINGS in capabilities(upstream) and isinstance(upstream, Embedder)
+        answer = await upstream.embed(embed_call(encoding_format=encoding, dimensions=8))
+    body = answer.body
+    assert body["object"] == "list" and body["model"] == "model-x"
+    assert [item["index"] for item in body["data"]] == [0, 1]
+    for item in body["data"]:
+        vector = item["embedding"]
+        if encoding == "base64":
+            assert isinstance(vector, str)
+            vector = struct.unpack("<8f", base64.b64decode(vector))
+        assert len(vector) == 8
+    assert answer.usage is not None and answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens == 0
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] == answer.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("subject", EMBEDDERS)
+@pytest.mark.parametrize(("fault", "retryable"), [("server_error", True), ("client_error", False)])
+async def test_embed_failures_are_provider_errors(subject: str, fault: Fault, retryable: bool) -> None:
+    async with SUBJECTS[subject](fault) as opened:
+        assert isinstance(opened.upstream, Embedder)
+        with pytest.raises(ProviderError) as failed:
+            await opened.upstream.embed(embed_call())
+    assert failed.value.retryable is retryable
+    assert isinstance(failed.value, UpstreamRejected) is not retryable
+
+
+async def test_anthropic_does_not_embed() -> None:
+    async with anthropic("none") as opened:
+        assert capabilities(opened.upstream) == {CHAT}
+        assert not isinstance(opened.upstream, Embedder)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"{nope", "not JSON"), (b'{"object": "list"}', "not a list of embeddings"), (b"[1]", "not a list")],
+)
+def test_an_embeddings_answer_that_is_not_one_is_malformed(content: bytes, why: str) -> None:
+    with pytest.raises(MalformedResponse) as malformed:
+        decode_embeddings("openai", content)
+    assert why in malformed.value.message and malformed.value.retryable  # another provider may answer

@@ -109,7 +109,7 @@ async def handle_chat(
     try:
         body = parse_json(raw)  # decoded once, also for recording what a refused request asked for
         chat = parse(body)
-        deployments = router.candidates(parts.routes, chat.model)
+        deployments = router.candidates(parts.routes, chat.model, operation, parts.providers)
         with exchange.spanned(
             "tollgate.admission", {"tollgate.tenant": tenant.name, "gen_ai.request.model": chat.model}
         ):

@@ -28,7 +28,7 @@ from policies.routing import Deployment
 from policies.usage import billed_usage, reported_record
 from policies.validation import ChatRequest
 from providers.errors import ProviderError
-from providers.tokens import estimate_prompt_tokens
+from providers.tokens import estimate_input_tokens, estimate_prompt_tokens
 from runtime.actors.tenant import Admission
 from runtime.chat.exchange import Account, Exchange
 from runtime.ledger.books import TenantView
@@ -42,7 +42,10 @@ log = logging.getLogger("tollgate.record")
 
 
 def estimate_usage(chat: ChatRequest, content_bytes: int) -> Usage:
-    """Usage when the provider reported none: the prompt estimate plus the bytes delivered."""
+    """Usage when the provider reported none: the prompt estimate plus the bytes delivered (an
+    embeddings request: its input's estimate, and no output)."""
+    if chat.inputs is not None:
+        return Usage(estimate_input_tokens(chat.body.get("input")), 0, 0, "estimated")
     completion = (content_bytes + 3) // 4
     return Usage(estimate_prompt_tokens(chat.body.get("messages") or []), completion, 0, "estimated")
 
@@ -263,6 +266,7 @@ class RequestRecord:
             priced.cost_usd,
             exchange.latency_ms() / 1000,
             exchange.overhead_ms() / 1000,
+            "embeddings" if self.operation == "embeddings" else "chat",
         )
         if (span := exchange.serving) is not None:  # the attempt that answered ends with its account
             exchange.serving = None

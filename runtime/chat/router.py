@@ -22,9 +22,21 @@ import trio
 from opentelemetry.trace import StatusCode
 
 from events.request import Request
+from policies.errors import InvalidRequest
 from policies.routing import Deployment, RoutingIndex
 from providers.errors import ProviderError, UpstreamRateLimited, UpstreamTimeout, describe
-from providers.upstream import Call, Chunk, ChunkStream, Completion, Timeouts, Upstream
+from providers.upstream import (
+    CHAT,
+    EMBEDDINGS,
+    Call,
+    Chunk,
+    ChunkStream,
+    Completion,
+    Embedder,
+    Timeouts,
+    Upstream,
+    capabilities,
+)
 from runtime.actors.provider import CANCELLED, SUCCESS, Lease, Outcome, ProviderHandle
 from runtime.chat.exchange import Exchange
 from runtime.chat.record import RequestRecord, estimate_usage
@@ -58,11 +70,30 @@ class Attempt:
         return self.lease.handle.config.timeouts
 
 
-def candidates(routes: RoutingIndex, model: str) -> tuple[Deployment, ...]:
+def candidates(
+    routes: RoutingIndex,
+    model: str,
+    operation: str = CHAT,
+    providers: Mapping[str, ProviderHandle] | None = None,
+) -> tuple[Deployment, ...]:
+    """The deployments serving `model`; for embeddings, only those whose provider can embed (an
+    unknown model is a 404 `model_not_found`; a model none of whose providers embeds, a 400
+    `model_not_embeddings`)."""
     found = routes.lookup(model)
     if not found:
         raise ModelNotFound(f"The model '{model}' does not exist or is not served by this gateway.")
-    return found
+    if operation != EMBEDDINGS:
+        return found
+    assert providers is not None
+    able = tuple(d for d in found if EMBEDDINGS in capabilities(providers[d.provider].upstream))
+    if not able:
+        raise InvalidRequest(
+            f"The model '{model}' is not an embeddings model: none of its providers "
+            f"({', '.join(dict.fromkeys(d.provider for d in found))}) can embed.",
+            param="model",
+            code="model_not_embeddings",
+        )
+    return able
 
 
 _jitter = random.Random()
@@ -165,10 +196,11 @@ async def _try_candidates(
             call = Call(
                 chat.body, deployment.model, chat.stream, exchange.upstream_headers(), chat.native, chat.native_api
             )
+            operation = EMBEDDINGS if record.operation == EMBEDDINGS else CHAT
             span = exchange.child(
-                f"chat {chat.model}",
+                f"{operation} {chat.model}",
                 {
-                    "gen_ai.operation.name": "chat",
+                    "gen_ai.operation.name": operation,
                     "gen_ai.provider.name": deployment.provider,
                     "gen_ai.request.model": chat.model,
                     "gen_ai.response.model": deployment.model,
@@ -245,10 +277,16 @@ async def settle_failure(record: RequestRecord, error: BaseException, last: Depl
 async def complete(
     providers: Mapping[str, ProviderHandle], record: RequestRecord, exchange: Exchange
 ) -> tuple[Attempt, Completion]:
-    """The first complete answer, and the attempt that gave it (its lease released)."""
+    """The first complete answer (an embeddings request's: its embeddings), and the attempt that
+    gave it (its lease released)."""
+
+    embeddings = record.operation == EMBEDDINGS
 
     async def call_upstream(upstream: Upstream, call: Call, timeouts: Timeouts) -> Completion:
         with upstream_deadline(upstream.name, timeouts.total_s, "complete answer"):
+            if embeddings:
+                assert isinstance(upstream, Embedder)  # `candidates` kept only providers that embed
+                return await upstream.embed(call)
             return await upstream.complete(call)
 
     attempt, completion = await _first_success(providers, record, exchange, call_upstream)

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import httpx
 import trio
 
-from events.projections import SPEND_BASES
+from events.projections import SPEND_BASES, SPEND_GROUPS
 from events.store import LedgerError, LedgerStore, is_postgres, redact
 from policies.tenant import POLICY_FIELDS
 from runtime.cli.output import FORMATS, write_rows
@@ -133,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     spend.add_argument("--tenant")
     spend.add_argument("--from", dest="day_from")
     spend.add_argument("--to", dest="day_to")
-    spend.add_argument("--group-by", default="tenant,model,provider")
+    spend.add_argument(
+        "--group-by",
+        default="tenant,model,provider",
+        help=f"comma-separated, of {', '.join(SPEND_GROUPS)} (operation: the API called, chat, messages, ...)",
+    )
     spend.add_argument(
         "--basis", choices=SPEND_BASES, help="costs as recorded, or as restated by re-pricing (the API's default)"
     )

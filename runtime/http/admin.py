@@ -6,7 +6,8 @@
     POST   /admin/tenants/{id}/rotate-key      {"grace_period_s": N} keeps the old key working N s
     POST   /admin/tenants/{id}/disable|enable
     GET    /admin/pricing, PUT /admin/pricing  the price list; set prices with an effective_from
-    GET    /admin/spend                        ?tenant=&from=&to=&group_by=model,provider,day&basis=restated|as_recorded
+    GET    /admin/spend                        ?tenant=&from=&to=&group_by=tenant,model,provider,day,operation
+                                               &basis=restated|as_recorded
     POST   /admin/reprice                      a price set + filters; a dry-run report, or commit restatements
     GET    /admin/events                       ?after=&limit=&tenant=&request_id=&ledger_id=  (paged audit log)
     GET    /admin/providers, /admin/ledger     actor and journal statistics

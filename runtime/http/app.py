@@ -18,6 +18,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from policies.embeddings import parse_embeddings_request
 from policies.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -29,7 +30,7 @@ from policies.errors import (
 )
 from providers.errors import ProviderError
 from runtime.chat.exchange import Exchange
-from runtime.chat.handle import ChatParts, Streaming, handle_chat
+from runtime.chat.handle import Answered, ChatParts, Streaming, handle_chat
 from runtime.chat.responses import PreviousResponseNotFound, StreamingResponse, handle_responses
 from runtime.errors import (
     ActorUnavailable,
@@ -342,6 +343,28 @@ def create_app(gateway: Gateway) -> QuartTrio:
             closers(request.scope).append(answer.relay.aclose)
             return Response(answer.relay, 200, answer.headers, content_type="text/event-stream; charset=utf-8")
         return json_response(answer.body, 200, answer.headers)
+
+    @app.post("/v1/embeddings")
+    async def embeddings() -> Response:
+        """OpenAI's embeddings: the chat use case (admission, routing, fallback, settlement) with
+        the body read by `parse_embeddings_request`, served only by providers that embed."""
+        answer = await handle_chat(
+            parts,
+            g.exchange,
+            request.headers.get("Authorization"),
+            lambda: request.get_data(cache=False, as_text=False),
+            error_reply,
+            operation="embeddings",
+            parse=parse_embeddings_request,
+        )
+        if isinstance(answer, ErrorReply):
+            return answer.response()
+        assert isinstance(answer, Answered)  # an embeddings request never streams
+        body = answer.body
+        if answer.usage_corrected:  # billed otherwise than reported: shown as billed, in embeddings' shape
+            prompt = body["usage"]["prompt_tokens"]
+            body["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
+        return json_response(body, 200, answer.headers)
 
     register_messages(app, parts, error_reply)
 

@@ -65,6 +65,7 @@ REQUEST_FIELDS: dict[str, type] = {
     "tenant": str,
     "model": str,
     "received_at": datetime,
+    "operation": str,
     "provider": str,
     "served_model": str,
     "prompt_tokens": int,
@@ -173,7 +174,12 @@ class Scan:
             state = raw.state
             if raw.topic == ADMITTED:
                 repricer.admitted(
-                    raw.originator_id, state["request_id"], state["tenant"], state["model"], state["received_at"]
+                    raw.originator_id,
+                    state["request_id"],
+                    state["tenant"],
+                    state["model"],
+                    state["received_at"],
+                    state["operation"] or "chat",
                 )
                 continue
             if state["usage_source"] == UNKNOWN_USAGE:
