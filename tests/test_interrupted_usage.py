@@ -14,7 +14,15 @@ import trio
 from events.request import Request
 from runtime.auth import DEMO_KEY
 from tests.fake_openai import Behaviour, fake_openai
-from tests.harness import ADMIN, ledger_events, make_config, openai_provider, running_gateway, wait_for_events
+from tests.harness import (
+    ADMIN,
+    ledger_events,
+    make_config,
+    openai_provider,
+    request_events,
+    running_gateway,
+    wait_for_events,
+)
 
 DEMO = {"Authorization": f"Bearer {DEMO_KEY}"}
 PRICING = {"up/gpt-test": {"input_per_mtok": "10", "output_per_mtok": "20"}}
@@ -61,3 +69,20 @@ async def test_a_stream_interrupted_after_its_usage_chunk_is_recovered_with_that
     assert failed.cost_usd == Decimal("0.00025")  # (11 × 10 + 7 × 20) / 1e6
     assert failed.price_ref is not None and failed.price_ref.startswith("up/gpt-test@")
     assert spend["totals"]["interrupted_unknown_usage"] == 0, "its usage is known"
+
+
+async def test_a_stream_writes_one_usage_reported_before_its_terminal_event_chat_and_messages() -> None:
+    async with running_gateway(make_config()) as gw, gw.http() as http:
+        chat = {"model": "sim-1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        answer = await http.post("/v1/chat/completions", json=chat, headers={**DEMO, "X-Request-ID": "chat"})
+        assert answer.status_code == 200 and "[DONE]" in answer.text
+        messages = {**chat, "max_tokens": 50}
+        answer = await http.post("/v1/messages", json=messages, headers={"x-api-key": DEMO_KEY, "X-Request-ID": "msg"})
+        assert answer.status_code == 200 and "message_stop" in answer.text
+        plain = {**chat, "stream": False}
+        answer = await http.post("/v1/chat/completions", json=plain, headers={**DEMO, "X-Request-ID": "plain"})
+        assert answer.status_code == 200
+        chains = request_events(await ledger_events(gw))
+    assert chains["chat"] == ["Admitted", "UsageReported", "Completed"]
+    assert chains["msg"] == ["Admitted", "UsageReported", "Completed"]
+    assert chains["plain"] == ["Admitted", "Completed"], "only streams: an answer is settled as it arrives"
