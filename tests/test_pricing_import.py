@@ -178,3 +178,56 @@ def test_plan_keeps_hand_prices_and_updates_its_own() -> None:
     older = PriceEntry("p/m", at, cheap, "genai-prices")  # an earlier catalogue version: updated, not a conflict
     updated = plan_import(timeline, [older], "genai-prices", overwrite=False)
     assert [o.status for o in updated.outcomes] == ["imported", "imported"]
+
+
+def test_catalogue_prices_our_model_cannot_express_are_skipped_with_the_reason() -> None:
+    from datetime import time
+
+    from genai_prices import types
+
+    from runtime.cli import catalogue
+
+    def model(model_id: str, prices: Any) -> Any:
+        return types.ModelInfo(id=model_id, match=types.ClauseEquals(equals=model_id), prices=prices)
+
+    def tiered(base: str, *tiers: tuple[int, str]) -> Any:
+        return types.TieredPrices(Decimal(base), [types.Tier(start, Decimal(price)) for start, price in tiers])
+
+    plain = types.ModelPrice
+    provider = types.Provider(
+        id="acme",
+        name="Acme",
+        api_pattern="",
+        models=[
+            model("fee", plain(input_mtok=Decimal(1), output_mtok=Decimal(2), requests_kcount=Decimal(5))),
+            model("two-tiers", plain(input_mtok=tiered("1", (1000, "2"), (5000, "3")), output_mtok=Decimal(2))),
+            model("odd-tiers", plain(input_mtok=tiered("1", (1000, "2")), output_mtok=tiered("2", (2000, "4")))),
+            model("one-tier", plain(input_mtok=tiered("1", (1000, "2")), output_mtok=Decimal(2))),
+            model(
+                "off-peak",
+                [
+                    types.ConditionalPrice(prices=plain(input_mtok=Decimal(1), output_mtok=Decimal(2))),
+                    types.ConditionalPrice(
+                        types.TimeOfDateConstraint(time(16, 30), time(0, 30)),
+                        prices=plain(input_mtok=Decimal("0.5"), output_mtok=Decimal(1)),
+                    ),
+                ],
+            ),
+            model("embed", plain(input_mtok=Decimal("0.02"))),
+        ],
+    )
+    served = {"ours": ["fee", "two-tiers", "odd-tiers", "one-tier", "off-peak", "embed"]}
+    selection = catalogue.select("9.9", [provider], {"ours": "acme"}, served, None)
+    prices = {row["key"]: row["price"] for row in selection.prices}
+    assert prices["ours/fee"]["per_request_usd"] == "0.005"
+    assert prices["ours/one-tier"]["long_context"] == {
+        "above_prompt_tokens": 1000,
+        "input_per_mtok": "2",
+        "output_per_mtok": "2",
+    }
+    reasons = {row["key"]: row["note"] for row in selection.skipped}
+    assert set(reasons) == {"ours/two-tiers", "ours/odd-tiers", "ours/off-peak", "ours/embed"}
+    assert "more than one price tier" in reasons["ours/two-tiers"]
+    assert "different input-token thresholds" in reasons["ours/odd-tiers"]
+    assert "time-of-day" in reasons["ours/off-peak"]
+    assert "no output_mtok price" in reasons["ours/embed"]
