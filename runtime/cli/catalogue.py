@@ -32,8 +32,8 @@ from typing import Any
 
 import attrs
 
-CATALOGUE = "genai-prices"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from policies.catalogue import CATALOGUE_EPOCH as EPOCH
+
 RATES = {
     "input_mtok": "input_per_mtok",
     "output_mtok": "output_per_mtok",
