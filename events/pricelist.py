@@ -36,8 +36,8 @@ class PriceList(Aggregate):
     class PriceSet(Aggregate.Event):
         """A price from `effective_from` on. The rates are `policies.cost.Price` as flat fields
         (`policies.cost.price_fields`): the long-context tier's prefixed `long_context_`.
-        `source` says who set it ("config", "api", "catalogue"); `catalogue` names the catalogue
-        and its version for an imported price (e.g. "genai-prices 0.0.30"), None otherwise.
+        `source` says who set it ("config", "api", or the catalogue an import read: "genai-prices");
+        `catalogue` is that catalogue's version for an imported price (e.g. "0.2.3"), None otherwise.
 
         v2 added the cache-write rates, the per-request fee, the long-context tier and `catalogue`;
         an older event loads with them None (a price without them)."""

@@ -157,7 +157,9 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
             totals["prompt_tokens"] += event.prompt_tokens
             totals["completion_tokens"] += event.completion_tokens
             totals["cached_tokens"] += event.cached_tokens
-            unknown = event.outcome == INTERRUPTED  # usage unknown (before v3 of the events: recorded as $0)
+            # usage unknown (before v3 of the events: recorded as $0, "estimated"), unless the provider had
+            # reported it before the stop (`Request.UsageReported`): then it was recovered with that usage
+            unknown = event.outcome == INTERRUPTED and event.usage_source in ("unknown", "estimated")
             totals["interrupted_unknown_usage"] += unknown
             if event.cost_usd is not None:
                 totals["cost"] += event.cost_usd

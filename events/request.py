@@ -75,6 +75,24 @@ class Request(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.attempts += 1
 
+    class UsageReported(Aggregate.Event):
+        """A stream's provider reported its usage (the counts as they will be billed, `usage_source`
+        saying how: "provider", or "provider_capped"/"provider_invalid" when corrected) before the
+        stream ended: written once per stream, when the usage chunk is read, so a request the
+        gateway dies under after it is recovered with this usage and its cost, not as unknown."""
+
+        provider: str
+        served_model: str
+        prompt_tokens: int
+        completion_tokens: int
+        cached_tokens: int
+        cache_write_tokens: int
+        cache_write_1h_tokens: int
+        usage_source: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.usage_reported = self
+
     class Settled(Aggregate.Event):
         """The shape every terminal event shares; never stored itself.
 
@@ -209,6 +227,7 @@ class Request(Aggregate):
         self.attempts = 0
         self.outcome: str | None = None
         self.restatements = 0
+        self.usage_reported: Request.UsageReported | None = None
 
     @classmethod
     def admit(
@@ -275,6 +294,12 @@ class Request(Aggregate):
             error_kind=error_kind,
             status=status,
             retryable=retryable,
+        )
+
+    def report_usage(self, provider: str, served_model: str, usage_source: str, **counts: int) -> None:
+        """Append `UsageReported`: the counts of `events.usage.Usage` (prompt, completion, cached, cache writes)."""
+        self.trigger_event(
+            self.UsageReported, provider=provider, served_model=served_model, usage_source=usage_source, **counts
         )
 
     def settle(self, kind: type[Settled], **fields: Any) -> None:

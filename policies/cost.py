@@ -200,11 +200,13 @@ def price_from_fields(fields: Mapping[str, Any]) -> Price:
 
 @attrs.frozen
 class PriceEntry:
-    """A price for `key` ("PROVIDER/MODEL") from `effective_from` on; `price` None means removed."""
+    """A price for `key` ("PROVIDER/MODEL") from `effective_from` on; `price` None means removed.
+    `source` says who set it ("config", "api", "genai-prices"; None where it does not matter)."""
 
     key: str
     effective_from: datetime
     price: Price | None
+    source: str | None = attrs.field(default=None, eq=False)
 
     @property
     def ref(self) -> str:

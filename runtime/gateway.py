@@ -30,7 +30,8 @@ from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import MEMORY, Instance, LedgerStore
 from events.tenant import Tenant, tenant_id
-from policies.cost import UNPRICED, price_fields
+from events.usage import Usage
+from policies.cost import UNPRICED, Priced, price_fields
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -279,9 +280,32 @@ async def _orphans(gateway: Gateway, live: set[str]) -> list[Any]:
             continue
         request = await gateway.load(uuid.UUID(row["id"]), Request)
         if request is not None and request.outcome is None:
-            append_terminal(request, Request.Failed, "interrupted", USAGE_UNKNOWN, UNPRICED, None)
+            append_terminal(request, Request.Failed, "interrupted", *_recovered_usage(gateway, request, row))
             events.extend(request.collect_events())
     return events
+
+
+def _recovered_usage(
+    gateway: Gateway, request: Request, row: dict[str, Any]
+) -> tuple[Usage, Priced, Deployment | None]:
+    """What an interrupted request is settled with: unknown usage (cost None), unless its provider
+    had reported usage before the stop (`Request.UsageReported`), priced as it would have been."""
+    reported = request.usage_reported
+    if reported is None:
+        return USAGE_UNKNOWN, UNPRICED, None
+    usage = Usage(
+        reported.prompt_tokens,
+        reported.completion_tokens,
+        reported.cached_tokens,
+        reported.usage_source,  # type: ignore[arg-type]  # a UsageSource, as it was recorded
+        cache_write_tokens=reported.cache_write_tokens,
+        cache_write_1h_tokens=reported.cache_write_1h_tokens,
+    )
+    served = Deployment(reported.provider, reported.served_model)
+    if not usage.total_tokens:
+        return usage, Priced(ZERO, None), served
+    received_at = datetime.fromisoformat(row["received_at"])
+    return usage, gateway.books.prices.price(served.provider, served.model, usage, received_at), served
 
 
 async def _recover_orphans(gateway: Gateway) -> None:

@@ -38,9 +38,15 @@ class Behaviour:
     first_content_delay_s: float = 0.0  # a stream: after the role chunk, before any content
     retry_after: str | None = None
     error_body: str = '{"error":{"message":"upstream secret internals","type":"server_error","code":null}}'
-    fault: Literal[None, "malformed_json", "reset_mid_stream", "no_done", "usage_on_last_content", "empty_stream"] = (
-        None
-    )
+    fault: Literal[
+        None,
+        "malformed_json",
+        "reset_mid_stream",
+        "no_done",
+        "usage_on_last_content",
+        "empty_stream",
+        "hang_after_usage",
+    ] = None
     usage_extra: dict[str, Any] = attrs.field(factory=dict)  # more usage fields (details, LiteLLM's extras)
     send_usage: bool = True
     usage: Any = None  # when set, the `usage` object sent verbatim (hostile usage tests)
@@ -170,6 +176,8 @@ class FakeOpenAI:
                 yield self.chunk(model, {}, "stop")
                 if include_usage and b.send_usage:
                     yield self.chunk(model, {}, usage=usage, choices=False)
+            if b.fault == "hang_after_usage":  # a stream the gateway will die under, its usage already sent
+                await trio.sleep_forever()
             if b.fault != "no_done":
                 yield b"data: [DONE]\n\n"
         finally:

@@ -87,6 +87,15 @@ def aggregates(draw: st.DrawFn) -> list[Any]:
         request = Request.admit(draw(text), draw(text), draw(text), draw(st.booleans()), draw(money), draw(moments))
         status = draw(st.one_of(st.none(), st.integers(100, 599)))
         request.attempt_failed(draw(text), draw(text), draw(text), status, draw(st.booleans()))
+        if kind is Request.Completed:  # a stream's usage, reported before its end
+            names = (
+                "prompt_tokens",
+                "completion_tokens",
+                "cached_tokens",
+                "cache_write_tokens",
+                "cache_write_1h_tokens",
+            )
+            request.report_usage(draw(text), draw(text), draw(text), **{name: draw(counts) for name in names})
         request.settle(kind, **draw(settle_fields()))
         requests.append(request)
     hit = Request.admit(draw(text), draw(text), draw(text), draw(st.booleans()), draw(money), draw(moments))

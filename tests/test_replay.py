@@ -335,3 +335,50 @@ def test_folding_a_batch_asks_nothing_of_the_schema(tmp_path: Path) -> None:
     assert statements and not [s for s in statements if "sqlite_master" in s or "pragma" in s.lower()]
     live.close()
     store.close()
+
+
+async def test_replay_verify_reports_a_cost_changed_without_a_restatement(tmp_path: Path) -> None:
+    """A restated cost passes; a spend row edited in SQL, or a settled cost edited in the log under a
+    restatement, is reported as a cost changed without a restatement."""
+    import sqlite3
+
+    from runtime.ledger.replay import verify
+
+    ledger = tmp_path / "ledger.sqlite3"
+    pricing = {"sim/sim-1": {"input_per_mtok": "10", "output_per_mtok": "20"}}
+    async with running_gateway(make_config(pricing=pricing, ledger={"path": str(ledger)})) as gw, gw.http() as http:
+        for _ in range(2):
+            answer = await http.post(
+                "/v1/chat/completions",
+                json={"model": "sim-1", "messages": [{"role": "user", "content": "x"}]},
+                headers=AUTH,
+            )
+            assert answer.status_code == 200
+        doubled = {"sim/sim-1": {"input_per_mtok": "20", "output_per_mtok": "40"}}
+        committed = await http.post("/admin/reprice", json={"prices": doubled, "commit": True}, headers=ADMIN)
+        assert committed.json()["committed"] is True
+    assert await trio.to_thread.run_sync(verify, str(ledger)) == [], "restatements are how a cost changes"
+
+    projections = Projections(projections_path(str(ledger)))
+    projections.db.execute("update spend set cost_nanousd = cost_nanousd + 1000")
+    projections.db.conn.commit()
+    projections.close()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ledger]\npath = "{ledger}"\n')
+    verified = await trio.to_thread.run_sync(lambda: replay_verify(config, dict(os.environ)))
+    assert verified.returncode == 1
+    assert "spend tenant=demo" in verified.stderr and "a cost changed without a restatement" in verified.stderr
+    projections = Projections(projections_path(str(ledger)))
+    projections.db.execute("update spend set cost_nanousd = cost_nanousd - 1000")
+    projections.db.conn.commit()
+    projections.close()
+    assert await trio.to_thread.run_sync(verify, str(ledger)) == []
+
+    with sqlite3.connect(ledger) as db:  # the log itself: a settled cost edited under its restatement
+        changed = db.execute(
+            "update stored_events set state = cast(json_set(state, '$.cost_usd._data_', '0.5') as blob)"
+            " where rowid = (select min(rowid) from stored_events where topic like '%Request.Completed')"
+        ).rowcount
+    assert changed == 1
+    problems = await trio.to_thread.run_sync(verify, str(ledger))
+    assert any("restated from $" in p and "but its cost was $0.5" in p for p in problems), problems

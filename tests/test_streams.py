@@ -88,8 +88,9 @@ async def test_200_concurrent_streams_with_random_disconnects_leave_nothing_behi
     chains = request_events(events)
     assert len(chains) == 200
     for request_id, chain in chains.items():
-        assert chain[0] == "Admitted" and len(chain) == 2, (request_id, chain)
-        assert chain[1] in ("Completed", "Cancelled")
+        # a stream whose usage chunk was read also has its UsageReported (one) before the terminal event
+        assert chain[0] == "Admitted" and chain[1:-1] in ([], ["UsageReported"]), (request_id, chain)
+        assert chain[-1] in ("Completed", "Cancelled")
     settled = {e.originator_id: e for e in events if isinstance(e, Request.Settled)}
     admitted = {e.originator_id: e.request_id for e in events if isinstance(e, Request.Admitted)}
     for originator, event in settled.items():

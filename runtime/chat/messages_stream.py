@@ -146,6 +146,8 @@ class MessagesStreamRelay(StreamRelay):
             if chunk.reported is not None:
                 self.reported = chunk.reported
             if chunk.usage is not None:
+                if self.usage is None:  # in the log before the stream ends (`StreamRelay._encode`)
+                    self._record.usage_reported(chunk.usage, self.content_bytes, self._attempt.deployment)
                 self.usage = chunk.usage
                 self._usage_object = chunk.data.get("usage")
             if chunk.native is not None:

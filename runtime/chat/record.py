@@ -31,8 +31,9 @@ from providers.errors import ProviderError
 from providers.tokens import estimate_input_tokens, estimate_prompt_tokens
 from runtime.actors.tenant import Admission
 from runtime.chat.exchange import Account, Exchange
+from runtime.errors import Overloaded
 from runtime.ledger.books import TenantView
-from runtime.ledger.journal import Journal
+from runtime.ledger.journal import Journal, LedgerUnavailable
 from runtime.metrics import Metrics
 
 SettleReservation = Callable[[Admission, Decimal | None, int], Awaitable[None]]
@@ -118,6 +119,7 @@ class RequestRecord:
         self.chat = chat
         self.received_at = received_at
         self._aggregate: Request | None = None
+        self._unsent: list[Any] = []  # a `UsageReported` the Journal had no room for: sent with the terminal event
         self.priced: Priced | None = None
         self.billed: Usage | None = None  # the usage settled: what the client is shown as its usage
 
@@ -162,6 +164,30 @@ class RequestRecord:
         assert self._aggregate is not None
         self._failures.append((deployment.provider, error.kind))
         self._aggregate.attempt_failed(deployment.provider, deployment.model, error.kind, error.status, error.retryable)
+
+    def usage_reported(self, usage: Usage, content_bytes: int, served: Deployment) -> None:
+        """A stream's provider reported `usage` before the stream ended: queue `UsageReported` (once,
+        without waiting), so a crash before the terminal event recovers the request with it. The counts
+        are the ones that would be billed now (`policies.usage`, as `settle` bills them)."""
+        aggregate = self._aggregate
+        if aggregate is None or self.priced is not None or aggregate.usage_reported is not None:
+            return
+        billed = billed_usage(usage, estimate_usage(self.chat, content_bytes), self.admission.usage_bounds)
+        aggregate.report_usage(
+            served.provider,
+            served.model,
+            billed.source,
+            prompt_tokens=billed.prompt_tokens,
+            completion_tokens=billed.completion_tokens,
+            cached_tokens=billed.cached_tokens,
+            cache_write_tokens=billed.cache_write_tokens,
+            cache_write_1h_tokens=billed.cache_write_1h_tokens,
+        )
+        events = aggregate.collect_events()
+        try:
+            self._journal.submit(events)
+        except (Overloaded, LedgerUnavailable):
+            self._unsent = [*self._unsent, *events]  # in order, before the terminal event
 
     async def settle(
         self,
@@ -220,8 +246,9 @@ class RequestRecord:
             reported_usage=reported_record(reported, usage),
         )
         self.billed = usage
+        events, self._unsent = [*self._unsent, *self._aggregate.collect_events()], []
         with self._exchange.spanned("tollgate.ledger.commit", {"tollgate.outcome": outcome}):
-            await self._journal.commit(self._aggregate.collect_events())
+            await self._journal.commit(events)
         return priced
 
     async def serve_from_cache(self, usage: Usage, served: Deployment) -> Priced:

@@ -131,6 +131,8 @@ class StreamRelay:
                 self.reported = chunk.reported
             text = chunk.raw
             if chunk.usage is not None:
+                if self.usage is None:  # in the log before the stream ends: a crash now keeps it (once)
+                    self._record.usage_reported(chunk.usage, self.content_bytes, self._attempt.deployment)
                 self.usage = chunk.usage
                 if not chunk.data.get("choices"):
                     self._usage_chunk = chunk  # sent with [DONE], once settled

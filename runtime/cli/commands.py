@@ -7,6 +7,7 @@
     tollgate pricing list [--history] | set PROVIDER/MODEL --input X --output Y [--cached-input Z]
                      [--cache-write W] [--cache-write-1h H] [--per-request F] [--long-context JSON]
                      [--effective-from TIME] | remove PROVIDER/MODEL [--effective-from TIME]
+                     | import --from genai-prices [--provider P[=OURS]] [--models GLOB] [--dry-run] [--overwrite]
     tollgate spend [--tenant T] [--from DAY] [--to DAY] [--group-by model,provider,day] [--basis B]
     tollgate events [--after N] [--limit N] [--tenant T] [--request-id ID] [--ledger-id ID]
     tollgate providers
@@ -127,6 +128,24 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(removing)
     removing.add_argument("key")
     removing.add_argument("--effective-from")
+    importing = price_actions.add_parser("import", help="append a price catalogue's prices (runtime/cli/catalogue.py)")
+    _client_options(importing)
+    importing.add_argument("--from", dest="catalogue", required=True, choices=("genai-prices",))
+    importing.add_argument(
+        "--provider",
+        action="append",
+        metavar="P[=OURS]",
+        help="catalogue provider id, or ID=OURS to price configured provider OURS (repeatable; default: "
+        "every configured provider named like a catalogue provider)",
+    )
+    importing.add_argument(
+        "--models",
+        action="append",
+        metavar="GLOB",
+        help="only models (our name or the catalogue's id) matching it (repeatable)",
+    )
+    importing.add_argument("--dry-run", action="store_true", help="print what would be appended, append nothing")
+    importing.add_argument("--overwrite", action="store_true", help="replace conflicting prices set by hand")
 
     spend = commands.add_parser("spend", help="spend from the ledger's projections")
     _client_options(spend)
@@ -259,7 +278,9 @@ def _tenants(args: argparse.Namespace) -> None:
     write_rows([body], args.format, document=body)
 
 
-def _pricing(args: argparse.Namespace) -> None:
+def _pricing(args: argparse.Namespace) -> int:
+    if args.action == "import":
+        return _pricing_import(args)
     if args.action == "list":
         body = _call(args, "GET", "/admin/pricing", params={"history": "true"} if args.history else None)
     else:
@@ -283,6 +304,80 @@ def _pricing(args: argparse.Namespace) -> None:
             document["effective_from"] = args.effective_from
         body = _call(args, "PUT", "/admin/pricing", json=document)
     write_rows(body["data"], args.format, document=body)
+    return 0
+
+
+def _pricing_import(args: argparse.Namespace) -> int:
+    """Exit 0, or 1 when a conflict with a price set by hand was refused (not with --overwrite)."""
+    from runtime.cli import catalogue
+
+    try:
+        version, providers = catalogue.load()
+    except catalogue.CatalogueMissing as error:
+        raise CommandFailed(str(error)) from None
+    configured = {p["name"]: p.get("models", []) for p in _call(args, "GET", "/admin/providers")["providers"]}
+    try:
+        mapping = catalogue.parse_mapping(args.provider, (p.id for p in providers), configured)
+    except ValueError as error:
+        raise CommandFailed(str(error)) from None
+    selection = catalogue.select(version, providers, mapping, configured, args.models)
+    body = {"data": [], "dry_run": args.dry_run}
+    if selection.prices:
+        body = _call(
+            args,
+            "POST",
+            "/admin/pricing/import",
+            json={
+                "source": args.catalogue,
+                "catalogue": version,
+                "prices": selection.prices,
+                "overwrite": args.overwrite,
+                "dry_run": args.dry_run,
+            },
+        )
+    outcomes = [*body["data"], *selection.skipped]
+    document = {**body, "catalogue": version, "data": outcomes}
+    rows = [_import_row(o) for o in outcomes] if args.format == "table" else outcomes
+    write_rows(rows, args.format, document=document)
+    counts = {s: sum(1 for o in outcomes if o["status"] == s) for s in IMPORT_STATUSES}
+    refused = counts["conflict"]
+    print(
+        f"genai-prices {version}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + (" (dry run: nothing was appended)" if args.dry_run else ""),
+        file=sys.stderr,
+    )
+    if refused:
+        print(f"{refused} conflict(s) with prices set by hand kept: --overwrite replaces them", file=sys.stderr)
+    return 1 if refused else 0
+
+
+IMPORT_STATUSES = ("imported", "unchanged", "overwritten", "conflict", "skipped")
+
+
+def _import_row(outcome: dict[str, Any]) -> dict[str, Any]:
+    note = outcome.get("note") or ""
+    held = outcome.get("held")
+    if held is not None:
+        kept = "kept" if outcome["status"] == "conflict" else "replaced"
+        note = f"{kept}: {held['source']}'s {_rates_text(held)} from {held['effective_from']}; " + note
+    return {
+        "key": outcome["key"],
+        "effective_from": outcome["effective_from"],
+        "status": outcome["status"],
+        "price": _rates_text(outcome) if "input_per_mtok" in outcome else "",
+        "note": note.strip("; "),
+    }
+
+
+def _rates_text(price: dict[str, Any]) -> str:
+    if price.get("removed"):
+        return "removal"
+    names = {"input_per_mtok": "in", "output_per_mtok": "out", "cached_input_per_mtok": "cached"}
+    shown = [f"{short} {price[name]}" for name, short in names.items() if price.get(name) is not None]
+    if price.get("long_context"):
+        shown.append(f"tier above {price['long_context']['above_prompt_tokens']}")
+    return " ".join(shown)
 
 
 def _spend(args: argparse.Namespace) -> None:
@@ -601,9 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "ledger":
             return _ledger_copy(args)
+        if args.command == "pricing":
+            return _pricing(args)
         {
             "tenants": _tenants,
-            "pricing": _pricing,
             "spend": _spend,
             "events": _events,
             "providers": _providers,

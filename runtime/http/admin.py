@@ -6,6 +6,8 @@
     POST   /admin/tenants/{id}/rotate-key      {"grace_period_s": N} keeps the old key working N s
     POST   /admin/tenants/{id}/disable|enable
     GET    /admin/pricing, PUT /admin/pricing  the price list; set prices with an effective_from
+    POST   /admin/pricing/import               a catalogue's prices (`tollgate pricing import`): a report,
+                                               appended unless dry_run; hand-set prices kept unless overwrite
     GET    /admin/spend                        ?tenant=&from=&to=&group_by=tenant,model,provider,day,operation
                                                &basis=restated|as_recorded
     POST   /admin/reprice                      a price set + filters; a dry-run report, or commit restatements
@@ -38,6 +40,7 @@ from events.money import ZERO, usd_str
 from events.pricelist import PRICE_LIST_ID, PriceList
 from events.projections import SPEND_BASES, SPEND_GROUPS, spend_report
 from events.tenant import Tenant, tenant_id
+from policies.catalogue import CATALOGUES, Candidate, Outcome, Plan, plan_import
 from policies.cost import PRICE_EVENT_FIELDS, Price, field_text, price_fields
 from policies.errors import InvalidRequest
 from policies.periods import period_bounds
@@ -361,6 +364,72 @@ async def put_pricing() -> Response:
     )
 
 
+@admin.post("/admin/pricing/import")
+async def import_pricing() -> Response:
+    """`{"source": "genai-prices", "catalogue": VERSION, "prices": [{"key", "effective_from", "price",
+    "note"}], "overwrite": false, "dry_run": false}` → one row per outcome (`policies.catalogue`)."""
+    gateway = _check_admin()
+    body = await _body()
+    source, version = body.get("source"), body.get("catalogue")
+    if source not in CATALOGUES:
+        raise InvalidRequest(f"'source' must be one of {', '.join(CATALOGUES)}.", param="source", code="invalid_value")
+    if not isinstance(version, str) or not version:
+        raise InvalidRequest("'catalogue' must be the catalogue's version.", param="catalogue", code="invalid_type")
+    flags = {name: body.get(name, False) for name in ("overwrite", "dry_run")}
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise InvalidRequest(f"'{name}' must be a boolean.", param=name, code="invalid_type")
+    items = body.get("prices")
+    if not isinstance(items, list):
+        raise InvalidRequest("'prices' must be a list of {key, effective_from, price}.", param="prices")
+    candidates = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise InvalidRequest(f"prices[{index}]: expected {{key, effective_from, price}}.", param="prices")
+        price = _parse_prices(gateway, {item["key"]: item.get("price")})[item["key"]]
+        moment = _effective_from(item.get("effective_from"))
+        note = item.get("note")
+        if price is None or moment is None or not isinstance(note, str | None):
+            raise InvalidRequest(f"prices[{index}]: a price, an effective_from and an optional note.", param="prices")
+        candidates.append(Candidate(item["key"], moment, price, note))
+
+    plans: list[Plan] = []
+
+    def append(price_list: PriceList | None) -> PriceList:
+        price_list = price_list or PriceList.open()
+        plans.append(plan_import(candidates, gateway.books.prices.entries(), source, overwrite=flags["overwrite"]))
+        for candidate in plans[-1].appends:
+            price_list.set_price(
+                candidate.key, candidate.effective_from, source, catalogue=version, **price_fields(candidate.price)
+            )
+        return price_list
+
+    if flags["dry_run"]:
+        plans.append(plan_import(candidates, gateway.books.prices.entries(), source, overwrite=flags["overwrite"]))
+    else:
+        await gateway.aggregates.change(PRICE_LIST_ID, PriceList, append)
+    plan = plans[-1]
+    return _json(
+        {
+            "object": "list",
+            "source": source,
+            "catalogue": version,
+            "dry_run": flags["dry_run"],
+            "data": [_outcome_json(outcome) for outcome in plan.outcomes],
+        }
+    )
+
+
+def _outcome_json(outcome: Outcome) -> dict[str, Any]:
+    held = outcome.held
+    return {
+        **_price_json(outcome),
+        "status": outcome.status,
+        "note": outcome.note,
+        "held": None if held is None else {**_price_json(held), "source": held.source},
+    }
+
+
 def _parse_prices(gateway: Gateway, prices: dict[str, Any]) -> dict[str, Price | None]:
     parsed: dict[str, Price | None] = {}
     for key, value in prices.items():
@@ -500,7 +569,13 @@ async def get_instances() -> Response:
 async def get_providers() -> Response:
     gateway = _check_admin()
     stats = gateway.statistics().providers
-    body = json.dumps({"providers": [attrs.asdict(s) for s in stats]}, separators=(",", ":"), ensure_ascii=False)
+    served: dict[str, list[str]] = {p.name: list(p.models) for p in gateway.config.providers}
+    for alias in gateway.config.models.values():
+        for deployment in alias.deployments:
+            if deployment.model not in served.setdefault(deployment.provider, []):
+                served[deployment.provider].append(deployment.model)
+    providers = [{**attrs.asdict(s), "models": served.get(s.name, [])} for s in stats]
+    body = json.dumps({"providers": providers}, separators=(",", ":"), ensure_ascii=False)
     return Response(body, 200, content_type="application/json")  # as app.py's json_response writes it
 
 
@@ -593,5 +668,5 @@ def _price_json(entry: Any) -> dict[str, Any]:
         "effective_from": entry.effective_from.isoformat(),
         "removed": price is None,
         **shown,
-        "ref": entry.ref,
+        "ref": f"{entry.key}@{entry.effective_from.isoformat()}",
     }

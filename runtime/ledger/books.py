@@ -53,7 +53,7 @@ def _price_entry(row: dict[str, Any]) -> PriceEntry:
         for name, value in json.loads(row["rates"] or "{}").items():
             fields[name] = value if isinstance(value, int) else Decimal(value)
         price = price_from_fields(fields)
-    return PriceEntry(row["key"], datetime.fromisoformat(row["effective_from"]), price)
+    return PriceEntry(row["key"], datetime.fromisoformat(row["effective_from"]), price, row["source"])
 
 
 class Books:
@@ -63,7 +63,8 @@ class Books:
             tenants=dict(projections.state.tenants),
             keys=dict(projections.state.keys),
         )
-        self.prices = PriceBook(_price_entry(dict(row)) for row in projections.db["prices"].rows)
+        rows = projections.db["prices"].rows_where(order_by="position")  # the later of two at one time wins
+        self.prices = PriceBook(_price_entry(dict(row)) for row in rows)
         self._views: dict[str, TenantView] = {}
 
     def apply(self, recorded: Sequence[Recorded]) -> None:
