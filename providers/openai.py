@@ -18,7 +18,7 @@ from events.usage import Usage
 from providers import openai_responses
 from providers.errors import MalformedResponse, UpstreamServerError
 from providers.http import Endpoint, SSEChunkStream, secrets_of
-from providers.sse import SSEEvent
+from providers.sse import SSEEvent, carries_usage, content_size
 from providers.upstream import Call, Chunk, Completion, Timeouts, chunk_from_openai
 
 CHAT_PATH = "/chat/completions"
@@ -63,10 +63,14 @@ def decode_embeddings(provider: str, content: bytes) -> Completion:
 
 def decode_stream_event(provider: str, event: SSEEvent) -> Chunk | None:
     """One SSE event as a chunk; None for the closing `[DONE]`."""
-    if event.data == "[DONE]":
+    text = event.data
+    if text == "[DONE]":
         return None
+    if text.startswith("{") and text.endswith("}") and '"error"' not in text and not carries_usage(text):
+        # No usage and no error: the relay forwards the text as it came; nothing here needs parsing.
+        return Chunk.unparsed(text, content_size(text))
     try:
-        data = json.loads(event.data)
+        data = json.loads(text)
     except ValueError:
         raise MalformedResponse(provider, f"provider {provider!r} sent a stream event that is not JSON") from None
     if not isinstance(data, dict):

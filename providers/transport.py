@@ -53,42 +53,48 @@ def local_errors() -> Iterator[None]:
 
 
 async def send(stream: trio.abc.Stream, data: bytes, limit_s: float) -> None:
+    # A bare CancelScope, not `trio.fail_after` (two generator context managers per call, on every read
+    # and write of every request and stream chunk).
     try:
         if limit_s == math.inf:
             await stream.send_all(data)
-        else:
-            with trio.fail_after(limit_s):
-                await stream.send_all(data)
-    except trio.TooSlowError:
-        raise httpx.WriteTimeout(f"sending the request took longer than {limit_s} s") from None
+            return
+        with trio.CancelScope(deadline=trio.current_time() + limit_s):
+            await stream.send_all(data)
+            return
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise httpx.WriteError(f"the connection broke while sending the request: {error}") from error
+    raise httpx.WriteTimeout(f"sending the request took longer than {limit_s} s")
 
 
 async def receive_some(stream: trio.abc.Stream, limit_s: float) -> bytes | bytearray:
     try:
         if limit_s == math.inf:
             return await stream.receive_some(READ_BYTES)
-        with trio.fail_after(limit_s):
+        with trio.CancelScope(deadline=trio.current_time() + limit_s):
             return await stream.receive_some(READ_BYTES)
-    except trio.TooSlowError:
-        raise httpx.ReadTimeout(f"no response bytes arrived within {limit_s} s") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise httpx.ReadError(f"the connection broke while reading the response: {error}") from error
+    raise httpx.ReadTimeout(f"no response bytes arrived within {limit_s} s")
+
+
+def buffered_event(state: h11.Connection, in_head: bool = False) -> h11.Event | type[h11.NEED_DATA | h11.PAUSED]:
+    """The next h11 event from what has been read already (no I/O), h11's errors as httpx's."""
+    try:
+        return state.next_event()
+    except h11.RemoteProtocolError as error:
+        if error.error_status_hint == 431:  # h11's buffer limit: MAX_HEAD_BYTES without a complete event
+            part = "response head (status line and headers)" if in_head else "chunk header"
+            message = f"the upstream's {part} exceeds {MAX_HEAD_BYTES} bytes"
+            raise httpx.RemoteProtocolError(message) from error
+        raise httpx.RemoteProtocolError(str(error)) from error
 
 
 async def next_event(connection: Connection, limit_s: float, in_head: bool = False) -> h11.Event:
     """The next h11 event of the response, reading as needed (each read bounded by `limit_s`)."""
     state = connection.h11
     while True:
-        try:
-            event = state.next_event()
-        except h11.RemoteProtocolError as error:
-            if error.error_status_hint == 431:  # h11's buffer limit: MAX_HEAD_BYTES without a complete event
-                part = "response head (status line and headers)" if in_head else "chunk header"
-                message = f"the upstream's {part} exceeds {MAX_HEAD_BYTES} bytes"
-                raise httpx.RemoteProtocolError(message) from error
-            raise httpx.RemoteProtocolError(str(error)) from error
+        event = buffered_event(state, in_head)
         if event is h11.NEED_DATA:
             data = await receive_some(connection.stream, limit_s)
             if not data and state.their_state is h11.SEND_RESPONSE:
@@ -150,6 +156,7 @@ class ResponseBody(httpx.AsyncByteStream):
         self._connection = connection
         self._read_s = read_s
         self._released = False
+        self._error: httpx.RemoteProtocolError | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -157,12 +164,15 @@ class ResponseBody(httpx.AsyncByteStream):
     async def __anext__(self) -> bytes:
         if self._released:
             raise StopAsyncIteration
+        if self._error is not None:
+            self._release(complete=False)
+            raise self._error
         try:
             while True:
                 event = await next_event(self._connection, self._read_s)
                 if isinstance(event, h11.Data):
                     if event.data:
-                        return bytes(event.data)
+                        return self._coalesced(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 else:
@@ -172,6 +182,29 @@ class ResponseBody(httpx.AsyncByteStream):
             raise
         self._release(complete=True)
         raise StopAsyncIteration
+
+    def _coalesced(self, first: bytes | bytearray | memoryview) -> bytes:
+        """`first` and every further body piece already read with it (one read can hold several chunks
+        of a chunked body): one piece per read, so a relay writes once per read, not once per chunk.
+        The body's end, when read too, releases the connection now; an error among the buffered bytes
+        is kept for the next call, after this data."""
+        state = self._connection.h11
+        pieces = [first]
+        try:
+            while True:
+                event = buffered_event(state)
+                if isinstance(event, h11.Data):
+                    pieces.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._release(complete=True)
+                    break
+                elif event is h11.NEED_DATA:
+                    break
+                else:
+                    raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} in a response body")
+        except httpx.RemoteProtocolError as error:
+            self._error = error
+        return b"".join(pieces) if len(pieces) > 1 else bytes(first)
 
     def _release(self, complete: bool) -> None:
         if not self._released:

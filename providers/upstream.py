@@ -8,6 +8,7 @@ Anthropic one is not (Anthropic has no embeddings API).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,14 +55,34 @@ class Chunk:
     reported so far, on a chunk of a stream that reports it before its end (Anthropic's
     `message_start` input, a `message_delta`'s output): not final, what a stream cut before its
     final usage is settled with (`policies.usage.reported_so_far`).
+
+    A chunk passed through unparsed (`Chunk.unparsed`) has only `raw`: `data` parses it on first use.
     """
 
-    data: dict[str, Any]
+    _data: dict[str, Any] | None = attrs.field(alias="data")
     raw: str | None = None
     usage: Usage | None = None
     content_bytes: int = 0
     native: str | None = None  # the provider's own SSE event, as it came, in a stream of a `native` call
     reported: Usage | None = None
+
+    @classmethod
+    def unparsed(cls, raw: str, content_bytes: int) -> Chunk:
+        """A chunk without usage, forwarded as `raw`; its `data` is parsed only if someone reads it."""
+        return cls(None, raw, None, content_bytes)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self._data
+        if data is None:
+            assert self.raw is not None  # a chunk is built with its data, or unparsed from its text
+            try:
+                parsed = json.loads(self.raw)
+            except ValueError:  # forwarded as the upstream wrote it; it has no fields the gateway can read
+                parsed = None
+            data = parsed if isinstance(parsed, dict) else {}
+            object.__setattr__(self, "_data", data)  # a cache of what `raw` says, not a change
+        return data
 
     @property
     def has_content(self) -> bool:

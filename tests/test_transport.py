@@ -273,6 +273,46 @@ async def test_a_slow_drip_is_streamed_as_it_arrives(make_transport: MakeTranspo
             assert got == pieces
 
 
+async def test_body_pieces_read_together_come_out_as_one_piece() -> None:
+    # Ours only (httpx's transport yields each chunk of a chunked body): every chunk already read goes
+    # out in one piece, so a relay writes once per read; the body's end read with them releases the
+    # connection, which the next request reuses.
+    pieces = [b"data: %d\n\n" % i for i in range(3)]
+
+    async def burst(exchange: Exchange) -> None:
+        head = exchange.h11.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")])) or b""
+        body = b"".join(exchange.h11.send(h11.Data(data=piece)) or b"" for piece in pieces)
+        await exchange.stream.send_all(head + body + (exchange.h11.send(h11.EndOfMessage()) or b""))
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(burst) as server, client(TrioTransport()) as http:
+            for _ in range(2):
+                async with http.stream("POST", server.url, content=b"go") as response:
+                    assert [raw async for raw in response.aiter_raw()] == [b"".join(pieces)]
+            assert server.connections == 1
+
+
+async def test_a_bad_chunk_read_with_good_ones_fails_after_them() -> None:
+    async def good_then_bad(exchange: Exchange) -> None:
+        head = exchange.h11.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")])) or b""
+        await exchange.stream.send_all(head + (exchange.h11.send(h11.Data(data=b"data: 1\n\n")) or b"") + b"zz\r\n")
+        assert await exchange.stream.receive_some(1) == b""  # until the client closes
+
+    with trio.fail_after(DEADLINE_S):
+        async with serving(good_then_bad) as server, client(TrioTransport()) as http:
+            got: list[bytes] = []
+
+            async def read_all() -> None:
+                async with http.stream("POST", server.url, content=b"go") as response:
+                    async for raw in response.aiter_raw():
+                        got.append(raw)
+
+            with pytest.raises(httpx.RemoteProtocolError):
+                await read_all()
+            assert got == [b"data: 1\n\n"]
+            await server.wait_until(lambda: server.ended == 1)  # the broken connection was closed
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 

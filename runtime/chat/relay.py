@@ -62,7 +62,7 @@ class StreamRelay:
         self._first_sent = False
         self._usage_chunk: Chunk | None = None
         self._usage_object: dict[str, Any] | None = None  # the upstream's own usage, when on a content chunk
-        self._last: dict[str, Any] = opening[-1].data if opening else {}
+        self._last: Chunk | None = opening[-1] if opening else None  # its ids, read only if needed
         self.usage: Usage | None = None
         self.reported: Usage | None = None  # what the provider reported before its final usage
         self.content_bytes = 0
@@ -122,7 +122,7 @@ class StreamRelay:
 
     def _encode(self, batch: list[Chunk]) -> bytes:
         out = []
-        self._last = batch[-1].data
+        self._last = batch[-1]
         if self._chunks is not None:
             self._chunks.extend(chunk.data for chunk in batch)
         for chunk in batch:
@@ -152,7 +152,7 @@ class StreamRelay:
         if self._usage_chunk is not None:
             data: dict[str, Any] = dict(self._usage_chunk.data)
         else:
-            last = self._last
+            last = self._last.data if self._last is not None else {}
             usage = self._usage_object
             data = {
                 "id": last.get("id"),
