@@ -17,13 +17,23 @@ order across concurrent transactions. eventsourcing takes `LOCK TABLE ... IN EXC
 every inserting transaction (postgres.py, `_insert_events`), so inserts are serialised and a reader
 never sees id n+1 committed before n. A rolled-back insert can leave a gap (a sequence value is
 never reused): readers page by "ids after the last one seen", never by counting, so gaps are harmless.
+
+Connections on PostgreSQL: the store is used one thread at a time (the Journal's limiter), so its pool
+keeps one connection (`POOL_SIZE`; a concurrent user waits for it); one more, direct and in
+autocommit, holds the heartbeat rows and announces each commit (`NOTIFY tollgate_log`); a follower
+opens a third with `listen`. The heartbeat connection is replaced once when the server dropped it.
+The tables are made once, by the first store to open an empty database, under an advisory lock (two
+processes starting at once on a new database would otherwise race on `create table if not exists`);
+a store opening a database that has them runs no DDL, which would take a share lock on the events
+table and so wait for, and hold up, every writer's insert.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -55,8 +65,19 @@ MEMORY = ":memory:"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 LOCK_TIMEOUT_S = 30.0
 POLL_S = 0.05
-"""How often a process looks for events other processes appended (SQLite has no notifications)."""
+"""How often a process looks for events other processes appended, by default (SQLite has no
+notifications; on PostgreSQL the follower is woken by `NOTIFY` and polls as well, as the fallback)."""
+CHANNEL = "tollgate_log"
+"""The PostgreSQL notification channel a commit is announced on (the payload: the announcing store's token)."""
+POOL_SIZE = 1
+SCHEMA_LOCK = 0x7467_6C64  # the advisory lock key held while a store makes the tables of an empty database
+EVENTS_TABLE = "tollgate_events"
+INSTANCES_TABLE = (
+    "create table if not exists tollgate_instances (instance text primary key, pid integer,"
+    " host text, started_at text, beat_at text)"
+)
 A = TypeVar("A", bound=Aggregate)
+log = logging.getLogger("tollgate.ledger")
 
 
 class LedgerError(Exception):
@@ -140,29 +161,58 @@ def _postgres_env(url: str, password: str) -> dict[str, str]:
         "POSTGRES_USER": unquote(parts.username),
         "POSTGRES_PASSWORD": password,
         "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_POOL_SIZE": str(POOL_SIZE),
+        "POSTGRES_MAX_OVERFLOW": "0",
     }
 
 
-def _probe(env: dict[str, str]) -> None:
-    """One direct connection first: the pool only says "couldn't get a connection", while the
-    server's own reason (wrong password, no such database, nothing listening) is what to fix."""
+def _connector(env: dict[str, str]) -> Callable[[], Any]:
+    """Opens a direct autocommit connection to the ledger's database. The first one is made before
+    the pool: the pool only says "couldn't get a connection", while the server's own reason (wrong
+    password, no such database, nothing listening) is what to fix."""
     try:
         import psycopg
     except ImportError as error:
         raise LedgerError(f"a PostgreSQL ledger needs psycopg: pip install 'tollgate[postgres]' ({error})") from None
+
+    def connect() -> Any:
+        try:
+            return psycopg.connect(
+                dbname=env["POSTGRES_DBNAME"],
+                host=env["POSTGRES_HOST"],
+                port=env["POSTGRES_PORT"],
+                user=env["POSTGRES_USER"],
+                password=env["POSTGRES_PASSWORD"],
+                connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+                autocommit=True,
+            )
+        except psycopg.Error as error:
+            where = f"{env['POSTGRES_USER']}@{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}/{env['POSTGRES_DBNAME']}"
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise LedgerError(f"cannot connect to the PostgreSQL ledger {where}: {reason}") from None
+
+    return connect
+
+
+def _open_postgres(env: dict[str, str], connection: Any) -> _Tollgate:
+    """The application on a PostgreSQL database: make its tables first if they are missing (one
+    store at a time, under `SCHEMA_LOCK`), else open it without DDL."""
+
+    def ready() -> bool:
+        found = connection.execute(
+            "select to_regclass(%s) is not null and to_regclass('tollgate_instances') is not null", (EVENTS_TABLE,)
+        ).fetchone()
+        return bool(found[0])
+
+    if ready():
+        return _Tollgate(env={**env, "CREATE_TABLE": "no"})
+    connection.execute("select pg_advisory_lock(%s)", (SCHEMA_LOCK,))
     try:
-        psycopg.connect(
-            dbname=env["POSTGRES_DBNAME"],
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            user=env["POSTGRES_USER"],
-            password=env["POSTGRES_PASSWORD"],
-            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-        ).close()
-    except psycopg.Error as error:
-        where = f"{env['POSTGRES_USER']}@{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}/{env['POSTGRES_DBNAME']}"
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise LedgerError(f"cannot connect to the PostgreSQL ledger {where}: {reason}") from None
+        app = _Tollgate(env=env)
+        connection.execute(INSTANCES_TABLE)
+    finally:
+        connection.execute("select pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+    return app
 
 
 def topic_of(kind: type) -> str:
@@ -193,6 +243,11 @@ def _check_file(path: Path) -> None:
 
 
 _DATABASE_ERRORS = (sqlite3.DatabaseError, PersistenceError, OSError)
+try:
+    from psycopg import Error as _PsycopgError
+except ImportError:  # the default install: SQLite only
+    _PsycopgError = sqlite3.DatabaseError  # type: ignore[misc,assignment]
+_HEARTBEAT_ERRORS = (sqlite3.DatabaseError, _PsycopgError)
 
 
 class LedgerStore:
@@ -203,7 +258,6 @@ class LedgerStore:
             env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
         elif self.postgres:
             env = _postgres_env(path, password)
-            _probe(env)
         else:
             _check_file(Path(path))
             env = {
@@ -213,32 +267,30 @@ class LedgerStore:
             }
         self._instances: dict[str, Instance] = {}
         self._heartbeats: Any = None  # a DB-API connection to the ledger's database (SQLite or PostgreSQL)
+        self._listener: Any = None  # PostgreSQL: the connection that LISTENs on `CHANNEL` (see `listen`)
+        self._token = uuid.uuid4().hex  # this store's announcements carry it: its own are not news to it
         self._placeholder = "?"
+        self._connect: Callable[[], Any] | None = None
         try:
-            self._app = _Tollgate(env=env)
-            self._app.recorder.max_notification_id()
             if self.postgres:  # the heartbeat rows live beside the events, where every machine sees them
-                import psycopg
-
-                self._heartbeats = psycopg.connect(
-                    dbname=env["POSTGRES_DBNAME"],
-                    host=env["POSTGRES_HOST"],
-                    port=env["POSTGRES_PORT"],
-                    user=env["POSTGRES_USER"],
-                    password=env["POSTGRES_PASSWORD"],
-                    connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-                    autocommit=True,
-                )
+                self._connect = _connector(env)
+                self._heartbeats = self._connect()
                 self._placeholder = "%s"
-            elif path != MEMORY:
-                self._heartbeats = sqlite3.connect(
-                    path, check_same_thread=False, timeout=LOCK_TIMEOUT_S, isolation_level=None
-                )
+                self._app = _open_postgres(env, self._heartbeats)
+            else:
+                self._app = _Tollgate(env=env)
+                if path != MEMORY:
+                    self._heartbeats = sqlite3.connect(
+                        path, check_same_thread=False, timeout=LOCK_TIMEOUT_S, isolation_level=None
+                    )
+            self._app.recorder.max_notification_id()
         except ImportError as error:
             raise LedgerError(
                 f"a PostgreSQL ledger needs psycopg: pip install 'tollgate[postgres]' ({error})"
             ) from None
         except _DATABASE_ERRORS as error:
+            if self._heartbeats is not None:
+                self._heartbeats.close()
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise LedgerError(f"ledger {redact(path)} cannot be opened: {detail}") from None
 
@@ -250,7 +302,55 @@ class LedgerStore:
             raise VersionConflict(f"ledger {redact(self.path)}: an aggregate moved on meanwhile: {error}") from error
         except _DATABASE_ERRORS as error:
             raise LedgerError(f"ledger {redact(self.path)}: write failed: {error}") from error
+        if self.postgres and recordings:
+            self._announce()
         return [Recorded(r.notification.id, r.domain_event) for r in recordings]
+
+    # --- news of other processes' commits (PostgreSQL: LISTEN/NOTIFY; elsewhere followers poll)
+    def _announce(self) -> None:
+        """Wake the other processes' followers (after the commit: they read what it wrote). A
+        failure is not the write's: the commit stands, and the followers still poll."""
+        try:
+            self._execute("select pg_notify(%s, %s)", (CHANNEL, self._token))
+        except _HEARTBEAT_ERRORS as error:
+            log.warning("ledger %s: could not announce a commit (followers will poll): %s", redact(self.path), error)
+
+    def listen(self) -> int | None:
+        """(Re)open the connection that LISTENs for other stores' commits; the file descriptor of its
+        socket, readable when news arrives (then call `notified`). None when this store cannot be
+        notified (SQLite, memory) or the connection failed: the caller polls and tries again later."""
+        self.unlisten()
+        if self._connect is None:
+            return None
+        try:
+            connection = self._connect()
+        except LedgerError as error:
+            log.warning("%s (followers poll meanwhile)", error)
+            return None
+        try:
+            connection.execute(f"LISTEN {CHANNEL}")
+        except _HEARTBEAT_ERRORS as error:
+            log.warning("ledger %s: LISTEN failed (followers poll meanwhile): %s", redact(self.path), error)
+            connection.close()
+            return None
+        self._listener = connection
+        return int(connection.fileno())
+
+    def notified(self) -> int:
+        """How many commits of other stores were announced since the last call (never blocks).
+        Raises `LedgerError` when the listen connection failed; it is closed: `listen` again."""
+        if self._listener is None:
+            raise LedgerError(f"ledger {redact(self.path)}: not listening")
+        try:
+            return sum(note.payload != self._token for note in self._listener.notifies(timeout=0))
+        except _HEARTBEAT_ERRORS as error:
+            self.unlisten()
+            raise LedgerError(f"ledger {redact(self.path)}: the listen connection failed: {error}") from error
+
+    def unlisten(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def stored(self, after: int = 0, limit: int = 1000) -> list[Stored]:
         """Events after `after` exactly as stored (no mapper, no upcasting), oldest first."""
@@ -378,11 +478,9 @@ class LedgerStore:
         if self._heartbeats is None:
             self._instances[instance.instance] = instance
             return
-        self._heartbeats.execute(  # made by the first heartbeat: readers (replay --verify) write nothing
-            "create table if not exists tollgate_instances (instance text primary key, pid integer,"
-            " host text, started_at text, beat_at text)"
-        )
-        self._heartbeats.execute(
+        if not self.postgres:  # made by the first heartbeat: readers (replay --verify) write nothing
+            self._execute(INSTANCES_TABLE)  # (PostgreSQL: made with the events table, see _open_postgres)
+        self._execute(
             "insert into tollgate_instances (instance, pid, host, started_at, beat_at) values"
             f" ({', '.join([self._placeholder] * 5)}) on conflict (instance) do update set pid = excluded.pid,"
             " host = excluded.host, started_at = excluded.started_at, beat_at = excluded.beat_at",
@@ -404,7 +502,7 @@ class LedgerStore:
         else:
             rows = [
                 Instance(i, pid, host, datetime.fromisoformat(started), datetime.fromisoformat(beat))
-                for i, pid, host, started, beat in self._heartbeats.execute(
+                for i, pid, host, started, beat in self._execute(
                     "select instance, pid, host, started_at, beat_at from tollgate_instances"
                 )
             ]
@@ -417,7 +515,7 @@ class LedgerStore:
             if self.postgres
             else "select count(*) > 0 from sqlite_master where name = 'tollgate_instances'"
         )
-        return bool(self._heartbeats.execute(query).fetchone()[0])
+        return bool(self._execute(query)[0][0])
 
     def forget(self, instances: Collection[str]) -> None:
         """Drop the heartbeat rows of `instances` (stopped, or gone and recovered)."""
@@ -427,15 +525,27 @@ class LedgerStore:
             return
         if not self.instances():
             return
-        cursor = self._heartbeats.cursor()
+        for instance in instances:
+            self._execute(f"delete from tollgate_instances where instance = {self._placeholder}", (instance,))
+
+    def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        """One statement on the heartbeat connection; its rows. On PostgreSQL a connection the
+        server dropped (a restart, `pg_terminate_backend`, a failover) is replaced and the statement
+        tried once more (every statement here is idempotent)."""
         try:
-            cursor.executemany(
-                f"delete from tollgate_instances where instance = {self._placeholder}", [(i,) for i in instances]
-            )
-        finally:
-            cursor.close()
+            return _rows(self._heartbeats.execute(sql, parameters))
+        except _HEARTBEAT_ERRORS:
+            if self._connect is None or not self._heartbeats.closed:
+                raise
+        self._heartbeats = self._connect()
+        return _rows(self._heartbeats.execute(sql, parameters))
 
     def close(self) -> None:
+        self.unlisten()
         if self._heartbeats is not None:
             self._heartbeats.close()
         self._app.close()
+
+
+def _rows(cursor: Any) -> list[Any]:
+    return list(cursor.fetchall()) if cursor.description else []

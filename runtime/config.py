@@ -107,6 +107,9 @@ class LedgerConfig:
     path: str = "var/ledger.sqlite3"
     url: str | None = None
     password_env: str | None = None
+    poll_s: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    """How often a process reads the log for other processes' events when nothing wakes it sooner:
+    SQLite's only way; on PostgreSQL the fallback behind LISTEN/NOTIFY (a longer one is fine there)."""
 
     @property
     def side_path(self) -> str:

@@ -371,7 +371,9 @@ async def open_gateway(
         projector.feed(recorded)
 
     metrics = Metrics((tenant.name for tenant in config.tenants), config.routing_index().models())
-    journal = Journal(store, on_commit, observe=metrics.journal_wrote, instance=instance.instance)
+    journal = Journal(
+        store, on_commit, observe=metrics.journal_wrote, instance=instance.instance, poll_s=config.ledger.poll_s
+    )
     journal.followed = projections.position  # where the Books were loaded: follow the log from there
     handles = {
         provider.name: ProviderHandle(provider, build_upstream(provider, environ)) for provider in config.providers

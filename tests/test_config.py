@@ -141,3 +141,11 @@ def test_timeouts_must_be_positive() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(data, {})
     assert caught.value.problems == ["providers[0].timeouts: 'connect_s' must be > 0: -1.0"]
+
+
+def test_the_ledger_poll_interval_must_be_positive() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ledger": {"poll_s": 0}}, {})
+    assert caught.value.problems == ["ledger: 'poll_s' must be > 0: 0.0"]
+    sim = {"name": "sim", "kind": "simulator", "models": ["sim-1"]}
+    assert parse_config({"ledger": {"poll_s": 2}, "providers": [sim]}, {}).ledger.poll_s == 2

@@ -1,9 +1,11 @@
-"""Several `tollgate serve` processes on one SQLite ledger (issue #13): real processes, a real port,
-the openai SDK as the client. Readiness and propagation are waited for by polling with a deadline."""
+"""Several `tollgate serve` processes on one ledger (issue #13), SQLite and PostgreSQL: real
+processes, a real port, the openai SDK as the client. Readiness and propagation are waited for by
+polling with a deadline."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from events.store import LedgerStore, Recorded
 from policies.cost import Priced
 from runtime.auth import DEMO_KEY, hash_key
 from runtime.chat.record import NOTHING_CONSUMED, append_terminal
+from tests.postgres import PASSWORD, PASSWORD_ENV
 from tests.test_replay import replay_verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +41,7 @@ CONFIG = f"""
 host = "127.0.0.1"
 grace_period_s = 5.0
 [ledger]
-path = "LEDGER"
+LEDGER
 [[providers]]
 name = "sim"
 kind = "simulator"
@@ -46,7 +49,17 @@ models = ["sim-1"]
 [providers.simulator]
 reply_tokens = 20
 chunk_interval_ms = 50
+[[providers]]
+name = "slow"
+kind = "simulator"
+models = ["sim-slow"]
+[providers.simulator]
+reply_tokens = 1000
+chunk_interval_ms = 50
 [pricing."sim/sim-1"]
+input_per_mtok = "10"
+output_per_mtok = "20"
+[pricing."slow/sim-slow"]
 input_per_mtok = "10"
 output_per_mtok = "20"
 [[tenants]]
@@ -55,14 +68,37 @@ api_key_sha256 = "{hash_key(DEMO_KEY)}"
 """
 
 
-def write_config(tmp_path: Path) -> Path:
+PROPAGATION_BOUND_S = 1.0
+"""The documented delay for a write through one process to apply on another (README: p99 ≤ 1 s)."""
+
+
+def write_config(tmp_path: Path, url: str | None = None, poll_s: float | None = None) -> Path:
+    """A config on a SQLite ledger in `tmp_path/var`, or on the PostgreSQL database `url` (its
+    password in `PASSWORD_ENV`; the side tables stay in the local file)."""
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG.replace("LEDGER", str(tmp_path / "var" / "ledger.sqlite3")))
+    ledger = f'path = "{tmp_path / "var" / "ledger.sqlite3"}"'
+    if url is not None:
+        ledger += f'\nurl = "{url}"\npassword_env = "{PASSWORD_ENV}"'
+    if poll_s is not None:
+        ledger += f"\npoll_s = {poll_s}"
+    config.write_text(CONFIG.replace("LEDGER", ledger))
     return config
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A config on each backend: a SQLite file, or a fresh database on the throwaway PostgreSQL."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return write_config(tmp_path, url)
+
+
+def ledger_url(config: Path) -> str | None:
+    found = re.search(r'^url = "(.*)"$', config.read_text(), re.MULTILINE)
+    return found.group(1) if found else None
+
+
 def env() -> dict[str, str]:
-    return {**os.environ, "TOLLGATE_ADMIN_KEY": ADMIN_KEY}
+    return {**os.environ, "TOLLGATE_ADMIN_KEY": ADMIN_KEY, PASSWORD_ENV: PASSWORD}
 
 
 def until(condition: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
@@ -117,7 +153,8 @@ def client(url: str, key: str = DEMO_KEY) -> openai.OpenAI:
 
 
 def ledger_events(config: Path) -> list[Recorded]:
-    store = LedgerStore(str(config.parent / "var" / "ledger.sqlite3"))
+    url = ledger_url(config)
+    store = LedgerStore(url, PASSWORD) if url else LedgerStore(str(config.parent / "var" / "ledger.sqlite3"))
     try:
         return list(store.read_all())
     finally:
@@ -131,8 +168,7 @@ def unsettled(events: list[Recorded]) -> set[Any]:
 
 
 @pytest.mark.slow
-def test_a_tenant_created_through_one_process_authenticates_on_another(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+def test_a_tenant_created_through_one_process_authenticates_on_another(config: Path) -> None:
     with serving(config) as (_a, url_a), serving(config) as (_b, url_b):
         created = httpx.post(url_a + "/admin/tenants", json={"name": "team-x"}, headers=ADMIN)
         assert created.status_code == 201, created.text
@@ -163,30 +199,58 @@ def test_a_tenant_created_through_one_process_authenticates_on_another(tmp_path:
         )
         assert spend_a[0]["requests"] == 1
     print(f"propagation delay A→B (tenant create → key accepted): {delay * 1000:.0f} ms")
+    # The documented bound is 1 s (p99); a shared, loaded machine gets five times that, no tighter.
+    assert delay < 5 * PROPAGATION_BOUND_S, f"{delay:.2f} s"
     verified = replay_verify(config, env())
     assert verified.returncode == 0, verified.stderr
 
 
 @pytest.mark.slow
-def test_kill_9_one_process_under_load_a_survivor_recovers_its_requests(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+def test_on_postgres_a_commit_wakes_the_other_processes_followers(tmp_path: Path, postgres_url: str) -> None:
+    """LISTEN/NOTIFY: with the poll interval an hour, B still sees a tenant created through A
+    (within the test's deadline, a minute): only the announcement of A's commit can have woken it."""
+    config = write_config(tmp_path, postgres_url, poll_s=3600)
+    with serving(config) as (_a, url_a), serving(config) as (_b, url_b):
+        journal_b = httpx.get(url_b + "/admin/statistics", headers=ADMIN).json()["journal"]
+        assert journal_b["listening"] is True
+        woken = journal_b["woken"]
+        created = httpx.post(url_a + "/admin/tenants", json={"name": "team-n"}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        began = time.monotonic()
+        auth = {"Authorization": f"Bearer {created.json()['api_key']}"}
+        until(lambda: httpx.get(url_b + "/v1/models", headers=auth).status_code == 200, "the key on B")
+        delay = time.monotonic() - began
+        assert httpx.get(url_b + "/admin/statistics", headers=ADMIN).json()["journal"]["woken"] > woken
+    print(f"propagation delay A→B woken by NOTIFY (poll interval 1 h): {delay * 1000:.0f} ms")
+
+
+@pytest.mark.slow
+def test_kill_9_one_process_under_load_a_survivor_recovers_its_requests(config: Path) -> None:
+    """Three processes; A is killed with -9 mid-streams while B and C are being driven: B and C keep
+    answering, A's open requests are recorded `interrupted` by a survivor, every answered request
+    keeps its terminal event, and `replay --verify` is clean."""
     with ExitStack() as stack:
         victim, url_a = stack.enter_context(serving(config))
-        _b, url_b = stack.enter_context(serving(config))
+        survivors = [stack.enter_context(serving(config))[1] for _ in range(2)]
         victim_instance = ready(url_a)["instance"]  # type: ignore[index]
         answered = [
-            client(url_a).chat.completions.create(
+            client(url_a)
+            .chat.completions.create(
                 model="sim-1", messages=[{"role": "user", "content": f"a{i}"}], extra_headers={"X-Request-ID": f"a-{i}"}
             )
+            .id
             for i in range(3)
         ]
         started = threading.Semaphore(0)
         errors: list[BaseException] = []
+        survivor_errors: list[BaseException] = []
+        survivor_answers: list[str] = []
+        stop = threading.Event()
 
         def stream(i: int) -> None:
             try:
-                chunks = client(url_a).chat.completions.create(
-                    model="sim-1", messages=[{"role": "user", "content": f"s{i}"}], stream=True
+                chunks = client(url_a).chat.completions.create(  # 50 s long: the kill lands mid-stream
+                    model="sim-slow", messages=[{"role": "user", "content": f"s{i}"}], stream=True
                 )
                 for n, _chunk in enumerate(chunks):
                     if n == 1:
@@ -194,8 +258,26 @@ def test_kill_9_one_process_under_load_a_survivor_recovers_its_requests(tmp_path
             except (openai.APIError, httpx.HTTPError) as error:  # the victim dies mid-stream
                 errors.append(error)
 
+        def drive(url: str, name: str) -> None:
+            """Requests to a survivor, one after another, until told to stop (the load around the kill)."""
+            n = 0
+            while not stop.is_set():
+                request_id = f"{name}-{n}"
+                try:
+                    client(url).chat.completions.create(
+                        model="sim-1",
+                        messages=[{"role": "user", "content": request_id}],
+                        extra_headers={"X-Request-ID": request_id},
+                    )
+                except (openai.APIError, httpx.HTTPError) as error:
+                    survivor_errors.append(error)
+                else:
+                    survivor_answers.append(request_id)
+                n += 1
+
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
-        for thread in threads:
+        drivers = [threading.Thread(target=drive, args=(url, f"s{j}")) for j, url in enumerate(survivors)]
+        for thread in [*threads, *drivers]:
             thread.start()
         for _ in threads:
             assert started.acquire(timeout=DEADLINE_S)
@@ -209,32 +291,41 @@ def test_kill_9_one_process_under_load_a_survivor_recovers_its_requests(tmp_path
         until(admitted_in_ledger, "the streams' Admitted in the ledger")
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
+        killed = time.monotonic()
         for thread in threads:
             thread.join(DEADLINE_S)
-        # The survivor keeps serving while it recovers the victim's open requests.
-        reply = client(url_b).chat.completions.create(model="sim-1", messages=[{"role": "user", "content": "b"}])
-        assert reply.choices[0].message.content
-        until(lambda: not unsettled(ledger_events(config)), "the victim's open requests recorded by the survivor")
+        # The survivors keep serving while they recover the victim's open requests.
+        until(lambda: not unsettled(ledger_events(config)), "the victim's open requests recorded by a survivor")
+        recovered = time.monotonic() - killed
+        after = len(survivor_answers)
+        until(lambda: len(survivor_answers) >= after + 4, "the survivors to go on answering")
+        stop.set()
+        for thread in drivers:
+            thread.join(DEADLINE_S)
+        assert survivor_errors == []
         events = ledger_events(config)
         interrupted = [
             r.event for r in events if isinstance(r.event, Request.Failed) and r.event.outcome == "interrupted"
         ]
-        assert interrupted  # the streams cut by the kill (under load one may have ended before it)
+        assert len(interrupted) == 4  # the streams cut by the kill
         by_id = {r.event.originator_id: r.event for r in events if isinstance(r.event, Request.Admitted)}
         assert {by_id[e.originator_id].instance for e in interrupted} == {victim_instance}
         completed = {by_id[r.event.originator_id].request_id for r in events if isinstance(r.event, Request.Completed)}
-        assert {"a-0", "a-1", "a-2"} <= completed  # every answered request kept its terminal event
-        live = httpx.get(url_b + "/admin/instances", headers=ADMIN).json()["instances"]
-        assert [row["instance"] for row in live] == [ready(url_b)["instance"]]  # type: ignore[index]
+        assert {"a-0", "a-1", "a-2", *survivor_answers} <= completed  # every answered request kept its terminal event
+        live = httpx.get(survivors[0] + "/admin/instances", headers=ADMIN).json()["instances"]
+        assert {row["instance"] for row in live} == {ready(url)["instance"] for url in survivors}  # type: ignore[index]
         assert len(answered) == 3
+    print(
+        f"kill -9 → the victim's {len(interrupted)} open request(s) recorded interrupted: {recovered * 1000:.0f} ms;"
+        f" the survivors answered {len(survivor_answers)} requests meanwhile"
+    )
     verified = replay_verify(config, env())
     assert verified.returncode == 0, verified.stderr
-    assert "match" in verified.stdout
+    assert verified.stdout.startswith("replay --verify: ")
 
 
 @pytest.mark.slow
-def test_workers_2_serve_one_port_and_stop_on_sigterm(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+def test_workers_2_serve_one_port_and_stop_on_sigterm(config: Path) -> None:
     with serving(config, "--workers", "2") as (parent, url):
         seen: set[str] = set()
 
@@ -314,9 +405,8 @@ def budget_refused(url: str, key: str) -> bool:
 
 
 @pytest.mark.slow
-def test_spend_through_one_process_counts_against_the_budget_on_another(tmp_path: Path) -> None:
+def test_spend_through_one_process_counts_against_the_budget_on_another(config: Path) -> None:
     """B's running tenant actor folds A's settlements (and A's open reservations) into the budget."""
-    config = write_config(tmp_path)
     with serving(config) as (_a, url_a), serving(config) as (_b, url_b):
         created = httpx.post(
             url_a + "/admin/tenants",

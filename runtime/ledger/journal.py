@@ -9,8 +9,10 @@ requests get 503 while money events already accepted are never dropped; `commit`
 waits for room instead.
 
 Several processes may write one ledger. The Journal is also its process's door for what the others
-append: `follow` looks for new positions every `POLL_S` (SQLite has no notifications; a store that
-can wake it may do so instead) and hands them to `on_commit` too, and a commit of ours hands over
+append: `follow` looks for new positions every `poll_s` (SQLite has no notifications) and, on
+PostgreSQL, as soon as another process's commit is announced (LISTEN/NOTIFY: it waits on the listen
+connection's socket; when that connection fails it polls at the default `POLL_S` at least as often
+and listens again every `RELISTEN_S`), and hands them to `on_commit` too, and a commit of ours hands over
 first the others' events that landed before it. So `on_commit` sees the whole log, once, in order,
 whoever wrote it; `followed` is how far it got.
 """
@@ -33,6 +35,8 @@ log = logging.getLogger("tollgate.journal")
 MAX_BATCH = 4096
 LINGER_S = 0.02
 COMMIT_DEADLINE_S = 30.0
+RELISTEN_S = 1.0
+"""How often a follower whose listen connection failed tries to open it again (polling meanwhile)."""
 
 
 class LedgerUnavailable(GatewayError):
@@ -67,6 +71,12 @@ class JournalStatistics:
     """Events other processes wrote that this one folded."""
     follow_delay_p99_s: float | None
     """Of the last 1 000 foreign events: 99th percentile of (folded here − written there)."""
+    listening: bool | None
+    """Whether the follower is woken by the ledger's notifications now (None: the store has none, SQLite)."""
+    listens: int
+    """Listen connections opened (more than one: it failed and was reopened)."""
+    woken: int
+    """Times the follower was woken by another process's announced commit."""
 
 
 class Journal:
@@ -78,8 +88,11 @@ class Journal:
         linger_s: float = LINGER_S,
         observe: Callable[[float, int], None] = lambda seconds, events: None,
         instance: str | None = None,
+        poll_s: float = POLL_S,
     ) -> None:
         self.store = store
+        self.poll_s = poll_s
+        """How often `follow` reads the log when nothing wakes it sooner."""
         self.instance = instance
         """This process's instance id, recorded on the events it writes (`Request.Admitted`)."""
         self.followed = -1
@@ -99,6 +112,10 @@ class Journal:
         self._largest = 0
         self.position = 0
         self._committed_event = trio.Event()
+        self._followed_event = trio.Event()
+        self._listening: bool | None = None
+        self._listens = 0
+        self._woken = 0
 
     def submit(self, events: Sequence[Any]) -> None:
         """Queue events without waiting for them (admission). Raises `Overloaded` when full."""
@@ -135,6 +152,10 @@ class Journal:
         """Wait until the Journal commits its next batch."""
         await self._committed_event.wait()
 
+    async def next_follow(self) -> None:
+        """Wait until `follow` has read the log once more."""
+        await self._followed_event.wait()
+
     def statistics(self) -> JournalStatistics:
         return JournalStatistics(
             queued=self._receive.statistics().current_buffer_used,
@@ -146,6 +167,9 @@ class Journal:
             followed=self.followed,
             foreign_events=self._foreign,
             follow_delay_p99_s=_p99(self._delays),
+            listening=self._listening,
+            listens=self._listens,
+            woken=self._woken,
         )
 
     def _foreign_before(self, position: int) -> list[Recorded]:
@@ -178,11 +202,52 @@ class Journal:
         return len(page)
 
     async def follow(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Fold other processes' events as they land (every `POLL_S`, a page at a time)."""
+        """Fold other processes' events as they land, a page at a time: woken by the store's
+        notifications where it has them (PostgreSQL), else (and meanwhile) every `poll_s`."""
+        fd = await self._listen()
+        relisten_at = trio.current_time() + RELISTEN_S
         task_status.started()
-        while True:
-            if await self.follow_once() < 1000:
-                await trio.sleep(POLL_S)  # polling interval, not synchronization: SQLite cannot notify
+        try:
+            while True:
+                full = await self.follow_once() == 1000
+                self._followed_event.set()
+                self._followed_event = trio.Event()
+                if full:
+                    continue
+                if fd is None and self._listening is False and trio.current_time() >= relisten_at:
+                    fd = await self._listen()
+                    relisten_at = trio.current_time() + RELISTEN_S
+                    if fd is not None:
+                        continue  # read what landed while nobody could tell us
+                if fd is None:
+                    # polling interval, not synchronization: SQLite cannot notify, and a PostgreSQL
+                    # follower without its listen connection polls at least at the default rate
+                    await trio.sleep(self.poll_s if self._listening is None else min(self.poll_s, POLL_S))
+                    continue
+                with trio.move_on_after(self.poll_s):  # the fallback poll, should a notification be lost
+                    while True:  # until another process announces a commit (our own are not news)
+                        await trio.lowlevel.wait_readable(fd)
+                        try:
+                            news = self.store.notified()
+                        except LedgerError as error:
+                            log.warning("%s; polling until it is reopened", error)
+                            fd, self._listening = None, False
+                            relisten_at = trio.current_time() + RELISTEN_S
+                            break
+                        if news:
+                            self._woken += 1
+                            break
+        finally:
+            self.store.unlisten()
+
+    async def _listen(self) -> int | None:
+        """Open the store's listen connection (its own connection: not under the store's limiter)."""
+        if not self.store.postgres:
+            return None
+        fd = await trio.to_thread.run_sync(self.store.listen)
+        self._listening = fd is not None
+        self._listens += fd is not None
+        return fd
 
     async def run(self, task_status: trio.TaskStatus[Journal] = trio.TASK_STATUS_IGNORED) -> None:
         self.position = await trio.to_thread.run_sync(self.store.position, limiter=self.limiter)
