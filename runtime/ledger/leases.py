@@ -21,10 +21,13 @@ LEASE_S = 60.0
 
 
 class Leases:
-    def __init__(self, aggregates: Aggregates, instance: str, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, aggregates: Aggregates, instance: str, clock: Callable[[], datetime], lease_s: float = LEASE_S
+    ) -> None:
         self._aggregates = aggregates
         self.instance = instance
         self._clock = clock
+        self.lease_s = lease_s
         self.taken = 0
         self.closed = 0
 
@@ -35,7 +38,7 @@ class Leases:
         rest is spent or held by others). `spent_before` is the period's settled spend when no lease
         was ever taken in it (it opens the aggregate; ignored once it exists)."""
         lease = uuid.uuid4().hex
-        expires_at = self._clock() + timedelta(seconds=LEASE_S)
+        expires_at = self._clock() + timedelta(seconds=self.lease_s)
         granted: list[OpenLease | None] = []
 
         def take(slices: BudgetSlices | None) -> BudgetSlices:
