@@ -115,6 +115,9 @@ class Restated:
 
     day: datetime
     delta_usd: Decimal
+    foreign: bool = False
+    """Another process settled spend of this tenant (not a re-pricing): an idle holder of budget
+    leases gives them back at once, so the money goes where the tenant is spending it."""
 
 
 @attrs.frozen
@@ -452,6 +455,8 @@ class TenantActor:
         if start == spend.period_start:
             self._state = attrs.evolve(self._state, budget=attrs.evolve(spend, spent=spend.spent + message.delta_usd))
             await self._alert_crossings(policy)
+            if message.foreign and self._held and not self._tickets:
+                await self._give_back()  # idle here while another process spends: the slices go to it
 
     async def wait_settled(self) -> None:
         """Wait until nothing is in flight, nothing reserved, and the actor is idle at an empty mailbox
@@ -605,6 +610,7 @@ class TenantActors:
         """Route committed `CostRestated` deltas to the running actors of their tenants (called by the
         Journal's commit hook, in the trio thread). An actor not running reads them from projections."""
         deltas: dict[tuple[str, datetime], Decimal] = {}
+        foreign: set[tuple[str, datetime]] = set()
         admitted: dict[Any, Request.Admitted] = {}
         for record in recorded:
             event = record.event
@@ -633,11 +639,12 @@ class TenantActors:
                     continue
                 key = (str(tenant_id(tenant)), datetime.combine(received.date(), time(), tzinfo=UTC))
                 deltas[key] = deltas.get(key, ZERO) + event.cost_usd
+                foreign.add(key)
         for (tenant, day), delta in deltas.items():
             actor = self._actors.get(tenant)
             if actor is None or not delta:
                 continue
-            message = Restated(day, delta)
+            message = Restated(day, delta, foreign=(tenant, day) in foreign)
             try:
                 actor.send.send_nowait(message)
             except trio.WouldBlock:
