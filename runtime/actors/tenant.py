@@ -61,6 +61,9 @@ from runtime.ledger.leases import Leases
 
 log = logging.getLogger("tollgate.tenant")
 MAILBOX_SIZE = 1024
+FOREIGN_QUIET = 0.1
+"""Of `lease_idle_s`: quiet this long, an actor holding more than is left unleased gives its budget
+leases back as soon as another process settles spend of the tenant (`_yield_to_others`)."""
 
 Spent = Callable[[str, datetime, datetime], Awaitable[Decimal]]
 """Settled spend of a tenant (by name) for received_at in [start, end)."""
@@ -455,8 +458,19 @@ class TenantActor:
         if start == spend.period_start:
             self._state = attrs.evolve(self._state, budget=attrs.evolve(spend, spent=spend.spent + message.delta_usd))
             await self._alert_crossings(policy)
-            if message.foreign and self._held and not self._tickets:
-                await self._give_back()  # idle here while another process spends: the slices go to it
+            if message.foreign:
+                await self._yield_to_others(policy)
+
+    async def _yield_to_others(self, policy: TenantPolicy) -> None:
+        """Another process settled this tenant's spend: quiet here, holding more free than is left
+        unleased for everyone else, the actor gives its slices back (the money goes where the tenant
+        spends it; a steady load with budget to spare does not churn leases)."""
+        quiet = trio.current_time() - self._quiet_since >= self._lease_idle_s * FOREIGN_QUIET
+        if not (self._held and not self._tickets and quiet and self._leases and policy.budget_usd is not None):
+            return
+        slices = await self._leases.held(self.name, self._state.budget.period_start)
+        if slices is not None and slices.left(policy.budget_usd) < self._free():
+            await self._give_back()
 
     async def wait_settled(self) -> None:
         """Wait until nothing is in flight, nothing reserved, and the actor is idle at an empty mailbox

@@ -7,6 +7,7 @@ re-reads and decides again when another process appended first), the size decide
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -18,6 +19,10 @@ from runtime.ledger.aggregates import Aggregates
 
 LEASE_S = 60.0
 """A lease's `expires_at`: the earliest a survivor may expire it, if its holder stopped heartbeating."""
+
+
+class _Refused(Exception):
+    """A refused first take: the period's slices are not opened by it."""
 
 
 class Leases:
@@ -43,17 +48,21 @@ class Leases:
 
         def take(slices: BudgetSlices | None) -> BudgetSlices:
             granted.clear()
+            opening = slices is None
             if slices is None:
                 slices = BudgetSlices.open_period(tenant, period_start, spent_before)
             amount = leases.lease_size(budget, slices.left(budget), need, live)
             if amount is None:
                 granted.append(None)
-                return slices  # a refusal: nothing appended (an opening alone is kept for next time)
+                if opening:  # not opened on a refusal: a later opening reads the spend then (restated)
+                    raise _Refused
+                return slices  # a refusal: nothing appended
             slices.lease(lease, amount, self.instance, expires_at, budget)
             granted.append(slices.open[lease])
             return slices
 
-        await self._aggregates.change(slices_id(tenant, period_start), BudgetSlices, take)
+        with contextlib.suppress(_Refused):
+            await self._aggregates.change(slices_id(tenant, period_start), BudgetSlices, take)
         (found,) = granted
         if found is not None:
             self.taken += 1
