@@ -310,17 +310,21 @@ def _instance_used(
 
 async def _expire_leases(gateway: Gateway, live: set[str]) -> None:
     """`LeaseExpired` for each open budget lease of an instance that is not live, once past its
-    `expires_at`: used = what that instance settled for the tenant in the period (less what its
-    closed leases there used) plus what its requests still open reserve, spread over its open leases
-    oldest first, each capped by its amount — conservative: it frees no money that may yet be spent.
-    Two survivors may race: the second finds the lease closed and appends nothing."""
+    `expires_at` (at once when its process is known gone from this host): used = what that instance
+    settled for the tenant in the period (less what its closed leases there used) plus what its
+    requests still open reserve, spread over its open leases oldest first, each capped by its amount
+    — conservative: it frees no money that may yet be spent. Two survivors may race: the second
+    finds the lease closed and appends nothing."""
     now = gateway.clock()
     rows = await gateway.projector.query(open_leases)  # caught up: the gone instance's last settlements too
+    if not rows:
+        return
+    dead = await gateway.instances.dead_here()  # a process gone from this host: no need to wait
     gone: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         if row["instance"] in live or row["instance"] == gateway.instances.instance:
             continue
-        if datetime.fromisoformat(row["expires_at"]) > now:
+        if datetime.fromisoformat(row["expires_at"]) > now and row["instance"] not in dead:
             continue
         gone.setdefault((row["tenant"], row["period"], row["instance"]), []).append(row)
     for (tenant, period, instance), held in gone.items():

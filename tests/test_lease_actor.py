@@ -4,6 +4,8 @@ a single process takes one lease of the whole remainder, gives it back when quie
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +16,7 @@ import trio.testing
 
 from events.lease import BudgetSlices
 from events.request import Request
-from events.store import LedgerStore
+from events.store import Instance, LedgerStore
 from policies.cost import Priced
 from runtime.chat.record import NOTHING_CONSUMED, append_terminal
 from runtime.ledger.leases import Leases
@@ -130,3 +132,31 @@ async def test_a_survivor_expires_the_lease_of_a_gone_instance(mock_clock: trio.
         assert refused.status_code == 402
         assert (await chat(http, auth, max_tokens=1)).status_code == 200  # $3.125 fits in the $20 freed
         assert wall() - START < timedelta(minutes=1)
+
+
+async def test_a_lease_of_a_process_gone_from_this_host_expires_without_waiting(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A restart after kill -9 of the only process: its heartbeat row names this host and a pid that
+    no longer exists, so the new process expires its lease (the whole budget) on its first heartbeat
+    instead of refusing the tenant until `expires_at` (60 s by default)."""
+    wall = virtual_wall(START)
+    async with running_gateway(make_config(pricing=FIFTY), clock=wall) as gw, gw.http() as http:
+        auth = await new_tenant(http, "restarted", budget_usd="100")
+        gateway = gw.gateway
+        me = gateway.instances.me
+        dead = Instance("dead-instance", _dead_pid(), me.host, wall(), wall())
+        await trio.to_thread.run_sync(gateway.store.beat, dead, limiter=gateway.journal.limiter)
+        gone = Leases(gateway.aggregates, "dead-instance", wall)  # the default lease_s: 60 s
+        assert await gone.take("restarted", datetime(2026, 3, 1, tzinfo=UTC), Decimal(100), Decimal(50), 1, Decimal(0))
+        assert (await chat(http, auth, max_tokens=16)).status_code == 402  # all of it is held by the dead one
+        mock_clock.jump(1.5)  # one heartbeat
+        events = await wait_for_events(gw, lambda ev: any(isinstance(e, BudgetSlices.LeaseExpired) for e in ev))
+        assert [e.used_usd for e in events if isinstance(e, BudgetSlices.LeaseExpired)] == [Decimal(0)]
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
