@@ -54,7 +54,7 @@ from policies.validation import ChatRequest
 from runtime.actors.alerts import Alert
 from runtime.actors.mailbox import ask
 from runtime.actors.supervisor import supervise
-from runtime.errors import ActorUnavailable
+from runtime.errors import ActorUnavailable, Overloaded
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.books import Books, TenantView
 from runtime.ledger.leases import Leases
@@ -102,7 +102,7 @@ class Admit:
     candidates: tuple[Deployment, ...]
     output_tokens: int
     received_at: datetime
-    reply: trio.MemorySendChannel[Admission | RequestRefused]
+    reply: trio.MemorySendChannel[Admission | RequestRefused | Overloaded]
 
 
 @attrs.frozen
@@ -265,7 +265,7 @@ class TenantActor:
         view = self._books.tenant(self.tenant_id)
         return (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
 
-    async def _admit(self, message: Admit) -> Admission | RequestRefused:
+    async def _admit(self, message: Admit) -> Admission | RequestRefused | Overloaded:
         view = self._books.tenant(self.tenant_id)
         enabled = view is not None and view.enabled
         policy = (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
@@ -298,7 +298,11 @@ class TenantActor:
         decision = decide()
         if leasing and isinstance(decision, admission.Refused) and isinstance(decision.reason, BudgetExceeded):
             worst = admission.worst_case(policy, message.chat, message.output_tokens, candidates)
-            if worst is not None and await self._take(policy, worst - self._free()):
+            try:
+                taken = worst is not None and await self._take(policy, worst - self._free())
+            except Overloaded as busy:  # the Journal's queue is full: a 503 `overloaded`, as for `submit`
+                return busy
+            if taken:
                 decision = decide()  # against the slice just leased
         self._state = decision.state
         if others:
@@ -596,12 +600,12 @@ class TenantActors:
                 raise ActorUnavailable(
                     f"The actor for tenant {tenant.name!r} stopped; retry.", retry_after=1.0
                 ) from None
-            if isinstance(decision, RequestRefused):
+            if isinstance(decision, RequestRefused | Overloaded):
                 raise decision
             return decision
         raise ActorUnavailable(f"The actor for tenant {tenant.name!r} is unavailable.", retry_after=1.0)
 
-    async def _hand_back(self, decision: Admission | RequestRefused) -> None:
+    async def _hand_back(self, decision: Admission | RequestRefused | Overloaded) -> None:
         """A grant that arrived as its caller was cancelled: give its reservation back."""
         if isinstance(decision, Admission):
             await self.settle(decision, ZERO, 0)

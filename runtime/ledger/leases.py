@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from events.lease import BudgetSlices, OpenLease, slices_id
 from policies import leases
+from runtime.errors import Overloaded
 from runtime.ledger.aggregates import Aggregates
 
 LEASE_S = 60.0
@@ -40,8 +41,11 @@ class Leases:
         self, tenant: str, period_start: datetime, budget: Decimal, need: Decimal, live: int, spent_before: Decimal
     ) -> OpenLease | None:
         """Lease a slice for a request needing `need` more than what is held free; None: refused (the
-        rest is spent or held by others). `spent_before` is the period's settled spend when no lease
+        rest is spent or held by others). Raises `Overloaded` when the Journal's queue is full (as
+        admission's own `submit` would). `spent_before` is the period's settled spend when no lease
         was ever taken in it (it opens the aggregate; ignored once it exists)."""
+        if self._aggregates.journal_full:
+            raise Overloaded("The gateway's ledger is busy; retry shortly.", retry_after=1.0)
         lease = uuid.uuid4().hex
         expires_at = self._clock() + timedelta(seconds=self.lease_s)
         granted: list[OpenLease | None] = []
