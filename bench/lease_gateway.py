@@ -20,8 +20,8 @@ from typing import Any
 
 from events.lease import BudgetSlices
 from events.request import Request
-from tests.test_lease_e2e import key_works, new_tenant, one_request, open_leases
-from tests.test_workers import DEADLINE_S, ledger_events, serving, until
+from tests.test_lease_e2e import key_works, new_tenant, one_request, open_leases, serve_drained
+from tests.test_workers import DEADLINE_S, ledger_events, until
 
 CONFIG = """
 [server]
@@ -43,7 +43,7 @@ def run(processes: int, requests: int, budget: Decimal, concurrency: int) -> dic
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         config = Path(tmp) / "config.toml"
         config.write_text(CONFIG.replace("LEDGER", str(Path(tmp) / "var" / "ledger.sqlite3")))
-        running = [stack.enter_context(serving(config)) for _ in range(processes)]
+        running = [stack.enter_context(serve_drained(config)) for _ in range(processes)]
         urls = [url for _, url in running]
         key = new_tenant(urls[0], str(budget))
         for url in urls:

@@ -5,15 +5,17 @@ Processes and helpers are those of tests/test_workers.py; waits poll with a dead
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import openai
@@ -90,6 +92,23 @@ def upstream(behaviour: Behaviour, *, flaky: bool) -> Iterator[str]:
         thread.join(DEADLINE_S)
 
 
+@contextmanager
+def serve_drained(config: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`tests.test_workers.serving`, with the process's output read on (its logs would fill the
+    pipe under load, and a process blocked writing its log stops serving)."""
+    with serve_process(config) as (process, url):
+        for stream in (process.stdout, process.stderr):
+            threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+        yield process, url
+
+
+def _drain(stream: IO[str] | None) -> None:
+    if stream is not None:
+        with contextlib.suppress(ValueError, OSError):  # closed when the process is gone
+            for _line in stream:
+                pass
+
+
 def write_config(tmp_path: Path, upstream_url: str) -> Path:
     config = tmp_path / "config.toml"
     ledger = tmp_path / "var" / "ledger.sqlite3"
@@ -164,8 +183,8 @@ def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_pat
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=4, chunk_delay_s=0.01), flaky=True))
         config = write_config(tmp_path, url_up)
-        process_a, url_a = stack.enter_context(serve_process(config))
-        process_b, url_b = stack.enter_context(serve_process(config))
+        process_a, url_a = stack.enter_context(serve_drained(config))
+        process_b, url_b = stack.enter_context(serve_drained(config))
         key = new_tenant(url_a, str(budget))
         until(lambda: key_works(url_b, key), "the key on B")
         with ThreadPoolExecutor(16) as pool:
@@ -205,8 +224,8 @@ def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=400, chunk_delay_s=0.05), flaky=False))
         config = write_config(tmp_path, url_up)
-        victim, url_a = stack.enter_context(serve_process(config))
-        _b, url_b = stack.enter_context(serve_process(config))
+        victim, url_a = stack.enter_context(serve_drained(config))
+        _b, url_b = stack.enter_context(serve_drained(config))
         victim_instance = ready(url_a)["instance"]  # type: ignore[index]
         survivor_instance = ready(url_b)["instance"]  # type: ignore[index]
         key = new_tenant(url_a, str(budget))
@@ -240,7 +259,22 @@ def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget
 
         (expiry,) = until(expired, "the survivor to expire the victim's lease")
         assert (expiry.lease, expiry.by_instance) == (leased.lease, survivor_instance)
-        assert expiry.used_usd == 0  # the cut stream is `interrupted`, its usage unknown: nothing settled
+        # What the victim settled (its cut stream is `interrupted`: usage unknown, nothing settled).
+        events = ledger_events(config)
+        by_victim = {
+            r.event.originator_id
+            for r in events
+            if isinstance(r.event, Request.Admitted) and r.event.instance == victim_instance
+        }
+        victim_cost = sum(
+            (
+                r.event.cost_usd or Decimal(0)
+                for r in events
+                if isinstance(r.event, Request.Settled) and r.event.originator_id in by_victim
+            ),
+            Decimal(0),
+        )
+        assert expiry.used_usd == victim_cost
         assert one_request(url_b, key, 0) == "ok"  # the budget freed serves the survivor
         until(lambda: not open_leases(ledger_events(config)), "the survivor's lease given back")
         events = ledger_events(config)
