@@ -14,6 +14,10 @@
     prices         every price entry (the price book)
     tenants        tenant id → name, enabled, policy, source; tenant_keys: key hash → tenant, valid_until
     open_requests  admitted but not yet settled (their reservations; settled or recovered later)
+    leases         every budget lease (`BudgetSlices`): tenant, period, instance, amount, expires_at,
+                   closed (0/1), used_usd once closed — a survivor finds a gone instance's open ones here
+    instance_spend tenant × UTC day × instance: settled cost (integer nano-dollars) of the requests
+                   each instance admitted (what an expired lease counts as used, `LeaseExpired`)
     tracking       the ledger position the tables reflect, written in the same transaction
 
 `fold` is pure: records in, row changes out. `Projections.apply` writes one batch atomically.
@@ -32,6 +36,7 @@ from typing import Any
 import attrs
 import sqlite_utils
 
+from events.lease import BudgetSlices
 from events.money import usd, usd_str
 from events.pricelist import V2_FIELDS, PriceList
 from events.request import Request
@@ -39,11 +44,21 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 8  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 9  # bump when a table changes: projections are rebuilt from the ledger
 LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
 SPEND_KEY = ("tenant", "day", "model", "provider", "operation")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
-TABLES = ("spend", "outcomes", "prices", "tenants", "tenant_keys", "open_requests", "tracking")
+TABLES = (
+    "spend",
+    "outcomes",
+    "prices",
+    "tenants",
+    "tenant_keys",
+    "open_requests",
+    "leases",
+    "instance_spend",
+    "tracking",
+)
 
 
 @attrs.define
@@ -57,6 +72,9 @@ class Changes:
     keys: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     opened: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     closed: set[str] = attrs.field(factory=set)
+    leased: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    lease_closed: dict[str, Decimal] = attrs.field(factory=dict)
+    instance_spend: dict[tuple[str, str, str], Decimal] = attrs.field(factory=dict)
     position: int = 0
 
 
@@ -172,6 +190,23 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 else:
                     totals["saved"] += event.saved_usd
             _count(changes, event.provider or "-", event.outcome)
+            if admitted.get("instance") is not None and event.cost_usd:
+                spent_key = (admitted["tenant"], admitted["day"], admitted["instance"])
+                changes.instance_spend[spent_key] = changes.instance_spend.get(spent_key, Decimal(0)) + event.cost_usd
+        elif isinstance(event, BudgetSlices.BudgetLeased):
+            changes.leased[event.lease] = {
+                "lease": event.lease,
+                "tenant": event.tenant,
+                "period": event.period.isoformat(),
+                "instance": event.instance,
+                "amount_usd": usd_str(event.amount_usd),
+                "expires_at": event.expires_at.isoformat(),
+                "position": record.position,
+                "closed": 0,
+                "used_usd": None,
+            }
+        elif isinstance(event, BudgetSlices.LeaseReturned | BudgetSlices.LeaseExpired):
+            changes.lease_closed[event.lease] = event.used_usd
         elif isinstance(event, Request.SavingRestated):
             totals = _spend_row(
                 changes, (event.tenant, _day(event.received_at), event.model, event.provider, event.operation)
@@ -381,6 +416,26 @@ class Projections:
             pk="id",
             if_not_exists=True,
         )
+        db.table("leases").create(
+            {
+                "lease": str,
+                "tenant": str,
+                "period": str,
+                "instance": str,
+                "amount_usd": str,
+                "expires_at": str,
+                "position": int,
+                "closed": int,
+                "used_usd": str,
+            },
+            pk="lease",
+            if_not_exists=True,
+        )
+        db.table("instance_spend").create(
+            {"tenant": str, "day": str, "instance": str, "cost_nanousd": int},
+            pk=("tenant", "day", "instance"),
+            if_not_exists=True,
+        )
         db.table("tracking").create({"name": str, "position": int}, pk="name", if_not_exists=True)
 
     @property
@@ -472,6 +527,19 @@ class Projections:
         if changes.closed:
             db.conn.executemany("delete from open_requests where id = ?", [(i,) for i in changes.closed])
         _insert(db, "open_requests", list(changes.opened.values()), replace=True)
+        _insert(db, "leases", list(changes.leased.values()), replace=True)
+        if changes.lease_closed:
+            db.conn.executemany(
+                "update leases set closed = 1, used_usd = ? where lease = ?",
+                [(usd_str(used), lease) for lease, used in changes.lease_closed.items()],
+            )
+        if changes.instance_spend:
+            db.conn.executemany(
+                """insert into instance_spend (tenant, day, instance, cost_nanousd) values (?, ?, ?, ?)
+                   on conflict (tenant, day, instance) do update set
+                       cost_nanousd = cost_nanousd + excluded.cost_nanousd""",
+                [(*key, nano(cost)) for key, cost in changes.instance_spend.items()],
+            )
         db.conn.execute("insert or replace into tracking (name, position) values (?, ?)", (TRACKING, changes.position))
 
     def rows(self, table: str) -> list[dict[str, Any]]:
@@ -570,6 +638,31 @@ def spend_report(
         cost, saved = total.pop("cost"), total.pop("saved")
         rows.append({**total, "cost_usd": usd_str(cost), "saved_usd": usd_str(saved)})
     return rows
+
+
+def open_leases(projections: Projections) -> list[dict[str, Any]]:
+    """Budget leases not returned nor expired, oldest first."""
+    return [dict(row) for row in projections.db.table("leases").rows_where("closed = 0", order_by="position")]
+
+
+def instance_used(
+    projections: Projections, tenant: str, instance: str, period: str, day_from: str, day_to: str
+) -> Decimal:
+    """What `instance` settled for `tenant` on the days given (inclusive: the budget period starting
+    at `period`, an isoformat), less what the leases it closed in that period counted as used: what
+    its open leases there hold spent."""
+    settled = projections.db.execute(
+        "select coalesce(sum(cost_nanousd), 0) from instance_spend"
+        " where tenant = ? and instance = ? and day >= ? and day <= ?",
+        (tenant, instance, day_from, day_to),
+    ).fetchone()[0]
+    closed = [
+        Decimal(row["used_usd"])
+        for row in projections.db.table("leases").rows_where(
+            "tenant = ? and instance = ? and closed = 1 and period = ?", [tenant, instance, period]
+        )
+    ]
+    return max(from_nano(int(settled)) - sum(closed, Decimal(0)), Decimal(0))
 
 
 def outcome_counts(projections: Projections) -> list[dict[str, Any]]:

@@ -103,6 +103,25 @@ def _limits(policy: TenantPolicy) -> list[tuple[str, ratelimit.RateLimit]]:
     return limits
 
 
+def _token_bounds(chat: ChatRequest, output_limit: int) -> tuple[int, int]:
+    prompt_tokens = budget.prompt_upper_bound(chat.prompt_bytes, chat.message_count, chat.image_parts, chat.tool_count)
+    # every choice may run to the cap; `max_tokens` 0 (an embeddings request) reserves no output at all
+    return prompt_tokens, (output_limit if chat.max_tokens is None else chat.max_tokens) * chat.n
+
+
+def worst_case(
+    policy: TenantPolicy, chat: ChatRequest, output_limit: int, candidates: Sequence[Candidate]
+) -> Decimal | None:
+    """What `admit` reserves for `chat` under a budget: the most expensive priced candidate's worst
+    case, over the candidates `admit` would keep (None: none is priced). A budget holder that leases
+    slices (`policies.leases`) asks it to size a lease."""
+    prices = {c.deployment: c.price for c in candidates}
+    ordered = order_candidates([c.deployment for c in candidates], policy.default_provider, policy.fallback_providers)
+    prompt_tokens, output_tokens = _token_bounds(chat, output_limit)
+    costs = [budget.worst_case_cost(prompt_tokens, output_tokens, p) for d in ordered if (p := prices[d]) is not None]
+    return max(costs, default=None)
+
+
 def admit(
     policy: TenantPolicy,
     state: TenantState,
@@ -113,9 +132,12 @@ def admit(
     *,
     tenant: str,
     enabled: bool = True,
+    leased_usd: Decimal | None = None,
 ) -> Admitted | Refused:
     """Admit `chat` for `tenant` (named in refusals) or refuse it. `output_limit` is the most output
-    tokens per choice a request without `max_tokens` may produce."""
+    tokens per choice a request without `max_tokens` may produce. `leased_usd`, for a hard budget
+    admitted against budget leases (`policies.leases`): what the leases held hold beyond what settled
+    under them; the request must also fit in it beside the reservations (`reserved + worst ≤ leased`)."""
 
     def refused(reason: RequestRefused, quotas: Mapping[str, ratelimit.Quota] | None = None) -> Refused:
         return Refused(state, reason, quotas or {})
@@ -126,9 +148,7 @@ def admit(
         return refused(ModelNotAllowed(f"Tenant {tenant!r} may not use model {chat.model!r}.", param="model"))
     prices = {c.deployment: c.price for c in candidates}
     ordered = order_candidates([c.deployment for c in candidates], policy.default_provider, policy.fallback_providers)
-    prompt_tokens = budget.prompt_upper_bound(chat.prompt_bytes, chat.message_count, chat.image_parts, chat.tool_count)
-    # every choice may run to the cap; `max_tokens` 0 (an embeddings request) reserves no output at all
-    output_tokens = (output_limit if chat.max_tokens is None else chat.max_tokens) * chat.n
+    prompt_tokens, output_tokens = _token_bounds(chat, output_limit)
     worst = ZERO
     if policy.budget_usd is not None:
         priced = [(d, price) for d in ordered if (price := prices[d]) is not None]
@@ -167,6 +187,13 @@ def admit(
         )
         return refused(RateLimited(message, retry_after=decision.retry_after_s, quotas=quotas), quotas)
     reservation = budget.reserve(policy.budget_usd, policy.budget_mode, state.budget, worst)
+    hard = policy.budget_usd is not None and policy.budget_mode == "hard"
+    if hard and leased_usd is not None:
+        free = max(leased_usd - state.budget.reserved, ZERO)
+        remains = min(reservation.remaining or ZERO, free)
+        reservation = attrs.evolve(reservation, remaining=remains)
+        if worst > free:
+            reservation = attrs.evolve(reservation, allowed=False, state=state.budget)
     if not reservation.allowed:
         return refused(
             BudgetExceeded(
@@ -177,7 +204,6 @@ def admit(
             {kind: ratelimit.quota(limit, current[kind], now, cost[kind]) for kind, limit in limits},  # uncharged
         )
     buckets = {kind: new for (kind, _), new in zip(limits, charged, strict=True)}
-    hard = policy.budget_usd is not None and policy.budget_mode == "hard"
     cap = output_limit if chat.max_tokens is None and hard else None  # per choice: reserved `n` times
     output_bound = output_tokens if chat.max_tokens is not None or cap is not None else None
     return Admitted(

@@ -53,6 +53,10 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.ge(1024))
     body_timeout_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     tenant_idle_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+    lease_idle_s: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    """A tenant actor with nothing in flight this long gives its budget leases back (`LeaseReturned`)."""
+    lease_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    """A budget lease's `expires_at`: a survivor expires the lease of a gone instance no sooner."""
     write_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     header_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     workers: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(64)])

@@ -25,13 +25,15 @@ import trio
 
 from events.money import ZERO
 from events.pricelist import PRICE_LIST_ID, PriceList
-from events.projections import Projections, spend_report
+from events.projections import Projections, instance_used, open_leases, spend_report
 from events.provider import Provider, provider_id
 from events.request import Request
 from events.store import MEMORY, Instance, LedgerStore
 from events.tenant import Tenant, tenant_id
 from events.usage import Usage
 from policies.cost import UNPRICED, Priced, price_fields
+from policies.leases import spread
+from policies.periods import period_bounds
 from policies.routing import Deployment, RoutingIndex
 from providers.anthropic import DEFAULT_BASE_URL, AnthropicUpstream
 from providers.openai import OpenAIUpstream
@@ -52,6 +54,7 @@ from runtime.ledger.cache import CacheStore, ResponseCache
 from runtime.ledger.conversations import Conversations
 from runtime.ledger.instances import HEARTBEAT_S, Instances
 from runtime.ledger.journal import Journal, JournalStatistics, LedgerUnavailable
+from runtime.ledger.leases import Leases
 from runtime.ledger.projector import Projector, projections_path
 from runtime.metrics import Metrics
 from runtime.telemetry import Telemetry
@@ -114,6 +117,8 @@ class Gateway:
     metrics: Metrics
     instances: Instances
     """This process's instance id and heartbeat; the live instances on this ledger."""
+    leases: Leases
+    """Budget leases (`BudgetSlices`) taken, returned and expired by this instance."""
     generated_admin_key: str | None = None
     alerts: AlertSender | None = None
     telemetry: Telemetry = attrs.field(factory=Telemetry)
@@ -320,7 +325,66 @@ async def _recover_orphans(gateway: Gateway) -> None:
                 await gateway.journal.commit([event])
             except LedgerUnavailable:
                 log.info("request %s: recovered by another instance", event.originator_id)
+        try:
+            await _expire_leases(gateway, live)
+        except LedgerUnavailable:
+            log.warning("could not expire the budget leases of gone instances; next heartbeat", exc_info=True)
         await gateway.instances.forget_gone(gateway.clock())
+
+
+def _instance_used(
+    projections: Projections, *, tenant: str, instance: str, period: str, days: tuple[str, str]
+) -> Decimal:
+    return instance_used(projections, tenant, instance, period, *days)
+
+
+async def _expire_leases(gateway: Gateway, live: set[str]) -> None:
+    """`LeaseExpired` for each open budget lease of an instance that is not live, once past its
+    `expires_at` (at once when its process is known gone from this host): used = what that instance
+    settled for the tenant in the period (less what its closed leases there used) plus what its
+    requests still open reserve, spread over its open leases oldest first, each capped by its amount
+    — conservative: it frees no money that may yet be spent. Two survivors may race: the second
+    finds the lease closed and appends nothing."""
+    now = gateway.clock()
+    rows = await gateway.projector.query(open_leases)  # caught up: the gone instance's last settlements too
+    if not rows:
+        return
+    dead = await gateway.instances.dead_here()  # a process gone from this host: no need to wait
+    gone: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["instance"] in live or row["instance"] == gateway.instances.instance:
+            continue
+        if datetime.fromisoformat(row["expires_at"]) > now and row["instance"] not in dead:
+            continue
+        gone.setdefault((row["tenant"], row["period"], row["instance"]), []).append(row)
+    for (tenant, period, instance), held in gone.items():
+        start = datetime.fromisoformat(period)
+        view = gateway.books.tenant(str(tenant_id(tenant)))
+        _, end = period_bounds(view.tenant_policy.budget_period if view is not None else "month", start)
+        last_day = (end - timedelta(microseconds=1)).date().isoformat()
+        first_day = start.date().isoformat()
+        settled = await gateway.projector.query(
+            partial(_instance_used, tenant=tenant, instance=instance, period=period, days=(first_day, last_day))
+        )
+        reserved = sum(
+            (
+                Decimal(r["reserved_usd"])
+                for r in gateway.books.open_requests()
+                if r["tenant"] == tenant and r.get("instance") == instance and r["received_at"] >= period
+            ),
+            ZERO,
+        )
+        amounts = [Decimal(row["amount_usd"]) for row in held]
+        for row, used_usd in zip(held, spread(settled + reserved, amounts), strict=True):
+            await gateway.leases.expire(tenant, start, row["lease"], used_usd)
+            log.warning(
+                "budget lease %s of gone instance %s expired (tenant %r, used $%s of $%s)",
+                row["lease"],
+                instance,
+                tenant,
+                used_usd,
+                row["amount_usd"],
+            )
 
 
 EXPIRY_INTERVAL_S = 3600.0
@@ -392,6 +456,7 @@ async def open_gateway(
         admin=AdminKey(admin_key),
         metrics=metrics,
         instances=Instances(store, instance, journal.limiter),
+        leases=Leases(aggregates, instance.instance, lambda: gateway.clock(), config.server.lease_s),
         generated_admin_key=generated,
         telemetry=Telemetry.start(config.tracing, environ),
         cache=ResponseCache(cache_store),
@@ -421,11 +486,15 @@ async def open_gateway(
                 alerts=gateway.alerts.crossed,
                 instance=instance.instance,
                 live=lambda: gateway.instances.live_count,
+                leases=gateway.leases,
+                lease_idle_s=config.server.lease_idle_s,
             )
             nursery.start_soon(_expire_conversations, conversations, gateway.clock)
             for handle in handles.values():
                 await nursery.start(partial(supervise, f"provider:{handle.name}", handle.run, handle.give_up))
             yield gateway
+            with trio.move_on_after(5):  # the budget leases go back while the Journal still runs
+                await gateway.tenant_actors.give_back()
             with trio.move_on_after(5):  # leave the read models caught up with the ledger
                 await projector.wait_for(journal.position)
             nursery.cancel_scope.cancel()

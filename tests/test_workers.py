@@ -4,6 +4,7 @@ polling with a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import openai
@@ -137,6 +138,10 @@ def serving(config: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], s
             process.stderr.read() if process.stderr else ""
         )
         url = line.split()[-1]
+        # its output read on: logs would fill the pipe under load, and a process blocked writing its log
+        # stops serving
+        for stream in (process.stdout, process.stderr):
+            threading.Thread(target=_drain, args=(stream,), daemon=True).start()
         until(lambda: ready(url), "readyz")
         yield process, url
     finally:
@@ -146,6 +151,13 @@ def serving(config: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], s
         for stream in (process.stdout, process.stderr):
             if stream:
                 stream.close()
+
+
+def _drain(stream: IO[str] | None) -> None:
+    if stream is not None:
+        with contextlib.suppress(ValueError, OSError):  # closed when the process is gone
+            for _line in stream:
+                pass
 
 
 def client(url: str, key: str = DEMO_KEY) -> openai.OpenAI:

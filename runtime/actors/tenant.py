@@ -10,12 +10,23 @@ An actor is given what it uses: the `Books` (the tenant's view and policy, price
 for budget alerts' state), `spent` (a period's settled spend, from the projections), `aggregates` (the
 one door through which its budget alerts are committed), `clock` (wall time for money) and `alerts`
 (told of each committed threshold crossing: `AlertSender.crossed`, which counts and delivers it).
+
+A hard budget is admitted against budget leases when the actor is given `leases`
+(`runtime.ledger.leases`, docs/leases.md): the actor holds slices of the period's budget (one
+slice of the whole remainder when it is the only live instance), admits while its reservations
+plus the request's worst case fit in what its slices hold beyond what settled under them
+(`admission.admit(..., leased_usd=)`), leases a slice sized for the request when they do not
+(`policies.leases.lease_size`) and tops up after an admission when running low (`should_top_up`).
+It gives every slice back (`LeaseReturned`, what settled under them spread oldest first) when
+nothing was in flight for `lease_idle_s`, at a period change, when it stops, and when told to
+(`GiveBack`, the gateway's shutdown, while the Journal still runs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, time
@@ -26,13 +37,14 @@ from typing import Any
 import attrs
 import trio
 
+from events.lease import OpenLease
 from events.money import ZERO, usd_str
 from events.request import Request
 from events.store import Recorded
 from events.tenant import Tenant, tenant_id
-from policies import admission, budget
+from policies import admission, budget, leases
 from policies.cost import Price
-from policies.errors import RequestRefused
+from policies.errors import BudgetExceeded, RequestRefused
 from policies.periods import period_bounds
 from policies.ratelimit import Quota
 from policies.routing import Deployment
@@ -42,12 +54,16 @@ from policies.validation import ChatRequest
 from runtime.actors.alerts import Alert
 from runtime.actors.mailbox import ask
 from runtime.actors.supervisor import supervise
-from runtime.errors import ActorUnavailable
+from runtime.errors import ActorUnavailable, Overloaded
 from runtime.ledger.aggregates import Aggregates
 from runtime.ledger.books import Books, TenantView
+from runtime.ledger.leases import Leases
 
 log = logging.getLogger("tollgate.tenant")
 MAILBOX_SIZE = 1024
+FOREIGN_QUIET = 0.1
+"""Of `lease_idle_s`: quiet this long, an actor holding more than is left unleased gives its budget
+leases back as soon as another process settles spend of the tenant (`_yield_to_others`)."""
 
 Spent = Callable[[str, datetime, datetime], Awaitable[Decimal]]
 """Settled spend of a tenant (by name) for received_at in [start, end)."""
@@ -86,7 +102,7 @@ class Admit:
     candidates: tuple[Deployment, ...]
     output_tokens: int
     received_at: datetime
-    reply: trio.MemorySendChannel[Admission | RequestRefused]
+    reply: trio.MemorySendChannel[Admission | RequestRefused | Overloaded]
 
 
 @attrs.frozen
@@ -102,6 +118,16 @@ class Restated:
 
     day: datetime
     delta_usd: Decimal
+    foreign: bool = False
+    """Another process settled spend of this tenant (not a re-pricing): an idle holder of budget
+    leases gives them back at once, so the money goes where the tenant is spending it."""
+
+
+@attrs.frozen
+class GiveBack:
+    """Give every budget lease back now (the gateway is stopping); `reply` is closed when done."""
+
+    reply: trio.MemorySendChannel[None]
 
 
 @attrs.frozen
@@ -115,6 +141,9 @@ class TenantStatistics:
     tpm_remaining: int | None
     admitted: int
     refused: int
+    leased_usd: str | None = None
+    """What the budget leases held hold (None: no leases)."""
+    leases_held: int = 0
 
 
 class TenantActor:
@@ -130,8 +159,17 @@ class TenantActor:
         alerts: Callable[[Alert], None],
         instance: str | None = None,
         live: Callable[[], int] = lambda: 1,
+        leases: Leases | None = None,
+        lease_idle_s: float = 2.0,
     ) -> None:
         self.tenant_id = tenant.id
+        self._leases = leases
+        self._lease_idle_s = lease_idle_s
+        self._held: list[OpenLease] = []  # the budget leases held for `_state.budget.period_start`, oldest first
+        self._lease_spent = ZERO  # settled under them
+        self._unleased: set[int] = set()  # tickets whose leases were given back (counted used in full)
+        self._top_up_refused = False  # the last top-up found nothing left: wait for a need to try again
+        self._quiet_since = 0.0  # when the last ticket settled (trio time)
         self._instance = instance
         self._live = live
         self._alerts = alerts
@@ -141,7 +179,7 @@ class TenantActor:
         self._aggregates = aggregates
         self._clock = clock
         self._idle_s = idle_s
-        self.send, self._receive = trio.open_memory_channel[Admit | Settle | Restated](MAILBOX_SIZE)
+        self.send, self._receive = trio.open_memory_channel[Admit | Settle | Restated | GiveBack](MAILBOX_SIZE)
         self.stopped = trio.Event()
         self._changed = trio.lowlevel.ParkingLot()  # unparked each time the actor is back at its mailbox
         self._busy = False
@@ -157,15 +195,28 @@ class TenantActor:
         # A restart (after a crash) keeps the tickets: their reservations are still in flight, and
         # forgetting them would let new requests spend the same money again.
         await self._load_period(self._clock())
+        self._quiet_since = last = trio.current_time()
         task_status.started(self)
         while True:
-            with trio.move_on_after(self._idle_s) as idle:
+            stop_at = last + self._idle_s
+            give_back_at = self._quiet_since + self._lease_idle_s if self._held and not self._tickets else math.inf
+            with trio.move_on_at(min(stop_at, give_back_at)) as idle:
                 message = await self._receive.receive()
             if idle.cancelled_caught:
-                if not self._tickets:
-                    self._receive.close()
-                    return
-                continue
+                now = trio.current_time()
+                if self._tickets:
+                    last = now
+                    continue
+                if self._held and (now >= give_back_at or now >= stop_at):
+                    await self._give_back()  # quiet for `lease_idle_s`, or stopping: the slices go back
+                    if self._held:  # the ledger refused: not stopping with slices out; again later
+                        last = now
+                        continue
+                if now < stop_at or self._receive.statistics().current_buffer_used:
+                    continue  # not idle long enough to stop, or a message came while the leases went back
+                self._receive.close()
+                return
+            last = trio.current_time()
             self._busy = True
             try:
                 await self._handle(message)
@@ -173,7 +224,7 @@ class TenantActor:
                 self._busy = False
                 self._changed.unpark_all()
 
-    async def _handle(self, message: Admit | Settle | Restated) -> None:
+    async def _handle(self, message: Admit | Settle | Restated | GiveBack) -> None:
         if isinstance(message, Admit):
             try:
                 decision = await self._admit(message)
@@ -188,8 +239,13 @@ class TenantActor:
                     await self._settle(Settle(decision, ZERO, 0))
             finally:
                 message.reply.close()
+            if isinstance(decision, Admission):
+                await self._top_up(decision.reserved_usd)
         elif isinstance(message, Restated):
             await self._restated(message)
+        elif isinstance(message, GiveBack):
+            with message.reply:
+                await self._give_back()
         else:
             await self._settle(message)
 
@@ -209,7 +265,7 @@ class TenantActor:
         view = self._books.tenant(self.tenant_id)
         return (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
 
-    async def _admit(self, message: Admit) -> Admission | RequestRefused:
+    async def _admit(self, message: Admit) -> Admission | RequestRefused | Overloaded:
         view = self._books.tenant(self.tenant_id)
         enabled = view is not None and view.enabled
         policy = (view.tenant_policy if view is not None else TenantPolicy()).share(self._live())
@@ -217,21 +273,37 @@ class TenantActor:
             now = self._clock()
             start, _ = period_bounds(policy.budget_period, now)
             if start != self._state.budget.period_start:
+                await self._give_back()  # the old period's slices: what settled under them, and still reserved
                 await self._load_period(now)  # a new period restores the budget
-        others = self._others_reserved()
+        candidates = [admission.Candidate(d, self._price(d, message.received_at)) for d in message.candidates]
+        leasing = self._leasing(policy)
+        others = ZERO if leasing else self._others_reserved()  # leases bound other processes exactly
         state = self._state
         if others:  # other processes' requests in flight count against the budget too
             state = attrs.evolve(state, budget=attrs.evolve(state.budget, reserved=state.budget.reserved + others))
-        decision = admission.admit(
-            policy,
-            state,
-            message.chat,
-            message.output_tokens,
-            [admission.Candidate(d, self._price(d, message.received_at)) for d in message.candidates],
-            trio.current_time(),
-            tenant=self.name,
-            enabled=enabled,
-        )
+
+        def decide() -> admission.Admitted | admission.Refused:
+            return admission.admit(
+                policy,
+                state,
+                message.chat,
+                message.output_tokens,
+                candidates,
+                trio.current_time(),
+                tenant=self.name,
+                enabled=enabled,
+                leased_usd=self._leased() if leasing else None,
+            )
+
+        decision = decide()
+        if leasing and isinstance(decision, admission.Refused) and isinstance(decision.reason, BudgetExceeded):
+            worst = admission.worst_case(policy, message.chat, message.output_tokens, candidates)
+            try:
+                taken = worst is not None and await self._take(policy, worst - self._free())
+            except Overloaded as busy:  # the Journal's queue is full: a 503 `overloaded`, as for `submit`
+                return busy
+            if taken:
+                decision = decide()  # against the slice just leased
         self._state = decision.state
         if others:
             kept = decision.state.budget
@@ -257,6 +329,66 @@ class TenantActor:
         self._tickets[granted.ticket] = granted
         return granted
 
+    # --- budget leases ---------------------------------------------------------------------------
+    def _leasing(self, policy: TenantPolicy) -> bool:
+        return self._leases is not None and policy.budget_usd is not None and policy.budget_mode == "hard"
+
+    def _leased(self) -> Decimal:
+        """What the slices held hold beyond what settled under them (reservations not deducted)."""
+        return sum((lease.amount_usd for lease in self._held), ZERO) - self._lease_spent
+
+    def _free(self) -> Decimal:
+        return self._leased() - self._state.budget.reserved
+
+    async def _take(self, policy: TenantPolicy, need: Decimal) -> bool:
+        """Lease a slice for a request needing `need` beyond what is held free; False: refused."""
+        assert self._leases is not None and policy.budget_usd is not None
+        spend = self._state.budget
+        before = spend.spent + spend.reserved  # opens the period's slices when none was ever leased
+        lease = await self._leases.take(
+            self.name, spend.period_start, policy.budget_usd, max(need, ZERO), self._live(), before
+        )
+        if lease is None:
+            return False
+        self._held.append(lease)  # committed: `take` returns after the Journal did
+        self._top_up_refused = False
+        return True
+
+    async def _top_up(self, worst: Decimal) -> None:
+        """After an admission: lease the next slice before running dry (`policies.leases.should_top_up`,
+        the request just admitted standing for the next one's worst case)."""
+        policy = self._policy()
+        if not (self._leasing(policy) and self._held) or self._top_up_refused:
+            return
+        if not leases.should_top_up(self._free(), self._held[-1].amount_usd, worst):
+            return
+        try:
+            self._top_up_refused = not await self._take(policy, ZERO)
+        except Exception:  # a top-up is ahead of need: the next request that needs it asks again
+            log.warning("tenant %s: could not top up its budget lease", self.name, exc_info=True)
+
+    async def _give_back(self) -> None:
+        """Give every slice held back: what settled under them, plus what requests in flight still
+        reserve under them (they may yet spend it; their settlement no longer counts here)."""
+        if not self._held or self._leases is None:
+            return
+        start = self._state.budget.period_start
+        open_tickets = [n for n, t in self._tickets.items() if t.period_start == start and n not in self._unleased]
+        used = self._lease_spent + sum((self._tickets[n].reserved_usd for n in open_tickets), ZERO)
+        held = list(self._held)
+        try:
+            for lease, used_usd in zip(held, leases.spread(used, [h.amount_usd for h in held]), strict=True):
+                await self._leases.give_back(self.name, start, lease.lease, used_usd)
+                self._held.remove(lease)
+        except Exception:  # kept: given back at the next quiet spell or stop (or expired by a survivor)
+            log.warning("tenant %s: could not give its budget leases back", self.name, exc_info=True)
+            if self._held:
+                self._quiet_since = trio.current_time()  # try again after another quiet spell
+                return
+        self._unleased.update(open_tickets)
+        self._lease_spent = ZERO
+        self._top_up_refused = False
+
     def _others_reserved(self) -> Decimal:
         """What other processes reserved for this tenant's requests in flight in this period, as far
         as this process has followed the log (their `Admitted` not yet settled)."""
@@ -280,6 +412,13 @@ class TenantActor:
     async def _settle(self, message: Settle) -> None:
         granted = message.admission
         ticket = self._tickets.pop(granted.ticket, None) if granted.epoch == self._epoch else None
+        if ticket is not None:
+            unleased = granted.ticket in self._unleased
+            self._unleased.discard(granted.ticket)
+            if self._held and not unleased and granted.period_start == self._state.budget.period_start:
+                self._lease_spent += message.cost_usd or ZERO
+            if not self._tickets:
+                self._quiet_since = trio.current_time()
         policy = self._policy()
         self._state = admission.settle(
             policy,
@@ -323,6 +462,19 @@ class TenantActor:
         if start == spend.period_start:
             self._state = attrs.evolve(self._state, budget=attrs.evolve(spend, spent=spend.spent + message.delta_usd))
             await self._alert_crossings(policy)
+            if message.foreign:
+                await self._yield_to_others(policy)
+
+    async def _yield_to_others(self, policy: TenantPolicy) -> None:
+        """Another process settled this tenant's spend: quiet here, holding more free than is left
+        unleased for everyone else, the actor gives its slices back (the money goes where the tenant
+        spends it; a steady load with budget to spare does not churn leases)."""
+        quiet = trio.current_time() - self._quiet_since >= self._lease_idle_s * FOREIGN_QUIET
+        if not (self._held and not self._tickets and quiet and self._leases and policy.budget_usd is not None):
+            return
+        slices = await self._leases.held(self.name, self._state.budget.period_start)
+        if slices is not None and slices.left(policy.budget_usd) < self._free():
+            await self._give_back()
 
     async def wait_settled(self) -> None:
         """Wait until nothing is in flight, nothing reserved, and the actor is idle at an empty mailbox
@@ -346,6 +498,8 @@ class TenantActor:
             tpm_remaining=tpm,
             admitted=self._admitted,
             refused=self._refused,
+            leased_usd=usd_str(self._leased()) if self._held else None,
+            leases_held=len(self._held),
         )
 
     def give_up(self, error: BaseException) -> None:
@@ -367,9 +521,13 @@ class TenantActors:
         alerts: Callable[[Alert], None] = lambda alert: None,
         instance: str | None = None,
         live: Callable[[], int] = lambda: 1,
+        leases: Leases | None = None,
+        lease_idle_s: float = 2.0,
     ) -> None:
         self._instance = instance
         self._live = live
+        self._leases = leases
+        self.lease_idle_s = lease_idle_s
         self._nursery = nursery
         self._alerts = alerts
         self._books = books
@@ -401,6 +559,8 @@ class TenantActors:
                     alerts=self._alerts,
                     instance=self._instance,
                     live=self._live,
+                    leases=self._leases,
+                    lease_idle_s=self.lease_idle_s,
                 )
                 await self._nursery.start(self._supervised, actor)
                 self._actors[tenant.id] = actor
@@ -440,12 +600,12 @@ class TenantActors:
                 raise ActorUnavailable(
                     f"The actor for tenant {tenant.name!r} stopped; retry.", retry_after=1.0
                 ) from None
-            if isinstance(decision, RequestRefused):
+            if isinstance(decision, RequestRefused | Overloaded):
                 raise decision
             return decision
         raise ActorUnavailable(f"The actor for tenant {tenant.name!r} is unavailable.", retry_after=1.0)
 
-    async def _hand_back(self, decision: Admission | RequestRefused) -> None:
+    async def _hand_back(self, decision: Admission | RequestRefused | Overloaded) -> None:
         """A grant that arrived as its caller was cancelled: give its reservation back."""
         if isinstance(decision, Admission):
             await self.settle(decision, ZERO, 0)
@@ -468,6 +628,7 @@ class TenantActors:
         """Route committed `CostRestated` deltas to the running actors of their tenants (called by the
         Journal's commit hook, in the trio thread). An actor not running reads them from projections."""
         deltas: dict[tuple[str, datetime], Decimal] = {}
+        foreign: set[tuple[str, datetime]] = set()
         admitted: dict[Any, Request.Admitted] = {}
         for record in recorded:
             event = record.event
@@ -496,11 +657,12 @@ class TenantActors:
                     continue
                 key = (str(tenant_id(tenant)), datetime.combine(received.date(), time(), tzinfo=UTC))
                 deltas[key] = deltas.get(key, ZERO) + event.cost_usd
+                foreign.add(key)
         for (tenant, day), delta in deltas.items():
             actor = self._actors.get(tenant)
             if actor is None or not delta:
                 continue
-            message = Restated(day, delta)
+            message = Restated(day, delta, foreign=(tenant, day) in foreign)
             try:
                 actor.send.send_nowait(message)
             except trio.WouldBlock:
@@ -515,6 +677,18 @@ class TenantActors:
 
     def statistics(self) -> list[TenantStatistics]:
         return [actor.statistics() for actor in self._actors.values()]
+
+    async def give_back(self) -> None:
+        """Have every running actor give its budget leases back, and wait until they did (the
+        gateway's shutdown, while the Journal still runs)."""
+        for actor in list(self._actors.values()):
+            done, wait = trio.open_memory_channel[None](1)
+            try:
+                await actor.send.send(GiveBack(done))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # stopped: it gave them back as it stopped
+            with wait, contextlib.suppress(trio.EndOfChannel):
+                await wait.receive()
 
     def find(self, tenant_id: str) -> TenantActor | None:
         return self._actors.get(tenant_id)

@@ -35,6 +35,11 @@ class Aggregates:
         self._committed: dict[uuid.UUID, Aggregate] = {}
         self._locks: dict[uuid.UUID, trio.Lock] = {}
 
+    @property
+    def journal_full(self) -> bool:
+        """The Journal's queue is full: a change now would wait for the writer (admission must not)."""
+        return self._journal.full
+
     def committed(self, aggregates: Iterable[Aggregate]) -> None:
         """Keep aggregates whose events are all committed (the start-up reconciliation commits them itself)."""
         for aggregate in aggregates:

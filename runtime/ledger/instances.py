@@ -65,6 +65,15 @@ class Instances:
     async def live(self, now: datetime) -> set[str]:
         return {row.instance for row in await self.live_rows(now)}
 
+    async def dead_here(self) -> set[str]:
+        """Instances whose heartbeat row names this host and a process that no longer exists: known
+        dead at once (their budget leases need not wait for `expires_at`)."""
+        return {
+            row.instance
+            for row in await self.all()
+            if row.instance != self.instance and row.host == self.me.host and not _pid_exists(row.pid)
+        }
+
     async def forget_gone(self, now: datetime) -> None:
         """Drop the rows of instances gone for good (their requests were recovered just before)."""
         gone = [row.instance for row in await self.all() if not self._alive(row, now)]

@@ -117,6 +117,12 @@ class Journal:
         self._listens = 0
         self._woken = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether `submit` would refuse now (the queue is full: the writer is behind)."""
+        stats = self._send.statistics()
+        return stats.current_buffer_used >= stats.max_buffer_size
+
     def submit(self, events: Sequence[Any]) -> None:
         """Queue events without waiting for them (admission). Raises `Overloaded` when full."""
         if not events:
