@@ -1,4 +1,5 @@
-"""Budget leases end to end (issue #13): two real `tollgate serve` processes on one SQLite ledger,
+"""Budget leases end to end (issue #13): two real `tollgate serve` processes on one ledger (SQLite
+and PostgreSQL, conftest's `backend`),
 a tenant with a hard budget hammered through both at once with the openai SDK (non-stream, streams,
 disconnects, an upstream failing part of the time); and kill -9 of a process holding a lease.
 Processes and helpers are those of tests/test_workers.py; waits poll with a deadline, never sleep."""
@@ -25,7 +26,17 @@ from events.request import Request
 from events.store import Recorded
 from tests.fake_openai import Behaviour, FakeOpenAI, serving
 from tests.test_replay import replay_verify
-from tests.test_workers import ADMIN, DEADLINE_S, client, env, ledger_events, ready, unsettled, until
+from tests.test_workers import (
+    ADMIN,
+    DEADLINE_S,
+    client,
+    env,
+    ledger_events,
+    ledger_lines,
+    ready,
+    unsettled,
+    until,
+)
 from tests.test_workers import serving as serve_process
 
 # The fake bills 11 prompt + 7 completion tokens: $0.081 a request; a request with max_tokens 20
@@ -37,7 +48,7 @@ grace_period_s = 5.0
 lease_idle_s = 1.0
 lease_s = 2.0
 [ledger]
-path = "LEDGER"
+LEDGER
 [[providers]]
 name = "up"
 kind = "openai"
@@ -90,10 +101,9 @@ def upstream(behaviour: Behaviour, *, flaky: bool) -> Iterator[str]:
         thread.join(DEADLINE_S)
 
 
-def write_config(tmp_path: Path, upstream_url: str) -> Path:
+def write_config(tmp_path: Path, upstream_url: str, backend: str | None) -> Path:
     config = tmp_path / "config.toml"
-    ledger = tmp_path / "var" / "ledger.sqlite3"
-    config.write_text(CONFIG.replace("LEDGER", str(ledger)).replace("UPSTREAM", upstream_url))
+    config.write_text(CONFIG.replace("LEDGER", ledger_lines(tmp_path, backend)).replace("UPSTREAM", upstream_url))
     return config
 
 
@@ -159,11 +169,11 @@ def one_request(url: str, key: str, kind: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_path: Path) -> None:
+def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_path: Path, backend: str | None) -> None:
     budget = Decimal("3")
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=4, chunk_delay_s=0.01), flaky=True))
-        config = write_config(tmp_path, url_up)
+        config = write_config(tmp_path, url_up, backend)
         process_a, url_a = stack.enter_context(serve_process(config))
         process_b, url_b = stack.enter_context(serve_process(config))
         key = new_tenant(url_a, str(budget))
@@ -199,12 +209,12 @@ def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_pat
 
 @pytest.mark.slow
 def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget_serves_again(
-    tmp_path: Path,
+    tmp_path: Path, backend: str | None
 ) -> None:
     budget = Decimal("0.5")  # less than two requests' worst case: the first taker leases it all
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=400, chunk_delay_s=0.05), flaky=False))
-        config = write_config(tmp_path, url_up)
+        config = write_config(tmp_path, url_up, backend)
         victim, url_a = stack.enter_context(serve_process(config))
         _b, url_b = stack.enter_context(serve_process(config))
         victim_instance = ready(url_a)["instance"]  # type: ignore[index]
