@@ -40,7 +40,7 @@ from tests.test_workers import (
 from tests.test_workers import serving as serve_process
 
 # The fake bills 11 prompt + 7 completion tokens: $0.081 a request; a request with max_tokens 20
-# reserves about $0.29 (its prompt bound at $1 000/M in, 20 tokens at $10 000/M out).
+# reserves about $0.3 (its prompt bound at $1 000/M in, 20 tokens at $10 000/M out).
 CONFIG = """
 [server]
 host = "127.0.0.1"
@@ -145,17 +145,17 @@ def settled_cost(events: list[Recorded]) -> Decimal:
     return sum((r.event.cost_usd or Decimal(0) for r in events if isinstance(r.event, Request.Settled)), Decimal(0))
 
 
-def one_request(url: str, key: str, kind: int) -> str:
+def one_request(url: str, key: str, kind: int, max_tokens: int = 20) -> str:
     """Non-stream, a full stream, or a stream the client leaves after its first chunk."""
     try:
         sdk = client(url, key)
         if kind == 0:
             sdk.chat.completions.create(
-                model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=20
+                model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=max_tokens
             )
             return "ok"
         chunks = sdk.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=20, stream=True
+            model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=max_tokens, stream=True
         )
         with chunks:
             for n, _chunk in enumerate(chunks):
@@ -211,7 +211,7 @@ def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_pat
 def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget_serves_again(
     tmp_path: Path, backend: str | None
 ) -> None:
-    budget = Decimal("0.5")  # less than two requests' worst case: the first taker leases it all
+    budget = Decimal("0.5")  # less than two requests' worst case (about $0.3): the first taker leases it all
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=400, chunk_delay_s=0.05), flaky=False))
         config = write_config(tmp_path, url_up, backend)
@@ -250,23 +250,26 @@ def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget
 
         (expiry,) = until(expired, "the survivor to expire the victim's lease")
         assert (expiry.lease, expiry.by_instance) == (leased.lease, survivor_instance)
-        # What the victim settled (its cut stream is `interrupted`: usage unknown, nothing settled).
+        # What the victim's requests may have spent: their settled costs, and the reservation of its cut
+        # stream (recovered `interrupted`, usage unknown: not $0) — or of any request still open.
         events = ledger_events(config)
-        by_victim = {
-            r.event.originator_id
+        admitted = {
+            r.event.originator_id: r.event.reserved_usd
             for r in events
             if isinstance(r.event, Request.Admitted) and r.event.instance == victim_instance
         }
-        victim_cost = sum(
+        settled = {r.event.originator_id: r.event for r in events if isinstance(r.event, Request.Settled)}
+        victim_used = sum(
             (
-                r.event.cost_usd or Decimal(0)
-                for r in events
-                if isinstance(r.event, Request.Settled) and r.event.originator_id in by_victim
+                settled[request].cost_usd if request in settled and settled[request].cost_usd is not None else reserved
+                for request, reserved in admitted.items()
             ),
             Decimal(0),
         )
-        assert expiry.used_usd == victim_cost
-        assert one_request(url_b, key, 0) == "ok"  # the budget freed serves the survivor
+        assert expiry.used_usd == min(victim_used, budget) > 0
+        # $0.5 − the stream's $0.32 worst case: a request of at most $0.18 (max_tokens 1: $0.13) is served.
+        assert one_request(url_b, key, 0) == "budget_exceeded"
+        assert one_request(url_b, key, 0, max_tokens=1) == "ok"  # the budget freed serves the survivor
         until(lambda: not open_leases(ledger_events(config)), "the survivor's lease given back")
         events = ledger_events(config)
         assert not unsettled(events)
