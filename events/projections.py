@@ -17,7 +17,8 @@
     leases         every budget lease (`BudgetSlices`): tenant, period, instance, amount, expires_at,
                    closed (0/1), used_usd once closed — a survivor finds a gone instance's open ones here
     instance_spend tenant × UTC day × instance: settled cost (integer nano-dollars) of the requests
-                   each instance admitted (what an expired lease counts as used, `LeaseExpired`)
+                   each instance admitted — an `interrupted` one of unknown usage counts its reservation
+                   (what an expired lease counts as used, `LeaseExpired`: unknown is not $0)
     tracking       the ledger position the tables reflect, written in the same transaction
 
 `fold` is pure: records in, row changes out. `Projections.apply` writes one batch atomically.
@@ -44,7 +45,7 @@ from events.store import Recorded
 from events.tenant import Tenant
 
 TRACKING = "projections"
-SCHEMA_VERSION = 9  # bump when a table changes: projections are rebuilt from the ledger
+SCHEMA_VERSION = 10  # bump when a table changes: projections are rebuilt from the ledger
 LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
 SPEND_KEY = ("tenant", "day", "model", "provider", "operation")
 INTERRUPTED = "interrupted"  # the outcome crash recovery records (runtime.gateway)
@@ -190,9 +191,12 @@ def fold(records: Sequence[Recorded], state: FoldState) -> Changes:
                 else:
                     totals["saved"] += event.saved_usd
             _count(changes, event.provider or "-", event.outcome)
-            if admitted.get("instance") is not None and event.cost_usd:
+            # what an expired lease counts as used: the cost, or, usage unknown, the reservation (its worst
+            # case: it may have been spent upstream; unknown is not $0)
+            used = Decimal(admitted["reserved_usd"]) if unknown else event.cost_usd
+            if admitted.get("instance") is not None and used:
                 spent_key = (admitted["tenant"], admitted["day"], admitted["instance"])
-                changes.instance_spend[spent_key] = changes.instance_spend.get(spent_key, Decimal(0)) + event.cost_usd
+                changes.instance_spend[spent_key] = changes.instance_spend.get(spent_key, Decimal(0)) + used
         elif isinstance(event, BudgetSlices.BudgetLeased):
             changes.leased[event.lease] = {
                 "lease": event.lease,

@@ -23,3 +23,10 @@ def postgres_url(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatc
     """A fresh empty database's URL; its password is in the environment variable `PASSWORD_ENV`."""
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     return postgres_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """Each ledger backend in turn: None for a SQLite file, else a fresh database's URL on the
+    throwaway PostgreSQL (`tests.test_workers.ledger_lines` makes the `[ledger]` lines of either)."""
+    return str(request.getfixturevalue("postgres_url")) if request.param == "postgres" else None

@@ -17,8 +17,8 @@ import trio.testing
 from events.lease import BudgetSlices
 from events.request import Request
 from events.store import Instance, LedgerStore
-from policies.cost import Priced
-from runtime.chat.record import NOTHING_CONSUMED, append_terminal
+from policies.cost import UNPRICED, Priced
+from runtime.chat.record import NOTHING_CONSUMED, USAGE_UNKNOWN, append_terminal
 from runtime.ledger.leases import Leases
 from tests.harness import ledger_events, make_config, running_gateway, wait_for_events
 from tests.test_tenant_policies import FIFTY, chat, new_tenant, virtual_wall
@@ -132,6 +132,32 @@ async def test_a_survivor_expires_the_lease_of_a_gone_instance(mock_clock: trio.
         assert refused.status_code == 402
         assert (await chat(http, auth, max_tokens=1)).status_code == 200  # $3.125 fits in the $20 freed
         assert wall() - START < timedelta(minutes=1)
+
+
+async def test_an_interrupted_request_of_a_gone_instance_counts_its_reservation_as_used(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The gone instance's request was recovered as `interrupted` with its usage unknown (cost None):
+    it may have spent up to its reservation upstream, so the expired lease counts that reservation
+    ($40) as used, not $0 — the survivor then has $60 of the $100, one $50 request and no second."""
+    config = make_config(pricing=FIFTY, server={"host": "127.0.0.1", "port": 0, "lease_s": 10})
+    wall = virtual_wall(START)
+    async with running_gateway(config, clock=wall) as gw, gw.http() as http:
+        auth = await new_tenant(http, "unknown", budget_usd="100")
+        gateway = gw.gateway
+        gone = Leases(gateway.aggregates, "gone-instance", wall, lease_s=10)
+        period = datetime(2026, 3, 1, tzinfo=UTC)
+        lease = await gone.take("unknown", period, Decimal(100), Decimal(50), 2, Decimal(0))
+        assert lease is not None and lease.amount_usd == Decimal(50)
+        request = Request.admit("u-1", "unknown", "sim-1", True, Decimal(40), wall(), instance="gone-instance")
+        append_terminal(request, Request.Failed, "interrupted", USAGE_UNKNOWN, UNPRICED, None)
+        await gateway.journal.commit(request.collect_events())
+        mock_clock.jump(11)
+        events = await wait_for_events(gw, lambda ev: any(isinstance(e, BudgetSlices.LeaseExpired) for e in ev))
+        assert [e.used_usd for e in events if isinstance(e, BudgetSlices.LeaseExpired)] == [Decimal(40)]
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200
+        refused = await chat(http, auth, max_tokens=16)
+        assert refused.status_code == 402, refused.text
 
 
 async def test_a_lease_of_a_process_gone_from_this_host_expires_without_waiting(

@@ -1,4 +1,5 @@
-"""Budget leases end to end (issue #13): two real `tollgate serve` processes on one SQLite ledger,
+"""Budget leases end to end (issue #13): two real `tollgate serve` processes on one ledger (SQLite
+and PostgreSQL, conftest's `backend`),
 a tenant with a hard budget hammered through both at once with the openai SDK (non-stream, streams,
 disconnects, an upstream failing part of the time); and kill -9 of a process holding a lease.
 Processes and helpers are those of tests/test_workers.py; waits poll with a deadline, never sleep."""
@@ -25,11 +26,21 @@ from events.request import Request
 from events.store import Recorded
 from tests.fake_openai import Behaviour, FakeOpenAI, serving
 from tests.test_replay import replay_verify
-from tests.test_workers import ADMIN, DEADLINE_S, client, env, ledger_events, ready, unsettled, until
+from tests.test_workers import (
+    ADMIN,
+    DEADLINE_S,
+    client,
+    env,
+    ledger_events,
+    ledger_lines,
+    ready,
+    unsettled,
+    until,
+)
 from tests.test_workers import serving as serve_process
 
 # The fake bills 11 prompt + 7 completion tokens: $0.081 a request; a request with max_tokens 20
-# reserves about $0.29 (its prompt bound at $1 000/M in, 20 tokens at $10 000/M out).
+# reserves about $0.3 (its prompt bound at $1 000/M in, 20 tokens at $10 000/M out).
 CONFIG = """
 [server]
 host = "127.0.0.1"
@@ -37,7 +48,7 @@ grace_period_s = 5.0
 lease_idle_s = 1.0
 lease_s = 2.0
 [ledger]
-path = "LEDGER"
+LEDGER
 [[providers]]
 name = "up"
 kind = "openai"
@@ -90,10 +101,9 @@ def upstream(behaviour: Behaviour, *, flaky: bool) -> Iterator[str]:
         thread.join(DEADLINE_S)
 
 
-def write_config(tmp_path: Path, upstream_url: str) -> Path:
+def write_config(tmp_path: Path, upstream_url: str, backend: str | None) -> Path:
     config = tmp_path / "config.toml"
-    ledger = tmp_path / "var" / "ledger.sqlite3"
-    config.write_text(CONFIG.replace("LEDGER", str(ledger)).replace("UPSTREAM", upstream_url))
+    config.write_text(CONFIG.replace("LEDGER", ledger_lines(tmp_path, backend)).replace("UPSTREAM", upstream_url))
     return config
 
 
@@ -135,17 +145,17 @@ def settled_cost(events: list[Recorded]) -> Decimal:
     return sum((r.event.cost_usd or Decimal(0) for r in events if isinstance(r.event, Request.Settled)), Decimal(0))
 
 
-def one_request(url: str, key: str, kind: int) -> str:
+def one_request(url: str, key: str, kind: int, max_tokens: int = 20) -> str:
     """Non-stream, a full stream, or a stream the client leaves after its first chunk."""
     try:
         sdk = client(url, key)
         if kind == 0:
             sdk.chat.completions.create(
-                model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=20
+                model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=max_tokens
             )
             return "ok"
         chunks = sdk.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=20, stream=True
+            model="gpt-test", messages=[{"role": "user", "content": "spend"}], max_tokens=max_tokens, stream=True
         )
         with chunks:
             for n, _chunk in enumerate(chunks):
@@ -159,11 +169,11 @@ def one_request(url: str, key: str, kind: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_path: Path) -> None:
+def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_path: Path, backend: str | None) -> None:
     budget = Decimal("3")
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=4, chunk_delay_s=0.01), flaky=True))
-        config = write_config(tmp_path, url_up)
+        config = write_config(tmp_path, url_up, backend)
         process_a, url_a = stack.enter_context(serve_process(config))
         process_b, url_b = stack.enter_context(serve_process(config))
         key = new_tenant(url_a, str(budget))
@@ -199,12 +209,12 @@ def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_pat
 
 @pytest.mark.slow
 def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget_serves_again(
-    tmp_path: Path,
+    tmp_path: Path, backend: str | None
 ) -> None:
-    budget = Decimal("0.5")  # less than two requests' worst case: the first taker leases it all
+    budget = Decimal("0.5")  # less than two requests' worst case (about $0.3): the first taker leases it all
     with ExitStack() as stack:
         url_up = stack.enter_context(upstream(Behaviour(chunks=400, chunk_delay_s=0.05), flaky=False))
-        config = write_config(tmp_path, url_up)
+        config = write_config(tmp_path, url_up, backend)
         victim, url_a = stack.enter_context(serve_process(config))
         _b, url_b = stack.enter_context(serve_process(config))
         victim_instance = ready(url_a)["instance"]  # type: ignore[index]
@@ -240,23 +250,26 @@ def test_kill_9_a_process_holding_a_lease_the_survivor_expires_it_and_the_budget
 
         (expiry,) = until(expired, "the survivor to expire the victim's lease")
         assert (expiry.lease, expiry.by_instance) == (leased.lease, survivor_instance)
-        # What the victim settled (its cut stream is `interrupted`: usage unknown, nothing settled).
+        # What the victim's requests may have spent: their settled costs, and the reservation of its cut
+        # stream (recovered `interrupted`, usage unknown: not $0) — or of any request still open.
         events = ledger_events(config)
-        by_victim = {
-            r.event.originator_id
+        admitted = {
+            r.event.originator_id: r.event.reserved_usd
             for r in events
             if isinstance(r.event, Request.Admitted) and r.event.instance == victim_instance
         }
-        victim_cost = sum(
+        settled = {r.event.originator_id: r.event for r in events if isinstance(r.event, Request.Settled)}
+        victim_used = sum(
             (
-                r.event.cost_usd or Decimal(0)
-                for r in events
-                if isinstance(r.event, Request.Settled) and r.event.originator_id in by_victim
+                settled[request].cost_usd if request in settled and settled[request].cost_usd is not None else reserved
+                for request, reserved in admitted.items()
             ),
             Decimal(0),
         )
-        assert expiry.used_usd == victim_cost
-        assert one_request(url_b, key, 0) == "ok"  # the budget freed serves the survivor
+        assert expiry.used_usd == min(victim_used, budget) > 0
+        # $0.5 − the stream's $0.32 worst case: a request of at most $0.18 (max_tokens 1: $0.13) is served.
+        assert one_request(url_b, key, 0) == "budget_exceeded"
+        assert one_request(url_b, key, 0, max_tokens=1) == "ok"  # the budget freed serves the survivor
         until(lambda: not open_leases(ledger_events(config)), "the survivor's lease given back")
         events = ledger_events(config)
         assert not unsettled(events)

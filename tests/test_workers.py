@@ -73,24 +73,27 @@ PROPAGATION_BOUND_S = 1.0
 """The documented delay for a write through one process to apply on another (README: p99 ≤ 1 s)."""
 
 
-def write_config(tmp_path: Path, url: str | None = None, poll_s: float | None = None) -> Path:
-    """A config on a SQLite ledger in `tmp_path/var`, or on the PostgreSQL database `url` (its
-    password in `PASSWORD_ENV`; the side tables stay in the local file)."""
-    config = tmp_path / "config.toml"
+def ledger_lines(tmp_path: Path, url: str | None = None, poll_s: float | None = None) -> str:
+    """The `[ledger]` lines of a SQLite ledger in `tmp_path/var`, or of the PostgreSQL database `url`
+    (its password in `PASSWORD_ENV`; the side tables stay in the local file)."""
     ledger = f'path = "{tmp_path / "var" / "ledger.sqlite3"}"'
     if url is not None:
         ledger += f'\nurl = "{url}"\npassword_env = "{PASSWORD_ENV}"'
     if poll_s is not None:
         ledger += f"\npoll_s = {poll_s}"
-    config.write_text(CONFIG.replace("LEDGER", ledger))
+    return ledger
+
+
+def write_config(tmp_path: Path, url: str | None = None, poll_s: float | None = None) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.replace("LEDGER", ledger_lines(tmp_path, url, poll_s)))
     return config
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A config on each backend: a SQLite file, or a fresh database on the throwaway PostgreSQL."""
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    return write_config(tmp_path, url)
+@pytest.fixture
+def config(backend: str | None, tmp_path: Path) -> Path:
+    """A config on each backend (conftest's `backend`): a SQLite file, or a fresh PostgreSQL database."""
+    return write_config(tmp_path, backend)
 
 
 def ledger_url(config: Path) -> str | None:
