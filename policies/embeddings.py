@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from policies.errors import InvalidRequest
-from policies.validation import ChatRequest, _expect, _type_name
+from policies.validation import ChatRequest, _expect, _type_name, body_model
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 MAX_DIMENSIONS = 65_536
@@ -84,14 +84,7 @@ def input_bound(value: Any) -> tuple[int, int]:
 
 def parse_embeddings_request(body: Any) -> ChatRequest:
     """Check a decoded embeddings body. Raises `InvalidRequest` naming the field at fault."""
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.", code="invalid_type")
-    if "model" not in body:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
-    model = body["model"]
-    _expect(model, str, "model", "a string")
-    if not model:
-        raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
+    model = body_model(body)
     if "input" not in body:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     inputs, bound = input_bound(body["input"])

@@ -182,8 +182,8 @@ def _positive_int(body: Mapping[str, Any], key: str, maximum: int) -> int | None
     return int(value)
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Check a decoded chat-completions body. Raises `InvalidRequest` naming the field at fault."""
+def body_model(body: Any) -> str:
+    """The `model` of a decoded request body, checked with the body's shape (a JSON object)."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.", code="invalid_type")
     if "model" not in body:
@@ -192,6 +192,12 @@ def parse_chat_request(body: Any) -> ChatRequest:
     _expect(model, str, "model", "a string")
     if not model:
         raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
+    return str(model)
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Check a decoded chat-completions body. Raises `InvalidRequest` naming the field at fault."""
+    model = body_model(body)
     if "messages" not in body:
         raise InvalidRequest(
             "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"

@@ -42,7 +42,7 @@ import attrs
 import httpx
 
 from events.usage import Usage
-from providers.errors import MalformedResponse, ProviderError, UpstreamRejected, error_for_status
+from providers.errors import MalformedResponse, ProviderError, UpstreamRejected, error_for_status, json_answer
 from providers.http import Endpoint, SSEChunkStream, secrets_of
 from providers.sse import SSEEvent
 from providers.tokens import message_text, requested_max_tokens
@@ -300,16 +300,12 @@ def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_response(provider: str, content: bytes, created: int | None = None) -> Completion:
-    try:
-        message = json.loads(content)
-    except ValueError:
-        raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
-    if (
-        not isinstance(message, dict)
-        or message.get("type") != "message"
-        or not isinstance(message.get("content"), list)
-    ):
-        raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not an Anthropic message")
+    message = json_answer(
+        provider,
+        content,
+        lambda m: m.get("type") == "message" and isinstance(m.get("content"), list),
+        "an Anthropic message",
+    )
     texts = []
     tool_calls = []
     for block in message["content"]:

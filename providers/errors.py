@@ -20,8 +20,9 @@ of an `UpstreamRejected`, which tells the client what to fix — and that only t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import ClassVar
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from providers.redaction import redact
 
@@ -79,6 +80,18 @@ class UpstreamAuthFailed(ProviderError):
 
 class MalformedResponse(ProviderError):
     kind = "malformed_response"
+
+
+def json_answer(provider: str, content: bytes, is_valid: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """A provider's JSON answer body, an object `is_valid` accepts; else `MalformedResponse` saying it
+    was not JSON, or not `what` (e.g. "a chat completion")."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
+    if not isinstance(body, dict) or not is_valid(body):
+        raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not {what}")
+    return body
 
 
 class UpstreamRejected(ProviderError):

@@ -16,7 +16,7 @@ import httpx
 
 from events.usage import Usage
 from providers import openai_responses
-from providers.errors import MalformedResponse, UpstreamServerError
+from providers.errors import MalformedResponse, UpstreamServerError, json_answer
 from providers.http import Endpoint, SSEChunkStream, secrets_of
 from providers.sse import SSEEvent, carries_usage, content_size
 from providers.upstream import Call, Chunk, Completion, Timeouts, chunk_from_openai
@@ -36,12 +36,7 @@ def encode_request(call: Call) -> bytes:
 
 
 def decode_response(provider: str, content: bytes) -> Completion:
-    try:
-        body = json.loads(content)
-    except ValueError:
-        raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not a chat completion")
+    body = json_answer(provider, content, lambda b: isinstance(b.get("choices"), list), "a chat completion")
     return Completion(body, Usage.from_openai(body.get("usage")))
 
 
@@ -52,12 +47,7 @@ def encode_embeddings(call: Call) -> bytes:
 
 def decode_embeddings(provider: str, content: bytes) -> Completion:
     """An embeddings answer (`{"object": "list", "data": [...], "usage": {prompt_tokens, total_tokens}}`)."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not a list of embeddings")
+    body = json_answer(provider, content, lambda b: isinstance(b.get("data"), list), "a list of embeddings")
     return Completion(body, Usage.from_openai(body.get("usage")))
 
 

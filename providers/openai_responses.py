@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from events.usage import Usage
-from providers.errors import MalformedResponse, UpstreamServerError
+from providers.errors import MalformedResponse, UpstreamServerError, json_answer
 from providers.sse import SSEEvent
 from providers.upstream import Call, Chunk, Completion
 
@@ -84,12 +84,7 @@ def chat_reading(response: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_response(provider: str, content: bytes) -> Completion:
-    try:
-        response = json.loads(content)
-    except ValueError:
-        raise MalformedResponse(provider, f"provider {provider!r} sent a body that is not JSON") from None
-    if not isinstance(response, dict) or not isinstance(response.get("output"), list):
-        raise MalformedResponse(provider, f"provider {provider!r} sent JSON that is not a Responses response")
+    response = json_answer(provider, content, lambda r: isinstance(r.get("output"), list), "a Responses response")
     if response.get("status") == "failed":
         raise UpstreamServerError(provider, f"provider {provider!r} answered with a failed response")
     return Completion(chat_reading(response), read_usage(response.get("usage")), response)
