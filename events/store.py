@@ -312,7 +312,7 @@ class LedgerStore:
         failure is not the write's: the commit stands, and the followers still poll."""
         try:
             self._execute("select pg_notify(%s, %s)", (CHANNEL, self._token))
-        except _HEARTBEAT_ERRORS as error:
+        except (*_HEARTBEAT_ERRORS, LedgerError) as error:  # LedgerError: the connection could not be reopened
             log.warning("ledger %s: could not announce a commit (followers will poll): %s", redact(self.path), error)
 
     def listen(self) -> int | None:

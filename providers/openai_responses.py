@@ -117,7 +117,8 @@ class ResponsesStreamDecoder:
                 self.provider, f"provider {self.provider!r} sent a stream event that is not an object"
             )
         kind = data.get("type", event.event)
-        raw = f"event: {event.event or kind}\ndata: {event.data}\n\n"
+        name = event.event if event.event not in ("", "message") else kind  # data-only SSE: named by its type
+        raw = f"event: {name}\ndata: {event.data}\n\n"
         if kind in ("error", "response.failed"):
             raise UpstreamServerError(self.provider, f"provider {self.provider!r} reported an error mid-stream")
         if kind in TERMINAL:

@@ -260,3 +260,22 @@ async def test_usage_beyond_the_reservation_is_billed_capped_and_shown_as_billed
         assert source == "provider_capped" and prompt < 5_000_000 and completion == 5
         assert answer.usage is not None
         assert (answer.usage.input_tokens, answer.usage.output_tokens) == (prompt, completion)
+
+
+def test_a_data_only_responses_stream_keeps_each_event_name_from_its_type() -> None:
+    """A server that sends Responses events without `event:` lines (SSE's default name, "message"):
+    each relayed event is named by its `type`, so the closing `response.completed` is still found and
+    held until settlement. Failed before: every event was relayed as `event: message`."""
+    from providers.openai_responses import ResponsesStreamDecoder
+    from providers.sse import SSEEvent
+
+    decoder = ResponsesStreamDecoder("up")
+    delta = decoder.feed(SSEEvent(json.dumps({"type": "response.output_text.delta", "delta": "hi"})))
+    usage = {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
+    completed = {"type": "response.completed", "response": {"id": "resp_1", "output": [], "usage": usage}}
+    closing = decoder.feed(SSEEvent(json.dumps(completed)))
+    assert [c.native.split("\n", 1)[0] for c in delta + closing if c.native] == [
+        "event: response.output_text.delta",
+        "event: response.completed",
+    ]
+    assert decoder.finished
