@@ -39,7 +39,15 @@ import attrs
 from events.money import ZERO, usd_str
 from policies import budget, ratelimit
 from policies.cost import Price
-from policies.errors import BudgetExceeded, ModelNotAllowed, ModelUnpriced, RateLimited, RequestRefused, TenantDisabled
+from policies.errors import (
+    BudgetExceeded,
+    CostUnbounded,
+    ModelNotAllowed,
+    ModelUnpriced,
+    RateLimited,
+    RequestRefused,
+    TenantDisabled,
+)
 from policies.routing import Deployment, order_candidates
 from policies.tenant import TenantPolicy
 from policies.usage import UsageBounds
@@ -150,6 +158,15 @@ def admit(
     ordered = order_candidates([c.deployment for c in candidates], policy.default_provider, policy.fallback_providers)
     prompt_tokens, output_tokens = _token_bounds(chat, output_limit)
     worst = ZERO
+    hard = policy.budget_usd is not None and policy.budget_mode == "hard"
+    if hard and chat.unbounded is not None:
+        return refused(
+            CostUnbounded(
+                f"Tenant {tenant!r} has a hard budget, and this request carries {chat.unbounded}: what the provider "
+                "bills for it cannot be reserved in advance.",
+                param="input",
+            )
+        )
     if policy.budget_usd is not None:
         priced = [(d, price) for d in ordered if (price := prices[d]) is not None]
         if not priced:
@@ -187,7 +204,6 @@ def admit(
         )
         return refused(RateLimited(message, retry_after=decision.retry_after_s, quotas=quotas), quotas)
     reservation = budget.reserve(policy.budget_usd, policy.budget_mode, state.budget, worst)
-    hard = policy.budget_usd is not None and policy.budget_mode == "hard"
     if hard and leased_usd is not None:
         free = max(leased_usd - state.budget.reserved, ZERO)
         remains = min(reservation.remaining or ZERO, free)
@@ -216,7 +232,7 @@ def admit(
         Hold(state.budget.period_start, worst, tokens),
         ordered,
         cap,
-        UsageBounds(prompt_tokens, output_bound),
+        UsageBounds(None if chat.unbounded is not None else prompt_tokens, output_bound),
         quotas,
     )
 

@@ -38,6 +38,13 @@ class ModelUnpriced(RequestRefused):
     code = "model_unpriced"
 
 
+class CostUnbounded(RequestRefused):
+    """Under a hard budget: the request carries inputs the provider bills that no reservation can
+    bound (a passed-through Responses body's files by id, built-in tools)."""
+
+    code = "cost_unbounded"
+
+
 class BudgetExceeded(RequestRefused):
     code = "budget_exceeded"
 

@@ -219,6 +219,27 @@ def translatable(body: Mapping[str, Any]) -> dict[str, Any]:
 ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 
 
+def unbounded_inputs(body: Mapping[str, Any]) -> str | None:
+    """What of a passed-through body the provider bills that its bytes do not bound: built-in tools
+    (their fees and the tokens of what they fetch) and files or images given by id or as a file (their
+    tokens are not in the body). None when every billed input is in the body as text or an image URL."""
+    found = []
+    tools = body.get("tools")
+    if isinstance(tools, list) and any(not (isinstance(t, dict) and t.get("type") == "function") for t in tools):
+        found.append("built-in tools")
+    items = body.get("input")
+    for item in items if isinstance(items, list) else ():
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and (part.get("type") == "input_file" or "file_id" in part):
+                found.append("files by id or as input_file")
+                break
+        else:
+            continue
+        break
+    return " and ".join(found) or None
+
+
 def _translatable_part(part: Mapping[str, Any]) -> bool:
     if part.get("type") in TEXT_PARTS:
         return isinstance(part.get("text"), str)

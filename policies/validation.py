@@ -48,6 +48,9 @@ class ChatRequest:
     # An embeddings request (`policies.embeddings`): how many inputs `body["input"]` holds. None: chat.
     # Such a request generates nothing: `max_tokens` is 0, so admission reserves no output.
     inputs: int | None = None
+    # What the provider may bill that the reservation cannot bound (a passed-through Responses body's
+    # files by id, built-in tools), named for the refusal under a hard budget. None: every input counted.
+    unbounded: str | None = None
 
     def capped(self, cap: int) -> ChatRequest:
         """This request with its output bounded at `cap` tokens (a hard budget's), in both bodies."""

@@ -279,3 +279,29 @@ def test_a_data_only_responses_stream_keeps_each_event_name_from_its_type() -> N
         "event: response.completed",
     ]
     assert decoder.finished
+
+
+async def test_inputs_no_reservation_bounds_are_refused_under_a_hard_budget_and_billed_as_reported_otherwise() -> None:
+    """A passed-through body with a file by id (its tokens are not in the body): under a hard budget it
+    is refused before any call (403 cost_unbounded) — its cost could not be reserved; without one it is
+    billed as the provider reports it, not capped at the body's bound. Failed before: admitted under
+    the hard budget and billed `provider_capped` at a fraction of the provider's claim."""
+    content = [{"type": "input_text", "text": "Summarise."}, {"type": "input_file", "file_id": "file-abc"}]
+    body = {"model": "gpt-test", "input": [{"role": "user", "content": content}]}
+    claim = {"input_tokens": 120_000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5}
+    tenants = [
+        {"name": "demo", "api_key_sha256": hash_key(DEMO_KEY)},
+        {"name": "other", "api_key_sha256": hash_key(OTHER_KEY), "budget_usd": "100", "budget_mode": "hard"},
+    ]
+    async with fake_openai(attrs.evolve(CACHED, usage=claim)) as fake:
+        config = make_config(providers=[passthrough(fake.url)], pricing=PRICING, tenants=tenants)
+        async with running_gateway(config) as gw, gw.http() as http:
+            refused = await http.post("/v1/responses", json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"})
+            assert not fake.bodies
+            answered = await http.post("/v1/responses", json=body, headers={"Authorization": f"Bearer {DEMO_KEY}"})
+            ledger = await wait_for_events(gw, lambda es: bool(settled(es)))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "cost_unbounded"
+    assert answered.status_code == 200 and len(fake.bodies) == 1
+    (event,) = settled(ledger)
+    assert event.usage_source == "provider" and event.prompt_tokens == 120_000
+    assert event.cost_usd == cost(120_000, 0, 5)

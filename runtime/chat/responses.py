@@ -36,6 +36,7 @@ from policies.responses import (
     output_items,
     response_object,
     translatable,
+    unbounded_inputs,
     usage_object,
 )
 from policies.validation import ChatRequest, body_bytes, parse_chat_request, parse_json
@@ -120,7 +121,8 @@ def responses_parser(native: dict[str, Any]) -> Callable[[Any], ChatRequest]:
     def parse(chat: Any) -> ChatRequest:
         read = parse_chat_request(chat)
         size = max(read.prompt_bytes, body_bytes(native))
-        return attrs.evolve(read, prompt_bytes=size, native=native, native_api="responses")
+        unbounded = unbounded_inputs(native)
+        return attrs.evolve(read, prompt_bytes=size, native=native, native_api="responses", unbounded=unbounded)
 
     return parse
 

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from policies.embeddings import parse_embeddings_request
 from policies.errors import (
     BudgetExceeded,
+    CostUnbounded,
     InvalidRequest,
     ModelNotAllowed,
     ModelUnpriced,
@@ -69,6 +70,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (TenantDisabled, 403, "permission_error", "tenant_disabled"),
     (ModelNotAllowed, 403, "permission_error", "model_not_allowed"),
     (ModelUnpriced, 403, "permission_error", "model_unpriced"),
+    (CostUnbounded, 403, "permission_error", "cost_unbounded"),
     (BudgetExceeded, 402, "insufficient_quota", "budget_exceeded"),
     (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (RequestRefused, 400, "invalid_request_error", "refused"),
