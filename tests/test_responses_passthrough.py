@@ -305,3 +305,19 @@ async def test_inputs_no_reservation_bounds_are_refused_under_a_hard_budget_and_
     (event,) = settled(ledger)
     assert event.usage_source == "provider" and event.prompt_tokens == 120_000
     assert event.cost_usd == cost(120_000, 0, 5)
+
+
+async def test_a_pass_through_stream_logs_its_usage_once_before_its_terminal_event() -> None:
+    """`response.completed`'s usage is in the ledger (`Request.UsageReported`) before the request's
+    terminal event, so a crash between the two keeps it. Failed before: the pass-through relay kept
+    the usage only in memory."""
+    async with fake_openai(CACHED) as fake:
+        config = make_config(providers=[passthrough(fake.url)], pricing=PRICING)
+        async with running_gateway(config) as gw:
+            client = gw.client()
+            await in_thread(lambda: list(client.responses.create(model="gpt-test", input="Hi.", stream=True)))
+            ledger = await wait_for_events(gw, lambda es: bool(settled(es)))
+    kinds = [type(e).__name__ for e in ledger if isinstance(e, (Request.UsageReported, Request.Settled))]
+    assert kinds == ["UsageReported", "Completed"]
+    (reported,) = [e for e in ledger if isinstance(e, Request.UsageReported)]
+    assert (reported.prompt_tokens, reported.cached_tokens, reported.completion_tokens) == (40, 30, 5)

@@ -142,13 +142,8 @@ class MessagesStreamRelay(StreamRelay):
     def _encode(self, batch: list[Chunk]) -> bytes:
         out = []
         for chunk in batch:
-            self.content_bytes += chunk.content_bytes
-            if chunk.reported is not None:
-                self.reported = chunk.reported
+            self._read(chunk)
             if chunk.usage is not None:
-                if self.usage is None:  # in the log before the stream ends (`StreamRelay._encode`)
-                    self._record.usage_reported(chunk.usage, self.content_bytes, self._attempt.deployment)
-                self.usage = chunk.usage
                 self._usage_object = chunk.data.get("usage")
             if chunk.native is not None:
                 self._native = True

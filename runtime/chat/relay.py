@@ -120,20 +120,26 @@ class StreamRelay:
         """The final usage when the provider reported it, else what it reported so far (and the estimate)."""
         return self.usage or reported_so_far(self.reported, estimate_usage(self._record.chat, self.content_bytes))
 
+    def _read(self, chunk: Chunk) -> None:
+        """What every relay keeps of a chunk: its size, the usage reported so far and the final usage
+        (in the log before the stream ends, once: a crash after it keeps it)."""
+        self.content_bytes += chunk.content_bytes
+        if chunk.reported is not None:
+            self.reported = chunk.reported
+        if chunk.usage is not None:
+            if self.usage is None:
+                self._record.usage_reported(chunk.usage, self.content_bytes, self._attempt.deployment)
+            self.usage = chunk.usage
+
     def _encode(self, batch: list[Chunk]) -> bytes:
         out = []
         self._last = batch[-1]
         if self._chunks is not None:
             self._chunks.extend(chunk.data for chunk in batch)
         for chunk in batch:
-            self.content_bytes += chunk.content_bytes
-            if chunk.reported is not None:
-                self.reported = chunk.reported
+            self._read(chunk)
             text = chunk.raw
             if chunk.usage is not None:
-                if self.usage is None:  # in the log before the stream ends: a crash now keeps it (once)
-                    self._record.usage_reported(chunk.usage, self.content_bytes, self._attempt.deployment)
-                self.usage = chunk.usage
                 if not chunk.data.get("choices"):
                     self._usage_chunk = chunk  # sent with [DONE], once settled
                     continue

@@ -237,9 +237,7 @@ class ResponsesRelay(StreamRelay):
             return super()._encode(batch)
         out = []
         for chunk in batch:
-            self.content_bytes += chunk.content_bytes
-            if chunk.usage is not None:
-                self.usage = chunk.usage
+            self._read(chunk)
             if chunk.native is None:
                 continue
             if chunk.native.startswith(HELD):
