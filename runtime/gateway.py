@@ -98,6 +98,7 @@ class GatewayStatistics:
     http_in_flight: int
     tenants: tuple[TenantStatistics, ...]
     instance: str
+    live_instances: int  # as of this process's last heartbeat: what its budget leases and rate-limit shares divide by
 
 
 @attrs.define
@@ -150,6 +151,7 @@ class Gateway:
             http_in_flight=self.http_in_flight,
             tenants=tuple(self.tenant_actors.statistics()) if self.tenant_actors else (),
             instance=self.instances.instance,
+            live_instances=self.instances.live_count,
         )
 
     def reserved_usd(self, tenant: str) -> Decimal:

@@ -119,6 +119,10 @@ def key_works(url: str, key: str) -> bool:
     return httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
+def live_instances(url: str) -> int:
+    return int(httpx.get(url + "/admin/statistics", headers=ADMIN).json()["live_instances"])
+
+
 def open_leases(events: list[Recorded]) -> set[str]:
     leased = {r.event.lease for r in events if isinstance(r.event, BudgetSlices.BudgetLeased)}
     closed = {
@@ -178,6 +182,8 @@ def test_a_hard_budget_hammered_through_two_processes_is_never_overspent(tmp_pat
         process_b, url_b = stack.enter_context(serve_process(config))
         key = new_tenant(url_a, str(budget))
         until(lambda: key_works(url_b, key), "the key on B")
+        # each process counts the other (as of its last heartbeat), so each leases a share, not the whole
+        until(lambda: all(live_instances(url) == 2 for url in (url_a, url_b)), "both processes live on both")
         with ThreadPoolExecutor(16) as pool:
             outcomes = list(
                 pool.map(lambda i: one_request(url_a if i % 2 else url_b, key, i % 3), range(120), timeout=DEADLINE_S)
