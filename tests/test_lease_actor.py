@@ -186,3 +186,23 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+async def test_an_actor_its_supervisor_gave_up_on_gives_its_lease_back(mock_clock: trio.testing.MockClock) -> None:
+    """The only live instance leases the whole remainder; its actor crashes past the restart limit
+    (six malformed messages in its mailbox) and the supervisor gives up. The lease goes back as the
+    actor ends (what settled under it used), so its successor leases the rest instead of a 402."""
+    config = make_config(pricing=FIFTY, server={"host": "127.0.0.1", "port": 0, "lease_idle_s": 30})
+    async with running_gateway(config, clock=virtual_wall(START)) as gw, gw.http() as http:
+        auth = await new_tenant(http, "crashy", budget_usd="150")
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200
+        actor = gw.gateway.tenants.find(next(t.id for t in gw.gateway.books.tenants() if t.name == "crashy"))
+        assert actor is not None
+        await actor.wait_settled()
+        for _ in range(6):
+            actor.send.send_nowait(object())  # type: ignore[arg-type]  # each one crashes an incarnation
+        await actor.stopped.wait()
+        events = await ledger_events(gw)
+        assert lease_events(events) == [("leased", Decimal(150)), ("returned", Decimal(50))]
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200  # the successor's lease: $100
+        assert lease_events(await ledger_events(gw))[2:] == [("leased", Decimal(100))]

@@ -65,6 +65,9 @@ FOREIGN_QUIET = 0.1
 """Of `lease_idle_s`: quiet this long, an actor holding more than is left unleased gives its budget
 leases back as soon as another process settles spend of the tenant (`_yield_to_others`)."""
 
+RELEASE_S = 5.0
+"""The longest an ended actor's supervisor waits for its budget leases to go back."""
+
 Spent = Callable[[str, datetime, datetime], Awaitable[Decimal]]
 """Settled spend of a tenant (by name) for received_at in [start, end)."""
 """Queue events to the Journal without waiting."""
@@ -505,6 +508,13 @@ class TenantActor:
     def give_up(self, error: BaseException) -> None:
         self._receive.close()
 
+    async def release(self) -> None:
+        """The actor ended (its supervisor gave up, or it was cancelled): give back the slices it
+        still holds, or they would stay leased to this live instance (no survivor expires them) and
+        its successor would be refused for the rest of the period."""
+        if self._held:
+            await self._give_back()
+
 
 class TenantActors:
     """Starts tenant actors on first use under the gateway's nursery, and finds them again."""
@@ -575,6 +585,10 @@ class TenantActors:
         try:
             await supervise(f"tenant:{actor.name}", actor.run, actor.give_up, task_status=task_status)
         finally:
+            # Before its successor may start (`stopped`): its slices go back, shielded and bounded
+            # (a Journal that is stopping must not hold the supervisor up).
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_S):
+                await actor.release()
             actor.stopped.set()
             if self._actors.get(actor.tenant_id) is actor:
                 del self._actors[actor.tenant_id]
