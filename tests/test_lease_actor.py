@@ -186,3 +186,58 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+async def test_an_actor_its_supervisor_gave_up_on_gives_its_lease_back(mock_clock: trio.testing.MockClock) -> None:
+    """The only live instance leases the whole remainder; its actor crashes past the restart limit
+    (six malformed messages in its mailbox) and the supervisor gives up. The lease goes back as the
+    actor ends (what settled under it used), so its successor leases the rest instead of a 402."""
+    config = make_config(pricing=FIFTY, server={"host": "127.0.0.1", "port": 0, "lease_idle_s": 30})
+    async with running_gateway(config, clock=virtual_wall(START)) as gw, gw.http() as http:
+        auth = await new_tenant(http, "crashy", budget_usd="150")
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200
+        actor = gw.gateway.tenants.find(next(t.id for t in gw.gateway.books.tenants() if t.name == "crashy"))
+        assert actor is not None
+        await actor.wait_settled()
+        for _ in range(6):
+            actor.send.send_nowait(object())  # type: ignore[arg-type]  # each one crashes an incarnation
+        await actor.stopped.wait()
+        events = await ledger_events(gw)
+        assert lease_events(events) == [("leased", Decimal(150)), ("returned", Decimal(50))]
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200  # the successor's lease: $100
+        assert lease_events(await ledger_events(gw))[2:] == [("leased", Decimal(100))]
+
+
+async def test_a_lease_another_instance_expired_is_no_longer_admitted_against(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """This instance leased the whole $100 and settled $50 under it; a survivor that thought it gone
+    (late heartbeats) expires that lease counting $50 used, and leases the $50 left. The holder hears
+    of the `LeaseExpired`, drops the lease and asks for a new one: refused, so 402 — not a $50
+    request admitted against a lease that no longer holds anything (which would spend $150 of $100)."""
+    config = make_config(pricing=FIFTY, server={"host": "127.0.0.1", "port": 0, "lease_idle_s": 30})
+    wall = virtual_wall(START)
+    async with running_gateway(config, clock=wall) as gw, gw.http() as http:
+        auth = await new_tenant(http, "expired", budget_usd="100")
+        gateway = gw.gateway
+        assert (await chat(http, auth, max_tokens=16)).status_code == 200
+        actor = gateway.tenants.find(next(t.id for t in gateway.books.tenants() if t.name == "expired"))
+        assert actor is not None
+        await actor.wait_settled()
+        period = datetime(2026, 3, 1, tzinfo=UTC)
+        slices = await gateway.leases.held("expired", period)
+        assert slices is not None
+        (lease,) = slices.open
+        survivor = Leases(gateway.aggregates, "survivor", wall)
+        await survivor.expire("expired", period, lease, Decimal(50))
+        taken = await survivor.take("expired", period, Decimal(100), Decimal(50), 2, Decimal(0))
+        assert taken is not None and taken.amount_usd == Decimal(50)
+        refused = await chat(http, auth, max_tokens=16)
+        assert refused.status_code == 402, refused.text
+        await actor.wait_settled()
+        assert actor.statistics().leases_held == 0
+        assert lease_events(await ledger_events(gw)) == [
+            ("leased", Decimal(100)),
+            ("expired", Decimal(50)),
+            ("leased", Decimal(50)),
+        ]

@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 import trio
 
-from events.lease import OpenLease
+from events.lease import BudgetSlices, OpenLease
 from events.money import ZERO, usd_str
 from events.request import Request
 from events.store import Recorded
@@ -64,6 +64,9 @@ MAILBOX_SIZE = 1024
 FOREIGN_QUIET = 0.1
 """Of `lease_idle_s`: quiet this long, an actor holding more than is left unleased gives its budget
 leases back as soon as another process settles spend of the tenant (`_yield_to_others`)."""
+
+RELEASE_S = 5.0
+"""The longest an ended actor's supervisor waits for its budget leases to go back."""
 
 Spent = Callable[[str, datetime, datetime], Awaitable[Decimal]]
 """Settled spend of a tenant (by name) for received_at in [start, end)."""
@@ -124,10 +127,21 @@ class Restated:
 
 
 @attrs.frozen
+class LeaseLost:
+    """Another process expired a budget lease this actor holds (`LeaseExpired`, e.g. its heartbeats
+    were late): it no longer admits against it."""
+
+    lease: str
+
+
+@attrs.frozen
 class GiveBack:
     """Give every budget lease back now (the gateway is stopping); `reply` is closed when done."""
 
     reply: trio.MemorySendChannel[None]
+
+
+Message = Admit | Settle | Restated | LeaseLost | GiveBack
 
 
 @attrs.frozen
@@ -179,7 +193,7 @@ class TenantActor:
         self._aggregates = aggregates
         self._clock = clock
         self._idle_s = idle_s
-        self.send, self._receive = trio.open_memory_channel[Admit | Settle | Restated | GiveBack](MAILBOX_SIZE)
+        self.send, self._receive = trio.open_memory_channel[Message](MAILBOX_SIZE)
         self.stopped = trio.Event()
         self._changed = trio.lowlevel.ParkingLot()  # unparked each time the actor is back at its mailbox
         self._busy = False
@@ -224,7 +238,7 @@ class TenantActor:
                 self._busy = False
                 self._changed.unpark_all()
 
-    async def _handle(self, message: Admit | Settle | Restated | GiveBack) -> None:
+    async def _handle(self, message: Message) -> None:
         if isinstance(message, Admit):
             try:
                 decision = await self._admit(message)
@@ -243,6 +257,8 @@ class TenantActor:
                 await self._top_up(decision.reserved_usd)
         elif isinstance(message, Restated):
             await self._restated(message)
+        elif isinstance(message, LeaseLost):
+            self._lost(message.lease)
         elif isinstance(message, GiveBack):
             with message.reply:
                 await self._give_back()
@@ -389,6 +405,27 @@ class TenantActor:
         self._lease_spent = ZERO
         self._top_up_refused = False
 
+    def holds(self, lease: str) -> bool:
+        return any(held.lease == lease for held in self._held)
+
+    def _lost(self, lease: str) -> None:
+        """A survivor expired one of the slices held: drop it, with its share of what settled under
+        the slices (oldest first, as `_give_back` spreads it; that spend stays spent). The survivor
+        counted this instance's requests in flight as used under it, so their settlements no longer
+        count under what is still held. The next admission that needs more leases it again."""
+        lost = next((held for held in self._held if held.lease == lease), None)
+        if lost is None:
+            return
+        shares = leases.spread(self._lease_spent, [held.amount_usd for held in self._held])
+        self._lease_spent -= shares[self._held.index(lost)]
+        self._held.remove(lost)
+        if not self._held:
+            self._lease_spent = ZERO
+        start = self._state.budget.period_start
+        self._unleased.update(n for n, t in self._tickets.items() if t.period_start == start)
+        self._top_up_refused = False
+        log.warning("tenant %s: budget lease %s was expired by another instance", self.name, lease)
+
     def _others_reserved(self) -> Decimal:
         """What other processes reserved for this tenant's requests in flight in this period, as far
         as this process has followed the log (their `Admitted` not yet settled)."""
@@ -505,6 +542,13 @@ class TenantActor:
     def give_up(self, error: BaseException) -> None:
         self._receive.close()
 
+    async def release(self) -> None:
+        """The actor ended (its supervisor gave up, or it was cancelled): give back the slices it
+        still holds, or they would stay leased to this live instance (no survivor expires them) and
+        its successor would be refused for the rest of the period."""
+        if self._held:
+            await self._give_back()
+
 
 class TenantActors:
     """Starts tenant actors on first use under the gateway's nursery, and finds them again."""
@@ -575,6 +619,10 @@ class TenantActors:
         try:
             await supervise(f"tenant:{actor.name}", actor.run, actor.give_up, task_status=task_status)
         finally:
+            # Before its successor may start (`stopped`): its slices go back, shielded and bounded
+            # (a Journal that is stopping must not hold the supervisor up).
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_S):
+                await actor.release()
             actor.stopped.set()
             if self._actors.get(actor.tenant_id) is actor:
                 del self._actors[actor.tenant_id]
@@ -632,7 +680,9 @@ class TenantActors:
         admitted: dict[Any, Request.Admitted] = {}
         for record in recorded:
             event = record.event
-            if isinstance(event, Request.CostRestated):
+            if isinstance(event, BudgetSlices.LeaseExpired):
+                self._lease_lost(event.lease)
+            elif isinstance(event, Request.CostRestated):
                 day = datetime.combine(event.received_at.date(), time(), tzinfo=UTC)
                 key = (str(tenant_id(event.tenant)), day)
                 deltas[key] = deltas.get(key, ZERO) + event.new_cost_usd - (event.old_cost_usd or ZERO)
@@ -670,8 +720,21 @@ class TenantActors:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # stopped: its successor reads the period's spend from the projections
 
+    def _lease_lost(self, lease: str) -> None:
+        """A committed `LeaseExpired` (by a survivor, or this process's own heartbeat task) of a
+        lease a running actor here holds: tell it, in mailbox order."""
+        for actor in self._actors.values():
+            if actor.holds(lease):
+                try:
+                    actor.send.send_nowait(LeaseLost(lease))
+                except trio.WouldBlock:
+                    self._nursery.start_soon(self._send_later, actor, LeaseLost(lease))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # stopped: its slices are no longer held
+                return
+
     @staticmethod
-    async def _send_later(actor: TenantActor, message: Settle | Restated) -> None:
+    async def _send_later(actor: TenantActor, message: Settle | Restated | LeaseLost) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await actor.send.send(message)
 
