@@ -488,9 +488,18 @@ def test_the_fast_scan_goes_through_the_upcasters(tmp_path: Path) -> None:
     assert mapped == [(Decimal("0.5"), "v1"), (Decimal(2), "v2")]
 
 
-def test_stored_v1_admitted_and_rejected_load_as_chat_requests(tmp_path: Path) -> None:
-    """`operation` came with v2: every request before it was a chat completion."""
-    topics = {topic_of(Request.Admitted), topic_of(Request.Rejected)}
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        # `operation` came to Admitted and Rejected with v2: every request before it was a chat completion
+        (Request.Admitted, Request.Rejected),
+        # and to CostRestated and SavingRestated with v2 (the spend projection groups by it)
+        (Request.CostRestated, Request.SavingRestated),
+    ],
+    ids=["requests", "restatements"],
+)
+def test_stored_v1_events_without_an_operation_load_as_chat(tmp_path: Path, kinds: tuple[type, ...]) -> None:
+    topics = {topic_of(kind) for kind in kinds}
     entries = [e for e in golden.load() if e["topic"] in topics and e["class_version"] == 1]
     assert len(entries) == 2
     path = str(tmp_path / "v1.sqlite3")
@@ -500,21 +509,5 @@ def test_stored_v1_admitted_and_rejected_load_as_chat_requests(tmp_path: Path) -
         loaded = [record.event for record in store.read(0, 10)]
     finally:
         store.close()
-    assert sorted(type(e).__name__ for e in loaded) == ["Admitted", "Rejected"]
-    assert [e.operation for e in loaded] == ["chat", "chat"]
-
-
-def test_stored_v1_restatements_load_as_chat_restatements(tmp_path: Path) -> None:
-    """`operation` came to `CostRestated` and `SavingRestated` with v2 (the spend projection groups by it)."""
-    topics = {topic_of(Request.CostRestated), topic_of(Request.SavingRestated)}
-    entries = [e for e in golden.load() if e["topic"] in topics and e["class_version"] == 1]
-    assert len(entries) == 2
-    path = str(tmp_path / "v1.sqlite3")
-    _write_rows(path, entries)
-    store = LedgerStore(path)
-    try:
-        loaded = [record.event for record in store.read(0, 10)]
-    finally:
-        store.close()
-    assert sorted(type(e).__name__ for e in loaded) == ["CostRestated", "SavingRestated"]
+    assert sorted(type(e).__name__ for e in loaded) == sorted(kind.__name__ for kind in kinds)
     assert [e.operation for e in loaded] == ["chat", "chat"]
