@@ -2,8 +2,9 @@
 
 Starts the fake upstream and the gateway under a sampling profiler, drives ``--duration`` seconds of
 non-stream load at the first ``--concurrency`` value above 1 (16 by default), stops the gateway and
-writes the profile to bench/results/profile-<UTC timestamp>.{html,txt} (pyinstrument) or .svg (py-spy,
-``--profiler py-spy``, if ``py-spy`` is on PATH; ``pip install py-spy`` provides it).
+writes the profile to bench/results/profile-<UTC timestamp>.{html,txt} (pyinstrument) or .txt (py-spy's
+collapsed stacks, every thread: ``--profiler py-spy``, if ``py-spy`` is on PATH; ``pip install py-spy``
+provides it).
 
 pyinstrument wraps the gateway's ``{python} -m MODULE ...`` command, so ``--gateway-cmd`` must start
 that way (the default does). The profile includes start-up and shutdown; they are short next to the load.
@@ -65,8 +66,11 @@ def profile(args: argparse.Namespace, settings: Settings) -> int:
                         str(target.pid),
                         "--duration",
                         str(round(settings.duration_s)),
+                        "--threads",
+                        "--format",
+                        "raw",
                         "-o",
-                        str(out.with_suffix(".svg")),
+                        str(out.with_suffix(".txt")),
                     ]
                 )
             print(f"bench: profile: {settings.duration_s:g} s of load at c={concurrency} ...", flush=True)
@@ -78,7 +82,7 @@ def profile(args: argparse.Namespace, settings: Settings) -> int:
             target.server.stop(signal.SIGINT, timeout_s=30)  # pyinstrument writes its file on exit
             upstream.server.stop()
     if use_pyspy:
-        print(f"bench: wrote {out.with_suffix('.svg')}")
+        print(f"bench: wrote {out.with_suffix('.txt')} (collapsed stacks, one per thread)")
         return 0
     for renderer, suffix in (("html", ".html"), ("text", ".txt")):
         subprocess.run(

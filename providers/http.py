@@ -1,10 +1,13 @@
 """The HTTP plumbing every HTTP adapter shares: one `Endpoint` per provider (POST a JSON body to one URL,
-answered whole or as an SSE stream), over one long-lived `httpx.AsyncClient` on our own transport.
+answered whole or as an SSE stream), straight over one long-lived transport (ours, `TrioTransport`).
 
 Transport-level only; a wire format (`providers.openai`, `providers.anthropic`) brings its URL, headers,
 encoder and decoders. Here:
-- the client: timeouts from `[providers.timeouts]`, `max_connections` = the provider's concurrency,
-  `providers.transport.TrioTransport` unless a test gives another transport;
+- the requests: httpx's `Request`/`Response`, handed to the transport directly rather than through an
+  `httpx.AsyncClient` (whose own layer — URL merging, auth and redirect flows, cookies, event hooks —
+  cost as much CPU per call as the transport itself and did nothing a provider call needs); the headers
+  an `AsyncClient` would add are added here (`CLIENT_HEADERS`), timeouts from `[providers.timeouts]`,
+  `max_connections` = the provider's concurrency, `TrioTransport` unless a test gives another transport;
 - httpx's exceptions → the provider error tree (`translate_errors`), a non-200 status → its error
   (`status_error`, upstream text redacted of the provider's `secrets`);
 - `SSEChunkStream`: a streamed body → SSE events → a wire format's `StreamTranslator` → chunks.
@@ -70,29 +73,21 @@ def _refused(error: BaseException) -> bool:
     return False
 
 
-def stream_timeout(timeouts: Timeouts) -> httpx.Timeout:
+CLIENT_HEADERS = (
+    ("accept", "*/*"),
+    ("accept-encoding", "gzip, deflate"),  # what httpx's Response always decodes
+    ("connection", "keep-alive"),
+    ("user-agent", f"python-httpx/{httpx.__version__}"),
+)
+"""What `httpx.AsyncClient` sends on every request unless told otherwise; a call's headers override them."""
+
+
+def timeout_extension(timeouts: Timeouts, stream: bool = False) -> dict[str, float | None]:
+    """The `timeout` request extension a transport reads (what `httpx.AsyncClient` would set)."""
+    read_s = timeouts.for_stream() if stream else timeouts.read_s
     return httpx.Timeout(
-        connect=timeouts.connect_s, read=timeouts.for_stream(), write=timeouts.write_s, pool=timeouts.pool_s
-    )
-
-
-def build_client(
-    timeouts: Timeouts,
-    max_connections: int,
-    headers: dict[str, str],
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """An httpx client over our own trio + h11 transport (`providers.transport`: a LIFO keep-alive pool of
-    `max_connections`), unless another `transport` is given."""
-    return httpx.AsyncClient(
-        transport=transport or TrioTransport(max_connections),
-        timeout=httpx.Timeout(
-            connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.write_s, pool=timeouts.pool_s
-        ),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        headers=headers,
-        follow_redirects=False,
-    )
+        connect=timeouts.connect_s, read=read_s, write=timeouts.write_s, pool=timeouts.pool_s
+    ).as_dict()
 
 
 def error_detail(content: bytes) -> str:
@@ -164,34 +159,53 @@ class Endpoint:
         self.provider = provider
         self.secrets = secrets
         self._url = url
-        self._client = build_client(timeouts, max_connections, headers, transport)
-        self._stream_timeout = stream_timeout(timeouts)
+        self._urls: dict[str, httpx.URL] = {}  # by path, parsed once
+        self._headers = httpx.Headers(CLIENT_HEADERS)
+        self._headers.update(headers)
+        self._transport = transport or TrioTransport(max_connections)
+        self._timeout = timeout_extension(timeouts)
+        self._stream_timeout = timeout_extension(timeouts, stream=True)
+
+    def _request(
+        self, content: bytes, headers: Mapping[str, str], path: str, timeout: dict[str, float | None]
+    ) -> httpx.Request:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._url + path)
+        merged = self._headers.copy()
+        merged.update(headers)
+        return httpx.Request("POST", url, headers=merged, content=content, extensions={"timeout": timeout})
 
     async def post(self, content: bytes, headers: Mapping[str, str], path: str = "") -> bytes:
         """The body of a 200 answer (from the URL with `path` appended); any other status or failure
         is a `ProviderError`."""
+        request = self._request(content, headers, path, self._timeout)
         with translate_errors(self.provider):
-            response = await self._client.post(self._url + path, content=content, headers=dict(headers))
-        if response.status_code != 200:
-            raise await status_error(self.provider, response, self.secrets)
-        return response.content
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            if response.status_code == 200:
+                try:
+                    return await response.aread()
+                except BaseException:
+                    await response.aclose()
+                    raise
+        raise await status_error(self.provider, response, self.secrets)
 
     async def open_sse(
         self, content: bytes, headers: Mapping[str, str], translator: StreamTranslator, end: str, path: str = ""
     ) -> SSEChunkStream:
         """A stream (from the URL with `path` appended), once the provider answered 200 and its
         headers (the stream timeout applies)."""
-        request = self._client.build_request(
-            "POST", self._url + path, content=content, headers=dict(headers), timeout=self._stream_timeout
-        )
+        request = self._request(content, headers, path, self._stream_timeout)
         with translate_errors(self.provider):
-            response = await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
+        response.request = request
         if response.status_code != 200:
             raise await status_error(self.provider, response, self.secrets)
         return SSEChunkStream(self.provider, response, translator, end)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
 
 class SSEChunkStream:
