@@ -318,9 +318,11 @@ def _recovered_usage(
 async def _recover_orphans(gateway: Gateway) -> None:
     """Each heartbeat: settle as `interrupted` the open requests of instances that stopped beating
     (kill -9), so their reservations do not stay open. Two survivors may race: the second append
-    conflicts on the request's version and is dropped (the first one recorded it)."""
+    conflicts on the request's version and is dropped (the first one recorded it). A heartbeat that
+    lands while the previous one's recovery runs is not missed (`next_beat`)."""
+    seen = gateway.instances.beats
     while True:
-        await gateway.instances.beaten.wait()
+        seen = await gateway.instances.next_beat(seen)
         live = await gateway.instances.live(gateway.clock())
         for event in await _orphans(gateway, live):
             try:

@@ -31,8 +31,10 @@ class Instances:
         self._limiter = limiter
         self.live_count = 1
         """Live instances at the last heartbeat (this one included): rate limits are split by it."""
+        self.beats = 0
+        """Heartbeats so far (the one at start not counted): `next_beat` compares it."""
         self.beaten = trio.Event()
-        """Set after each heartbeat (then replaced): the orphan recovery runs on it."""
+        """Set after each heartbeat (then replaced)."""
 
     @property
     def instance(self) -> str:
@@ -58,6 +60,13 @@ class Instances:
         if row.beat_at < now - timedelta(seconds=EXPIRY_S):
             return False
         return row.host != self.me.host or _pid_exists(row.pid)
+
+    async def next_beat(self, after: int) -> int:
+        """Wait for a heartbeat after the `after`-th and return the count — at once if one came while
+        the caller was busy (waiting on `beaten` then would miss it; the orphan recovery runs on this)."""
+        while self.beats <= after:
+            await self.beaten.wait()
+        return self.beats
 
     async def live_rows(self, now: datetime) -> list[Instance]:
         return [row for row in await self.all() if self._alive(row, now)]
@@ -93,6 +102,7 @@ class Instances:
             await trio.sleep(HEARTBEAT_S)  # the heartbeat's period, not synchronization
             await self.beat(clock())
             self.live_count = max(1, len(await self.live_rows(clock())))
+            self.beats += 1
             self.beaten.set()
             self.beaten = trio.Event()
 
