@@ -30,6 +30,7 @@ from tests.test_workers import (
     ADMIN,
     DEADLINE_S,
     client,
+    close_clients,  # noqa: F401 (autouse: the SDK clients this module makes are closed after each test)
     env,
     ledger_events,
     ledger_lines,

@@ -163,8 +163,22 @@ def _drain(stream: IO[str] | None) -> None:
                 pass
 
 
+_clients: list[openai.OpenAI] = []
+
+
 def client(url: str, key: str = DEMO_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+    """An SDK client, closed when the test ends (`close_clients`): its pooled sockets are not left to
+    the garbage collector, whose ResourceWarning lands in whatever the test runs then."""
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+    _clients.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
 
 
 def ledger_events(config: Path) -> list[Recorded]:
