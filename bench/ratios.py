@@ -86,8 +86,9 @@ def ratio_table(
             "upstream call): the cost of Tollgate's HTTP server alone. floor B = floor A + one shared "
             "httpx.AsyncClient on httpx's default transport (httpcore) forwarding the body to the fake upstream: "
             "the HTTP server and an HTTP client with nothing of Tollgate's between them (bench/floors.py). "
-            "Tollgate's own upstream client is httpx on its TrioTransport (providers/transport.py), cheaper "
-            "than httpcore's pool, so Tollgate ÷ floor B understates what Tollgate's own code costs.",
+            "Tollgate calls its own TrioTransport (providers/transport.py) directly with httpx's Request and "
+            "Response (no AsyncClient), cheaper than AsyncClient on httpcore's pool, so Tollgate ÷ floor B "
+            "understates what Tollgate's own code costs.",
         ],
     )
 
