@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import sqlite_utils
@@ -44,6 +44,7 @@ from events.request import Request
 from events.store import Recorded
 from events.tenant import Tenant
 
+T = TypeVar("T")
 TRACKING = "projections"
 SCHEMA_VERSION = 10  # bump when a table changes: projections are rebuilt from the ledger
 LOCK_TIMEOUT_S = 30.0  # several processes share one projection database: wait for another's write
@@ -447,6 +448,15 @@ class Projections:
         # plain SQL: sqlite-utils' `rows_where` asks the schema whether the table exists on every call
         row = self.db.conn.execute("select position from tracking where name = ?", (TRACKING,)).fetchone()
         return int(row[0]) if row else 0
+
+    def read_at(self, read: Callable[[Projections], T]) -> tuple[T, int]:
+        """`read`, and the position the tables it read reflect, in one read transaction (another
+        process projecting into the same database cannot commit between the two)."""
+        self.db.conn.execute("begin")
+        try:
+            return read(self), self.position
+        finally:
+            self.db.conn.execute("commit")
 
     def apply(self, records: Sequence[Recorded], read: Callable[[int, int], Sequence[Recorded]] | None = None) -> int:
         """Fold and write `records` (those at or before the tracked position are skipped).

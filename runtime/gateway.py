@@ -162,13 +162,19 @@ class Gateway:
 
     async def spent(self, tenant: str, start: datetime, end: datetime) -> Decimal:
         """Settled spend of `tenant` for received_at in [start, end) (UTC-day aligned periods)."""
+        spent, _ = await self.spent_at(tenant, start, end)
+        return spent
+
+    async def spent_at(self, tenant: str, start: datetime, end: datetime) -> tuple[Decimal, int]:
+        """`spent`, and the ledger position the projections it was read from reflect (read in the same
+        step: a tenant actor counts what is committed after it from the commit hook)."""
         last_day = (end - timedelta(microseconds=1)).date().isoformat()
-        rows = await self.projector.query(
-            lambda p: spend_report(
-                p, tenant=tenant, day_from=start.date().isoformat(), day_to=last_day, group_by=("tenant",)
-            )
+
+        report = partial(
+            spend_report, tenant=tenant, day_from=start.date().isoformat(), day_to=last_day, group_by=("tenant",)
         )
-        return Decimal(rows[0]["cost_usd"]) if rows else ZERO
+        rows, position = await self.projector.query(lambda p: p.read_at(report))
+        return (Decimal(rows[0]["cost_usd"]) if rows else ZERO), position
 
     def output_limit(self, model: str, deployments: tuple[Deployment, ...]) -> int:
         """The most output tokens a request without max_tokens may produce (for reservations)."""
@@ -483,7 +489,7 @@ async def open_gateway(
             gateway.tenant_actors = TenantActors(
                 nursery,
                 books=books,
-                spent=gateway.spent,
+                spent=gateway.spent_at,
                 aggregates=gateway.aggregates,
                 clock=gateway.clock,
                 idle_s=config.server.tenant_idle_s,

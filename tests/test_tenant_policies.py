@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -268,3 +269,72 @@ async def test_a_tenants_policy_is_converted_once_per_change(mock_clock: trio.te
         changed = books.tenant(view.id)
         assert changed is not None and changed is not view and changed.tenant_policy.rpm == 7
         assert (await chat(http, auth)).headers["x-ratelimit-limit-requests"] == "7"
+
+
+async def test_a_tenant_nothing_can_refuse_is_admitted_without_an_actor(mock_clock: trio.testing.MockClock) -> None:
+    async with running_gateway(make_config(pricing=FIFTY)) as gw, gw.http() as http:
+        free = await new_tenant(http, "free")
+        picky = await new_tenant(http, "picky", allowed_models=["sim/other"])
+        assert [(await chat(http, free, max_tokens=16)).status_code for _ in range(3)] == [200] * 3
+        refused = await chat(http, picky)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+        for name in ("free", "picky"):
+            view = next(t for t in gw.gateway.books.tenants() if t.name == name)
+            assert gw.gateway.tenants.find(view.id) is None, f"{name}: no actor was started"
+        usage = (await http.get("/v1/usage", headers=free)).json()
+        assert (usage["spent_usd"], usage["reserved_usd"], usage["budget_usd"]) == ("150", "0", None)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let every task run (loopback I/O included) until `condition` holds; virtual time stands still."""
+    give_up = time.monotonic() + 10  # wall time: the ledger's threads work while virtual time stands
+    while time.monotonic() < give_up:
+        if condition():
+            return
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.lowlevel.checkpoint()
+    raise AssertionError("the condition never held")
+
+
+async def test_a_budget_added_while_unlimited_requests_are_in_flight_counts_each_of_them_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Requests admitted without an actor settle after the tenant gains a hard budget and an actor
+    starts (before, during and after their terminal events commit): the actor counts each cost once."""
+    config = make_config(
+        pricing=FIFTY,
+        providers=[{"name": "sim", "kind": "simulator", "models": ["sim-1"], "simulator": {"latency_ms": 1000}}],
+    )
+    async with running_gateway(config) as gw, gw.http() as http:
+        auth = await new_tenant(http, "grows")
+        view = next(t for t in gw.gateway.books.tenants() if t.name == "grows")
+        statuses: list[int] = []
+
+        async def one() -> None:
+            statuses.append((await chat(http, auth, max_tokens=16)).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(one)
+            await until(lambda: gw.gateway.providers["sim"].statistics().in_flight == 4)
+            assert gw.gateway.tenants.find(view.id) is None
+            patched = await http.patch("/admin/tenants/grows", json={"budget_usd": "280"}, headers=ADMIN)
+            assert patched.status_code == 200, patched.text
+            nursery.start_soon(one)  # starts the tenant's actor while the four are in flight
+            await until(lambda: gw.gateway.providers["sim"].statistics().in_flight == 5)
+            assert gw.gateway.tenants.find(view.id) is not None
+            mock_clock.jump(1.5)
+        assert statuses == [200] * 5
+        actor = gw.gateway.tenants.find(view.id)
+        assert actor is not None
+        await actor.wait_settled()
+        counted = actor.statistics().spent_usd
+        async with trio.open_nursery() as nursery:  # $30 is left: a request that could cost $50 is refused
+            nursery.start_soon(one)
+            await until(lambda: len(statuses) == 6 or gw.gateway.providers["sim"].statistics().in_flight == 1)
+            mock_clock.jump(1.5)  # (were it admitted, it would end here)
+        events = await ledger_events(gw)
+    # asserted once the gateway is closed: a failure here is reported, not left waiting on virtual time
+    assert hard_budget_spend(events, "grows") == Decimal(250)
+    assert counted == "250", "the actor counted each request admitted without it once"
+    assert statuses[5] == 402

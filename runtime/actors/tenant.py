@@ -43,7 +43,6 @@ from events.request import Request
 from events.store import Recorded
 from events.tenant import Tenant, tenant_id
 from policies import admission, budget, leases
-from policies.cost import Price
 from policies.errors import BudgetExceeded, RequestRefused
 from policies.periods import period_bounds
 from policies.ratelimit import Quota
@@ -68,9 +67,12 @@ leases back as soon as another process settles spend of the tenant (`_yield_to_o
 RELEASE_S = 5.0
 """The longest an ended actor's supervisor waits for its budget leases to go back."""
 
-Spent = Callable[[str, datetime, datetime], Awaitable[Decimal]]
-"""Settled spend of a tenant (by name) for received_at in [start, end)."""
-"""Queue events to the Journal without waiting."""
+Spent = Callable[[str, datetime, datetime], Awaitable[tuple[Decimal, int]]]
+"""Settled spend of a tenant (by name) for received_at in [start, end), and the ledger position
+the projections it was read from reflect (every event at or before it counted, none after)."""
+
+UNOWNED = -1
+"""The epoch of an admission no actor holds (`TenantActors.admit`'s fast path)."""
 
 
 @attrs.frozen
@@ -89,10 +91,47 @@ class Admission:
     output_cap: int | None
     quotas: Mapping[str, Quota]
     usage_bounds: UsageBounds = UsageBounds(0, None)
+    request: uuid.UUID | None = None
+    """The request's ledger id (its `Request` aggregate), when the caller gave it."""
+
+    @property
+    def owned(self) -> bool:
+        """Held by a tenant actor (a ticket to settle there); False: admitted without one, nothing reserved."""
+        return self.epoch != UNOWNED
 
     @property
     def hold(self) -> admission.Hold:
         return admission.Hold(self.period_start, self.reserved_usd, self.reserved_tokens)
+
+
+def priced_candidates(books: Books, deployments: Sequence[Deployment], at: datetime) -> list[admission.Candidate]:
+    """Each deployment with its price in force at `at` (None: unpriced)."""
+    candidates = []
+    for deployment in deployments:
+        entry = books.prices.lookup(deployment.provider, deployment.model, at)
+        candidates.append(admission.Candidate(deployment, entry.price if entry is not None else None))
+    return candidates
+
+
+def granted(
+    view: TenantView, ticket: int, epoch: int, decision: admission.Admitted, request: uuid.UUID | None
+) -> Admission:
+    """The `Admission` an admitted decision grants (`ticket` in `epoch` of the actor that holds it)."""
+    hold = decision.hold
+    return Admission(
+        view.id,
+        view.name,
+        ticket,
+        epoch,
+        hold.usd,
+        hold.tokens,
+        hold.period_start,
+        decision.candidates,
+        decision.output_cap,
+        decision.quotas,
+        decision.usage_bounds,
+        request,
+    )
 
 
 @attrs.frozen
@@ -106,6 +145,7 @@ class Admit:
     output_tokens: int
     received_at: datetime
     reply: trio.MemorySendChannel[Admission | RequestRefused | Overloaded]
+    request: uuid.UUID | None = None
 
 
 @attrs.frozen
@@ -117,10 +157,12 @@ class Settle:
 
 @attrs.frozen
 class Restated:
-    """Committed restatements changed this tenant's spend on `day` (UTC midnight) by `delta_usd`."""
+    """Committed events changed this tenant's spend on `day` (UTC midnight): `changes` are (ledger
+    position, delta) pairs; the actor counts those after the position its period's spend was read
+    at (`Spent`), the others being in it already."""
 
     day: datetime
-    delta_usd: Decimal
+    changes: tuple[tuple[int, Decimal], ...]
     foreign: bool = False
     """Another process settled spend of this tenant (not a re-pricing): an idle holder of budget
     leases gives them back at once, so the money goes where the tenant is spending it."""
@@ -201,6 +243,7 @@ class TenantActor:
         self._tickets: dict[int, Admission] = {}
         self._next_ticket = 0
         self._state = admission.TenantState(budget.BudgetState(self._clock()))
+        self._loaded_at = 0  # the ledger position the period's spend was read at
         self._admitted = 0
         self._refused = 0
 
@@ -268,13 +311,14 @@ class TenantActor:
     async def _load_period(self, now: datetime) -> None:
         policy = self._policy()
         start, end = period_bounds(policy.budget_period, now)
-        spent = await self._spent(self.name, start, end)
+        spent, self._loaded_at = await self._spent(self.name, start, end)
         aggregate = await self._aggregates.get(uuid.UUID(self.tenant_id), Tenant)
         crossed = frozenset(aggregate.thresholds.get(start.isoformat(), [])) if aggregate is not None else frozenset()
         reserved = sum((t.reserved_usd for t in self._tickets.values() if t.period_start == start), ZERO)
         self._state = attrs.evolve(
             self._state, budget=budget.BudgetState(start, spent, reserved, crossed), in_flight=len(self._tickets)
         )
+        await self._alert_crossings(policy)  # spend already past a level not alerted for (a budget just set)
 
     def _policy(self) -> TenantPolicy:
         """The tenant's policy, with this process's share of its rate limits (`TenantPolicy.share`)."""
@@ -291,7 +335,7 @@ class TenantActor:
             if start != self._state.budget.period_start:
                 await self._give_back()  # the old period's slices: what settled under them, and still reserved
                 await self._load_period(now)  # a new period restores the budget
-        candidates = [admission.Candidate(d, self._price(d, message.received_at)) for d in message.candidates]
+        candidates = priced_candidates(self._books, message.candidates, message.received_at)
         leasing = self._leasing(policy)
         others = ZERO if leasing else self._others_reserved()  # leases bound other processes exactly
         state = self._state
@@ -329,21 +373,10 @@ class TenantActor:
             return decision.reason
         self._next_ticket += 1
         self._admitted += 1
-        granted = Admission(
-            self.tenant_id,
-            self.name,
-            self._next_ticket,
-            self._epoch,
-            decision.hold.usd,
-            decision.hold.tokens,
-            decision.hold.period_start,
-            decision.candidates,
-            decision.output_cap,
-            decision.quotas,
-            decision.usage_bounds,
-        )
-        self._tickets[granted.ticket] = granted
-        return granted
+        assert view is not None  # admitted: enabled
+        grant = granted(view, self._next_ticket, self._epoch, decision, message.request)
+        self._tickets[grant.ticket] = grant
+        return grant
 
     # --- budget leases ---------------------------------------------------------------------------
     def _leasing(self, policy: TenantPolicy) -> bool:
@@ -442,10 +475,6 @@ class TenantActor:
             ZERO,
         )
 
-    def _price(self, deployment: Deployment, at: datetime) -> Price | None:
-        entry = self._books.prices.lookup(deployment.provider, deployment.model, at)
-        return entry.price if entry is not None else None
-
     async def _settle(self, message: Settle) -> None:
         granted = message.admission
         ticket = self._tickets.pop(granted.ticket, None) if granted.epoch == self._epoch else None
@@ -490,17 +519,21 @@ class TenantActor:
                 self._alerts(Alert(self.tenant_id, self.name, spend.period_start, level, spend.spent, budget_usd))
 
     async def _restated(self, message: Restated) -> None:
-        """A re-pricing of a day in the current period corrects what was spent (the period's spend
-        was read from projections that did not have it, or settled here before it); a correction
-        upward may cross an alert threshold."""
+        """Spend of a day in the current period that the actor has not counted: a re-pricing, another
+        process's settlement, or one admitted here without an actor (`TenantActors.admit`). The
+        period's spend was read at a ledger position (`_loaded_at`): changes at or before it are in
+        it already. A correction upward may cross an alert threshold."""
         policy = self._policy()
         start, _ = period_bounds(policy.budget_period, message.day)
         spend = self._state.budget
-        if start == spend.period_start:
-            self._state = attrs.evolve(self._state, budget=attrs.evolve(spend, spent=spend.spent + message.delta_usd))
+        if start != spend.period_start:
+            return
+        delta = sum((d for position, d in message.changes if position > self._loaded_at), ZERO)
+        if delta:
+            self._state = attrs.evolve(self._state, budget=attrs.evolve(spend, spent=spend.spent + delta))
             await self._alert_crossings(policy)
-            if message.foreign:
-                await self._yield_to_others(policy)
+        if message.foreign:
+            await self._yield_to_others(policy)
 
     async def _yield_to_others(self, policy: TenantPolicy) -> None:
         """Another process settled this tenant's spend: quiet here, holding more free than is left
@@ -551,7 +584,30 @@ class TenantActor:
 
 
 class TenantActors:
-    """Starts tenant actors on first use under the gateway's nursery, and finds them again."""
+    """Starts tenant actors on first use under the gateway's nursery, and finds them again.
+
+    A tenant whose policy has nothing that can refuse a request by its state (no budget, no RPM,
+    TPM or `max_parallel`) is admitted without an actor: the same pure decision (`policies.admission`)
+    on a fresh `TenantState` in the caller's task, nothing reserved, nothing held — an `Admission`
+    that is not `owned` (`admit`). Its state stays single-owner: there is none to own.
+
+    What such a request costs must still be counted exactly once by an actor the tenant gets later
+    (its policy gained a limit while the request was in flight). An actor counts the period's
+    spend it reads from the projections, which reflect the ledger up to a position (`Spent`), and
+    the `Restated` changes it is sent, each with the position of the event it comes from, only when
+    after that position. An unowned admission with a cost is noted at `settle` (before its terminal
+    event is committed, `runtime.chat.record`); the commit hook (`restated`) finds its terminal
+    event, drops the note and sends its cost, with its position, to the tenant's actor if one is
+    running or starting — the one whose spend may not have counted it. So:
+    - an actor running at the commit read its spend before that position: the change counts, once;
+    - one starting then (its read not done, or done and not yet in `_actors`) is sent it too, and
+      counts it exactly when its read was at an earlier position;
+    - one started after the commit hook ran reads projections that caught up with it (`Projector.query`
+      waits for every commit fed so far), and is sent nothing.
+    A period change reloads the spend and moves the position with it, so a change queued before
+    the reload is not counted twice. Never sent to an actor directly: the commit is the only moment
+    the cost's position is known.
+    """
 
     def __init__(
         self,
@@ -581,6 +637,8 @@ class TenantActors:
         self.idle_s = idle_s
         self._actors: dict[str, TenantActor] = {}
         self._starting: dict[str, trio.Event] = {}
+        self._booting: dict[str, TenantActor] = {}  # starting: constructed, its mailbox open, not yet in `_actors`
+        self._unowned: set[uuid.UUID] = set()  # unowned requests settled with a cost, their terminal event to come
 
     async def actor(self, tenant: TenantView) -> TenantActor:
         while True:
@@ -606,10 +664,12 @@ class TenantActors:
                     leases=self._leases,
                     lease_idle_s=self.lease_idle_s,
                 )
+                self._booting[tenant.id] = actor
                 await self._nursery.start(self._supervised, actor)
                 self._actors[tenant.id] = actor
                 return actor
             finally:
+                self._booting.pop(tenant.id, None)
                 del self._starting[tenant.id]
                 starting.set()
 
@@ -634,13 +694,23 @@ class TenantActors:
         candidates: tuple[Deployment, ...],
         output_tokens: int,
         received_at: datetime,
+        request: uuid.UUID | None = None,
     ) -> Admission:
-        """Admit `chat` (received at `received_at`, where its worst case is priced) or raise the refusal."""
+        """Admit `chat` (received at `received_at`, where its worst case is priced) or raise the refusal.
+        `request` is its ledger id: without it every admission goes through the tenant's actor."""
+        if request is not None:
+            fast = self._admit_unowned(tenant, chat, candidates, output_tokens, received_at, request)
+            if isinstance(fast, RequestRefused):
+                raise fast
+            if fast is not None:
+                return fast
         for _ in range(3):
             actor = await self.actor(tenant)
             try:
                 decision = await ask(
-                    actor.send, partial(Admit, chat, candidates, output_tokens, received_at), self._hand_back
+                    actor.send,
+                    partial(Admit, chat, candidates, output_tokens, received_at, request=request),
+                    self._hand_back,
                 )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # it stopped while idle just now: start another
@@ -653,6 +723,43 @@ class TenantActors:
             return decision
         raise ActorUnavailable(f"The actor for tenant {tenant.name!r} is unavailable.", retry_after=1.0)
 
+    def _admit_unowned(
+        self,
+        tenant: TenantView,
+        chat: ChatRequest,
+        candidates: tuple[Deployment, ...],
+        output_tokens: int,
+        received_at: datetime,
+        request: uuid.UUID,
+    ) -> Admission | RequestRefused | None:
+        """The decision for a tenant nothing in whose state can refuse, made here (None: ask its actor —
+        one is running or starting, or the tenant is disabled or has a limit)."""
+        if tenant.id in self._actors or tenant.id in self._starting:
+            return None
+        view = self._books.tenant(tenant.id)
+        if view is None or not view.enabled:
+            return None
+        policy = view.tenant_policy
+        limits = (policy.budget_usd, policy.rpm, policy.tpm, policy.max_parallel)
+        if any(limit is not None for limit in limits):
+            return None
+        start, _ = period_bounds(policy.budget_period, self._clock())
+        decision = admission.admit(
+            policy,
+            admission.TenantState(budget.BudgetState(start)),
+            chat,
+            output_tokens,
+            priced_candidates(self._books, candidates, received_at),
+            trio.current_time(),
+            tenant=view.name,
+            enabled=True,
+        )
+        if isinstance(decision, admission.Refused):
+            return decision.reason
+        if decision.hold.usd != ZERO:  # without a budget the worst case is not reserved
+            raise AssertionError(f"an admission without a budget reserved ${decision.hold.usd}")
+        return granted(view, 0, UNOWNED, decision, request)
+
     async def _hand_back(self, decision: Admission | RequestRefused | Overloaded) -> None:
         """A grant that arrived as its caller was cancelled: give its reservation back."""
         if isinstance(decision, Admission):
@@ -660,7 +767,12 @@ class TenantActors:
 
     async def settle(self, granted: Admission, cost_usd: Decimal | None, tokens: int) -> None:
         """Replace the reservation by the actual cost. Never dropped and never waited for: a full mailbox
-        gets it from a task of its own (the caller's request is ending; a reservation must not outlive it)."""
+        gets it from a task of its own (the caller's request is ending; a reservation must not outlive it).
+        An unowned admission reserved nothing: a cost is noted, for the commit hook to route (`restated`)."""
+        if not granted.owned:
+            if cost_usd and granted.request is not None:
+                self._unowned.add(granted.request)
+            return
         actor = self._actors.get(granted.tenant_id)
         if actor is None:
             return  # the actor is gone; its successor reads settled spend from the ledger
@@ -673,9 +785,11 @@ class TenantActors:
             pass  # stopped: its successor reads settled spend from the ledger
 
     def restated(self, recorded: Sequence[Recorded]) -> None:
-        """Route committed `CostRestated` deltas to the running actors of their tenants (called by the
-        Journal's commit hook, in the trio thread). An actor not running reads them from projections."""
-        deltas: dict[tuple[str, datetime], Decimal] = {}
+        """Route committed `CostRestated` deltas, other processes' settlements and the costs of requests
+        admitted here without an actor to the running or starting actors of their tenants, with their
+        positions (called by the Journal's commit hook, in the trio thread, before the projections are
+        fed the batch). An actor started later reads them from the projections."""
+        deltas: dict[tuple[str, datetime], list[tuple[int, Decimal]]] = {}
         foreign: set[tuple[str, datetime]] = set()
         admitted: dict[Any, Request.Admitted] = {}
         for record in recorded:
@@ -685,12 +799,15 @@ class TenantActors:
             elif isinstance(event, Request.CostRestated):
                 day = datetime.combine(event.received_at.date(), time(), tzinfo=UTC)
                 key = (str(tenant_id(event.tenant)), day)
-                deltas[key] = deltas.get(key, ZERO) + event.new_cost_usd - (event.old_cost_usd or ZERO)
+                deltas.setdefault(key, []).append((record.position, event.new_cost_usd - (event.old_cost_usd or ZERO)))
             elif isinstance(event, Request.Admitted):
                 admitted[event.originator_id] = event
             elif isinstance(event, Request.Settled) and event.cost_usd:
-                # Another process's settlement: its cost is this tenant's spend here too (ours are
-                # settled through `settle`). The admission is in this batch or still open in the Books.
+                # Another process's settlement, or ours admitted without an actor: its cost is this
+                # tenant's spend here too (the others of ours are settled through `settle`). The
+                # admission is in this batch or still open in the Books.
+                unowned = event.originator_id in self._unowned
+                self._unowned.discard(event.originator_id)
                 found = admitted.get(event.originator_id)
                 if found is not None:
                     tenant, instance, received = found.tenant, found.instance, found.received_at
@@ -703,16 +820,18 @@ class TenantActors:
                         row["instance"],
                         datetime.fromisoformat(row["received_at"]),
                     )
-                if instance is None or instance == self._instance:
+                ours = instance is None or instance == self._instance
+                if ours and not unowned:
                     continue
                 key = (str(tenant_id(tenant)), datetime.combine(received.date(), time(), tzinfo=UTC))
-                deltas[key] = deltas.get(key, ZERO) + event.cost_usd
-                foreign.add(key)
-        for (tenant, day), delta in deltas.items():
-            actor = self._actors.get(tenant)
-            if actor is None or not delta:
+                deltas.setdefault(key, []).append((record.position, event.cost_usd))
+                if not ours:
+                    foreign.add(key)
+        for (tenant, day), changes in deltas.items():
+            actor = self._actors.get(tenant) or self._booting.get(tenant)
+            if actor is None or not any(delta for _, delta in changes):
                 continue
-            message = Restated(day, delta, foreign=(tenant, day) in foreign)
+            message = Restated(day, tuple(changes), foreign=(tenant, day) in foreign)
             try:
                 actor.send.send_nowait(message)
             except trio.WouldBlock:

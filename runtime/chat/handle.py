@@ -114,7 +114,12 @@ async def handle_chat(
             "tollgate.admission", {"tollgate.tenant": tenant.name, "gen_ai.request.model": chat.model}
         ):
             admission = await parts.tenants.admit(
-                tenant, chat, deployments, parts.output_limit(chat.model, deployments), received_at
+                tenant,
+                chat,
+                deployments,
+                parts.output_limit(chat.model, deployments),
+                received_at,
+                request=exchange.ledger_id,
             )
     except (RequestRefused, ModelNotFound) as refusal:
         verdict = judge(refusal)
