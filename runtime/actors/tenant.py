@@ -90,9 +90,9 @@ class Admission:
     candidates: tuple[Deployment, ...]
     output_cap: int | None
     quotas: Mapping[str, Quota]
+    request: uuid.UUID
+    """The request's ledger id (its `Request` aggregate)."""
     usage_bounds: UsageBounds = UsageBounds(0, None)
-    request: uuid.UUID | None = None
-    """The request's ledger id (its `Request` aggregate), when the caller gave it."""
 
     @property
     def owned(self) -> bool:
@@ -113,9 +113,7 @@ def priced_candidates(books: Books, deployments: Sequence[Deployment], at: datet
     return candidates
 
 
-def granted(
-    view: TenantView, ticket: int, epoch: int, decision: admission.Admitted, request: uuid.UUID | None
-) -> Admission:
+def granted(view: TenantView, ticket: int, epoch: int, decision: admission.Admitted, request: uuid.UUID) -> Admission:
     """The `Admission` an admitted decision grants (`ticket` in `epoch` of the actor that holds it)."""
     hold = decision.hold
     return Admission(
@@ -129,8 +127,8 @@ def granted(
         decision.candidates,
         decision.output_cap,
         decision.quotas,
-        decision.usage_bounds,
         request,
+        decision.usage_bounds,
     )
 
 
@@ -144,8 +142,8 @@ class Admit:
     candidates: tuple[Deployment, ...]
     output_tokens: int
     received_at: datetime
+    request: uuid.UUID
     reply: trio.MemorySendChannel[Admission | RequestRefused | Overloaded]
-    request: uuid.UUID | None = None
 
 
 @attrs.frozen
@@ -694,22 +692,21 @@ class TenantActors:
         candidates: tuple[Deployment, ...],
         output_tokens: int,
         received_at: datetime,
-        request: uuid.UUID | None = None,
+        request: uuid.UUID,
     ) -> Admission:
-        """Admit `chat` (received at `received_at`, where its worst case is priced) or raise the refusal.
-        `request` is its ledger id: without it every admission goes through the tenant's actor."""
-        if request is not None:
-            fast = self._admit_unowned(tenant, chat, candidates, output_tokens, received_at, request)
-            if isinstance(fast, RequestRefused):
-                raise fast
-            if fast is not None:
-                return fast
+        """Admit `chat` (received at `received_at`, where its worst case is priced; `request` its ledger
+        id) or raise the refusal."""
+        fast = self._admit_unowned(tenant, chat, candidates, output_tokens, received_at, request)
+        if isinstance(fast, RequestRefused):
+            raise fast
+        if fast is not None:
+            return fast
         for _ in range(3):
             actor = await self.actor(tenant)
             try:
                 decision = await ask(
                     actor.send,
-                    partial(Admit, chat, candidates, output_tokens, received_at, request=request),
+                    partial(Admit, chat, candidates, output_tokens, received_at, request),
                     self._hand_back,
                 )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -770,7 +767,7 @@ class TenantActors:
         gets it from a task of its own (the caller's request is ending; a reservation must not outlive it).
         An unowned admission reserved nothing: a cost is noted, for the commit hook to route (`restated`)."""
         if not granted.owned:
-            if cost_usd and granted.request is not None:
+            if cost_usd:
                 self._unowned.add(granted.request)
             return
         actor = self._actors.get(granted.tenant_id)
